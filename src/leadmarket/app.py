@@ -1,0 +1,140 @@
+"""The application factory: settings, database, middleware, error handlers, routers, and the
+in-process job worker (the embedded default; `leadmarket worker` takes over in production)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from html import escape
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from leadmarket import __version__
+from leadmarket.config import Settings, get_settings
+from leadmarket.kit.db import Database, make_engine
+from leadmarket.kit.errors import PROBLEM_TYPES, NotFound, install_error_handlers
+from leadmarket.kit.http import (
+    BodySizeLimitMiddleware,
+    RequestLogMiddleware,
+    SecurityHeadersMiddleware,
+)
+from leadmarket.kit.routing import TransactionalRoute, assert_all_guarded, guard
+from leadmarket.kit.templating import STATIC_DIR, install_templates
+
+log = logging.getLogger("leadmarket.app")
+
+
+@guard
+def public() -> None:
+    """Guard for routes anyone may call."""
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    db = database or Database(make_engine(settings.database_url, pool_size=settings.database_pool_size))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker_task: asyncio.Task[None] | None = None
+        stop = asyncio.Event()
+        if settings.run_jobs_in_process:
+            from leadmarket.kit.jobs import Worker
+            from leadmarket.tasks import build_registry, build_services
+
+            worker = Worker(db, build_registry(), build_services(settings), settings)
+            worker_task = asyncio.create_task(worker.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                await worker_task
+            if database is None:
+                await db.dispose()
+
+    app = FastAPI(
+        title="Leadmarket",
+        version=__version__,
+        description="A consumer lead exchange that keeps its privacy promises in code. "
+        "Errors are RFC 9457 problem details; see /problems/{type} for each type.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.router.route_class = TransactionalRoute
+
+    install_error_handlers(app)
+    install_templates(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    from leadmarket.accounts import api as accounts_api
+    from leadmarket.accounts import views as accounts_views
+    from leadmarket.admin import api as admin_api
+    from leadmarket.notifications import views as notifications_views
+
+    app.include_router(_system_router())
+    app.include_router(accounts_api.router)
+    app.include_router(admin_api.router)
+    app.include_router(accounts_views.router)
+    app.include_router(notifications_views.router)
+
+    assert_all_guarded(app)
+
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware)
+    return app
+
+
+def _system_router() -> APIRouter:
+    router = APIRouter(route_class=TransactionalRoute, dependencies=[Depends(public)])
+
+    @router.get("/healthz", tags=["system"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        tags=["system"],
+        summary="Readiness: 200 when the database answers",
+        responses={503: {"description": "The database does not answer."}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        db: Database = request.app.state.db
+        try:
+            await asyncio.wait_for(db.ping(), timeout=5)
+        except Exception:
+            return JSONResponse(
+                {
+                    "type": "/problems/unavailable",
+                    "title": "Service unavailable",
+                    "status": 503,
+                    "detail": "The database does not answer.",
+                },
+                status_code=503,
+                media_type="application/problem+json",
+            )
+        return JSONResponse({"status": "ok", "database": db.engine.dialect.name})
+
+    @router.get(
+        "/problems/{slug}",
+        tags=["system"],
+        summary="What a problem type means",
+        response_class=HTMLResponse,
+        include_in_schema=True,
+    )
+    async def problem_doc(slug: str) -> HTMLResponse:
+        if slug not in PROBLEM_TYPES:
+            raise NotFound(f"No problem type is called {slug!r}.")
+        title, explanation = PROBLEM_TYPES[slug]
+        return HTMLResponse(
+            f"<!doctype html><html lang=en><title>{escape(title)}</title>"
+            f"<h1>{escape(title)}</h1><p>{escape(explanation)}</p></html>"
+        )
+
+    return router

@@ -1,0 +1,148 @@
+"""One place for every setting. Each is read from an environment variable named
+``LEADMARKET_<FIELD>`` (for example ``LEADMARKET_DATABASE_URL``) or from a ``.env`` file in the
+working directory. The README lists them all; keep that table in step with this class."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADMARKET_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    var_dir: Path = Field(
+        default=Path("var"), description="Folder for the embedded database, mail files and keys."
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy async URL. Empty means a SQLite file `leadmarket.db` in var_dir. "
+        "PostgreSQL: postgresql+asyncpg://user@host/db.",
+    )
+    database_pool_size: int = Field(default=10, ge=1, description="PostgreSQL pool size.")
+    base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Public address of the service, used in links sent by email.",
+    )
+    region: str = Field(
+        default="us-west", description="Hosting region the data lives in (promise P11)."
+    )
+
+    # Secrets.
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key for signed links and keyed hashes. Empty: generated once and kept in "
+        "var_dir/secret.key (development only; set it in production).",
+    )
+
+    # Sessions and accounts.
+    session_hours: int = Field(default=12, ge=1, description="Lifetime of a normal session.")
+    remember_days: int = Field(default=30, ge=1, description="Lifetime of a 'stay signed in' one.")
+    reauth_minutes: int = Field(
+        default=10, ge=1, description="How long a password re-entry unlocks sensitive actions (A2)."
+    )
+    cookie_secure: bool = Field(
+        default=True,
+        description="Mark the session cookie Secure. Browsers accept Secure cookies from "
+        "http://127.0.0.1 and http://localhost, so this stays on in development too.",
+    )
+    email_token_hours: int = Field(default=48, ge=1, description="Email verification link life.")
+    password_reset_minutes: int = Field(default=30, ge=5, description="Password reset link life.")
+    password_min_length: int = Field(default=10, ge=8, description="Shortest password accepted.")
+    password_min_strength: int = Field(
+        default=2, ge=0, le=4, description="Lowest zxcvbn score (0-4) a password may have."
+    )
+    argon2_time_cost: int = Field(default=3, ge=1, description="argon2id passes.")
+    argon2_memory_kib: int = Field(default=65536, ge=8, description="argon2id memory in KiB.")
+    login_window_minutes: int = Field(default=15, ge=1, description="Login throttling window.")
+    login_max_failures_per_account: int = Field(
+        default=5, ge=1, description="Failed logins per account in the window before a 429."
+    )
+    login_max_failures_per_ip: int = Field(
+        default=30, ge=1, description="Failed logins per client address in the window."
+    )
+
+    # HTTP.
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    trust_proxy_headers: bool = Field(
+        default=False, description="Take the client address from X-Forwarded-For."
+    )
+
+    # Background jobs.
+    run_jobs_in_process: bool = Field(
+        default=True,
+        description="`serve` also runs the job worker. Turn off when `leadmarket worker` runs.",
+    )
+    job_lease_seconds: int = Field(
+        default=60, ge=1, description="A claimed job not finished by then is run again."
+    )
+    job_poll_seconds: float = Field(default=1.0, gt=0, description="Worker idle poll interval.")
+    job_max_attempts: int = Field(default=8, ge=1, description="Tries before a job is dead.")
+
+    # Mail.
+    mail_backend: Literal["file", "smtp"] = Field(
+        default="file", description="`file` writes .eml files to mail_dir; `smtp` sends them."
+    )
+    mail_dir: Path | None = Field(
+        default=None, description="Where the file backend writes; default var_dir/mail."
+    )
+    mail_from: str = Field(default="Leadmarket <no-reply@leadmarket.test>")
+    smtp_host: str = Field(default="127.0.0.1")
+    smtp_port: int = Field(default=25)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+
+    # Logs.
+    log_level: str = Field(default="INFO")
+    log_format: Literal["json", "text"] = Field(default="json")
+
+    _signing_key: bytes | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'leadmarket.db'}"
+        if self.mail_dir is None:
+            self.mail_dir = self.var_dir / "mail"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def mail_path(self) -> Path:
+        assert self.mail_dir is not None
+        return self.mail_dir
+
+    def signing_key(self) -> bytes:
+        """The root secret. Generated and kept on disk when not configured, so a development
+        install works out of the box while links survive a restart."""
+        if self._signing_key is None:
+            self._signing_key = self._load_signing_key()
+        return self._signing_key
+
+    def _load_signing_key(self) -> bytes:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.var_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

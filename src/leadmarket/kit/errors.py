@@ -1,0 +1,294 @@
+"""Errors that carry their own meaning, rendered as RFC 9457 problem details.
+
+Every domain error subclasses :class:`DomainError` with an HTTP status and a problem ``type``.
+The handlers installed by :func:`install_error_handlers` turn these, FastAPI's validation errors
+and Starlette's HTTP errors into ``application/problem+json`` (or a small HTML page for browsers).
+``type`` is a relative URI, ``/problems/<slug>``, which the service documents at that address."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+log = logging.getLogger("leadmarket.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+# slug -> (title, explanation) for the /problems/<slug> documentation pages.
+PROBLEM_TYPES: dict[str, tuple[str, str]] = {}
+
+
+def problem_type(slug: str, title: str, explanation: str) -> str:
+    PROBLEM_TYPES.setdefault(slug, (title, explanation))
+    return PROBLEM_BASE + slug
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class DomainError(Exception):
+    status: ClassVar[int] = 400
+    slug: ClassVar[str] = "bad-request"
+    title: ClassVar[str] = "Bad request"
+    explanation: ClassVar[str] = "The request cannot be processed as sent."
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        problem_type(cls.slug, cls.title, cls.explanation)
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors or []
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+
+problem_type(DomainError.slug, DomainError.title, DomainError.explanation)
+
+
+class NotFound(DomainError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+    explanation = "Nothing exists at this address, or you may not know that it does."
+
+
+class Conflict(DomainError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+    explanation = "The request conflicts with the current state, for example a duplicate."
+
+
+class Unauthenticated(DomainError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication required"
+    explanation = "Send a valid session token or API key as `Authorization: Bearer <token>`."
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="leadmarket"')
+
+
+class Forbidden(DomainError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+    explanation = "Your role or credentials do not allow this action."
+
+
+class ReauthRequired(DomainError):
+    status = 403
+    slug = "reauth-required"
+    title = "Password required"
+    explanation = (
+        "A remembered ('stay signed in') session may only do what promise A2 lists. Re-enter "
+        "your password with POST /api/v1/auth/reauth; that unlocks sensitive actions for a "
+        "few minutes."
+    )
+
+
+class ValidationFailed(DomainError):
+    status = 422
+    slug = "validation-error"
+    title = "Invalid request"
+    explanation = "One or more fields are wrong; `errors` names each field and what is wrong."
+
+
+class PayloadTooLarge(DomainError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+    explanation = "The request body exceeds the service's limit."
+
+
+class TooManyRequests(DomainError):
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+    explanation = "Slow down; retry after the number of seconds in the Retry-After header."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.retry_after = max(1, retry_after)
+        self.headers["Retry-After"] = str(self.retry_after)
+        self.extra["retry_after"] = self.retry_after
+
+
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-error", "Invalid request"),
+    429: ("too-many-requests", "Too many requests"),
+    500: ("internal-error", "Internal error"),
+    503: ("unavailable", "Service unavailable"),
+}
+for _slug, _title in _HTTP_SLUGS.values():
+    problem_type(_slug, _title, _title + ".")
+
+
+def _wants_html(request: Request) -> bool:
+    if request.url.path.startswith(("/api/", "/healthz", "/readyz", "/openapi")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    if extra:
+        body.update(extra)
+    if _wants_html(request):
+        renderer = getattr(request.app.state, "render_error_page", None)
+        if renderer is not None:
+            page: Response = renderer(request, body)
+            page.headers.update(headers or {})
+            return page
+        return HTMLResponse(f"<h1>{title}</h1>", status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "The body is not valid JSON."
+    if error.get("type") == "missing":
+        return "This field is required."
+    message = str(error.get("msg", "Invalid value."))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    return message
+
+
+def validation_errors(raw: list[dict[str, Any]]) -> list[FieldError]:
+    """Pydantic's errors as field/message pairs. The offending input is never echoed back: it
+    may be personal data."""
+    seen: set[tuple[str, str]] = set()
+    out: list[FieldError] = []
+    for error in raw:
+        loc = list(error.get("loc", ()))
+        # Union branches add the branch name to the location; keep the field path.
+        loc = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "str-")))]
+        item = (_field_name(loc), _message(error))
+        if item not in seen:
+            seen.add(item)
+            out.append(FieldError(*item))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_domain_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DomainError)
+        return problem_response(
+            request,
+            status=exc.status,
+            slug=exc.slug,
+            title=exc.title,
+            detail=exc.detail,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
+        )
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = validation_errors(list(exc.errors()))
+        return problem_response(
+            request,
+            status=422,
+            slug="validation-error",
+            title="Invalid request",
+            detail="; ".join(f"{e.field}: {e.message}" for e in errors[:5]),
+            errors=errors,
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(
+            request,
+            status=exc.status_code,
+            slug=slug,
+            title=title,
+            detail=detail,
+            headers=dict(exc.headers or {}),
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # The exception text may hold personal data: log its type and where, not its message.
+        log.error(
+            "unhandled error",
+            extra={
+                "error_type": type(exc).__name__,
+                "path": request.url.path,
+                "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+            },
+        )
+        return problem_response(
+            request,
+            status=500,
+            slug="internal-error",
+            title="Internal error",
+            detail="Something went wrong on our side; nothing was saved.",
+        )
+
+    app.add_exception_handler(DomainError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

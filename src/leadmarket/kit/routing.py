@@ -1,0 +1,92 @@
+"""Request plumbing shared by every router: the per-request transaction and the rule that every
+route declares who may call it.
+
+* :class:`TransactionalRoute` gives the request its unit of work: one database session, committed
+  when the handler returns, rolled back when it raises. Services never commit.
+* :func:`guard` marks a dependency as the route's authorization check. :func:`assert_all_guarded`
+  refuses to build an app in which any API or page route lacks one: deny by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from leadmarket.kit.db import Database
+
+_SESSION_ATTR = "db_session"
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def get_session(request: Request) -> AsyncSession:
+    """The request's session, opened on first use. :class:`TransactionalRoute` closes it."""
+    session: AsyncSession | None = getattr(request.state, _SESSION_ATTR, None)
+    if session is None:
+        session = get_database(request).new_session()
+        setattr(request.state, _SESSION_ATTR, session)
+    return session
+
+
+class TransactionalRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def run_in_transaction(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except BaseException:
+                await _finish(request, commit=False)
+                raise
+            await _finish(request, commit=True)
+            return response
+
+        return run_in_transaction
+
+
+async def _finish(request: Request, *, commit: bool) -> None:
+    session: AsyncSession | None = getattr(request.state, _SESSION_ATTR, None)
+    if session is None:
+        return
+    setattr(request.state, _SESSION_ATTR, None)
+    try:
+        if commit:
+            await session.commit()
+        else:
+            await session.rollback()
+    finally:
+        await session.close()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guard(func: F) -> F:
+    """Mark ``func`` (a FastAPI dependency) as an authorization check."""
+    func.__leadmarket_guard__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def _has_guard(dependant: Dependant) -> bool:
+    for dep in dependant.dependencies:
+        if getattr(dep.call, "__leadmarket_guard__", False) or _has_guard(dep):
+            return True
+    return False
+
+
+def assert_all_guarded(app: FastAPI) -> None:
+    unguarded = [
+        f"{sorted(route.methods)} {route.path}"
+        for route in app.routes
+        if isinstance(route, APIRoute) and not _has_guard(route.dependant)
+    ]
+    if unguarded:
+        raise RuntimeError("routes without an authorization guard: " + ", ".join(unguarded))
