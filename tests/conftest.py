@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -39,7 +38,10 @@ def _create_postgres_database(admin_url: str) -> tuple[str, str]:
 
     async def create() -> None:
         conn = await asyncpg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
             database=url.database or "postgres",
         )
         try:
@@ -60,7 +62,10 @@ def _drop_postgres_database(admin_url: str, name: str) -> None:
 
     async def drop() -> None:
         conn = await asyncpg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
             database=url.database or "postgres",
         )
         try:

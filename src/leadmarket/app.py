@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-
 from html import escape
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -15,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from leadmarket import __version__
+from leadmarket.accounts.service import AccountsKit
 from leadmarket.config import Settings, get_settings
 from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import PROBLEM_TYPES, NotFound, install_error_handlers
@@ -23,7 +23,7 @@ from leadmarket.kit.http import (
     RequestLogMiddleware,
     SecurityHeadersMiddleware,
 )
-from leadmarket.kit.routing import TransactionalRoute, assert_all_guarded, guard
+from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
 
 log = logging.getLogger("leadmarket.app")
@@ -36,7 +36,9 @@ def public() -> None:
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
-    db = database or Database(make_engine(settings.database_url, pool_size=settings.database_pool_size))
+    db = database or Database(
+        make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.accounts_kit = AccountsKit(settings)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -73,17 +76,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     from leadmarket.accounts import api as accounts_api
-    from leadmarket.accounts import views as accounts_views
     from leadmarket.admin import api as admin_api
-    from leadmarket.notifications import views as notifications_views
 
-    app.include_router(_system_router())
-    app.include_router(accounts_api.router)
-    app.include_router(admin_api.router)
-    app.include_router(accounts_views.router)
-    app.include_router(notifications_views.router)
-
-    assert_all_guarded(app)
+    include_guarded(app, _system_router())
+    include_guarded(app, accounts_api.router)
+    include_guarded(app, admin_api.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

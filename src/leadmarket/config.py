@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     )
     email_token_hours: int = Field(default=48, ge=1, description="Email verification link life.")
     password_reset_minutes: int = Field(default=30, ge=5, description="Password reset link life.")
-    password_min_length: int = Field(default=10, ge=8, description="Shortest password accepted.")
+    password_min_length: int = Field(default=8, ge=8, description="Shortest password accepted.")
     password_min_strength: int = Field(
         default=2, ge=0, le=4, description="Lowest zxcvbn score (0-4) a password may have."
     )

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -59,6 +61,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the dialect of the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def is_sqlite_url(url: str) -> bool:
@@ -124,8 +133,11 @@ class Database:
             await session.close()
 
     async def ping(self) -> bool:
-        async with self.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        session = self.new_session()
+        try:
+            await session.execute(text("SELECT 1"))
+        finally:
+            await session.close()
         return True
 
     async def dispose(self) -> None:

@@ -190,6 +190,7 @@ def client_ip(scope_or_request: Any, *, trust_proxy: bool) -> str:
     if trust_proxy:
         for name, value in scope.get("headers", []):
             if name == b"x-forwarded-for":
-                return value.decode("latin-1").split(",")[0].strip()
+                first_hop: str = value.decode("latin-1").split(",")[0].strip()
+                return first_hop
     client = scope.get("client")
     return str(client[0]) if client else "unknown"

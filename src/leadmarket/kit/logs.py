@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"\+?\d[\d ().-]{7,}\d")
+# International numbers (+…) and North American ten-digit ones; dates and times do not match.
+_PHONE = re.compile(r"\+\d[\d ().-]{6,18}\d|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -50,6 +51,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Drivers log SQL parameters at DEBUG, and parameters are personal data.
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's access log prints full URLs, query strings included; ours logs route templates.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):

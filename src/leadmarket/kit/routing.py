@@ -3,7 +3,7 @@ route declares who may call it.
 
 * :class:`TransactionalRoute` gives the request its unit of work: one database session, committed
   when the handler returns, rolled back when it raises. Services never commit.
-* :func:`guard` marks a dependency as the route's authorization check. :func:`assert_all_guarded`
+* :func:`guard` marks a dependency as the route's authorization check. :func:`include_guarded`
   refuses to build an app in which any API or page route lacks one: deny by default."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -82,11 +82,18 @@ def _has_guard(dependant: Dependant) -> bool:
     return False
 
 
-def assert_all_guarded(app: FastAPI) -> None:
-    unguarded = [
-        f"{sorted(route.methods)} {route.path}"
-        for route in app.routes
+def unguarded_routes(router: APIRouter) -> list[str]:
+    """Routes of ``router`` whose dependencies include no guard."""
+    return [
+        f"{sorted(route.methods or ())} {route.path}"
+        for route in router.routes
         if isinstance(route, APIRoute) and not _has_guard(route.dependant)
     ]
+
+
+def include_guarded(app: FastAPI, router: APIRouter) -> None:
+    """Include ``router`` only if every one of its routes declares who may call it."""
+    unguarded = unguarded_routes(router)
     if unguarded:
         raise RuntimeError("routes without an authorization guard: " + ", ".join(unguarded))
+    app.include_router(router)

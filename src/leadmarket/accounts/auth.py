@@ -1,0 +1,161 @@
+"""Who is calling, and may they do this? The one dependency every protected route declares.
+
+``requires(Action.X, Role.Y, …)`` authenticates the caller (bearer session token, API key, or the
+web session cookie), checks the role (deny by default: a route lists the roles it admits, or
+admits any signed-in member when it lists none), then applies the credential rules of
+:mod:`leadmarket.accounts.policy`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.accounts import repository
+from leadmarket.accounts.policy import (
+    API_KEY_MAY_NOT,
+    NEEDS_RECENT_PASSWORD,
+    REMEMBERED_SESSION_MAY,
+    Action,
+)
+from leadmarket.kit.crypto import token_digest
+from leadmarket.kit.db import utcnow
+from leadmarket.kit.errors import Forbidden, ReauthRequired, Unauthenticated
+from leadmarket.kit.routing import get_session, guard
+from leadmarket.models import ApiKey, Role, User, UserSession, UserStatus
+
+SESSION_COOKIE = "lm_session"
+SESSION_TOKEN_PREFIX = "lms_"
+API_KEY_PREFIX = "lmk_"
+# Writing last_used_at on every request would turn every read into a write.
+_TOUCH_INTERVAL = dt.timedelta(minutes=1)
+
+
+@dataclass
+class Principal:
+    user: User
+    session: UserSession | None = None
+    api_key: ApiKey | None = None
+
+    @property
+    def via(self) -> str:
+        if self.api_key is not None:
+            return "api_key"
+        assert self.session is not None
+        return "cookie" if self.session.kind == "web" else "bearer"
+
+    @property
+    def remembered(self) -> bool:
+        return self.session is not None and self.session.remembered
+
+    def reauthenticated(self, now: dt.datetime) -> bool:
+        return (
+            self.session is not None
+            and self.session.reauth_until is not None
+            and self.session.reauth_until > now
+        )
+
+
+def _bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Use `Authorization: Bearer <token>`.")
+    return token.strip()
+
+
+async def authenticate(request: Request, session: AsyncSession) -> Principal | None:
+    """The caller's principal, or None when no credential was sent. A credential that was sent
+    but is unknown, expired or revoked is an error, not an anonymous call."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    now = utcnow()
+    token = _bearer_token(request)
+    from_cookie = False
+    if token is None:
+        token = request.cookies.get(SESSION_COOKIE)
+        from_cookie = True
+        if not token:
+            return None
+    principal: Principal | None = None
+    if token.startswith(API_KEY_PREFIX) and not from_cookie:
+        key = await repository.live_api_key_by_hash(session, token_digest(token))
+        if key is not None:
+            user = await repository.user_by_id(session, key.user_id)
+            if user is not None:
+                principal = Principal(user=user, api_key=key)
+                if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
+                    key.last_used_at = now
+    else:
+        user_session = await repository.live_session_by_token_hash(
+            session, token_digest(token), now
+        )
+        # A cookie only authenticates a web session and a bearer token only an API one, so a
+        # cookie stolen by a script cannot be replayed as a bearer token, nor vice versa.
+        if user_session is not None and (user_session.kind == "web") == from_cookie:
+            user = await repository.user_by_id(session, user_session.user_id)
+            if user is not None:
+                principal = Principal(user=user, session=user_session)
+                if now - user_session.last_used_at > _TOUCH_INTERVAL:
+                    user_session.last_used_at = now
+    if principal is None:
+        if from_cookie:
+            return None  # a stale cookie just means "signed out"
+        raise Unauthenticated("The token is unknown, expired or revoked.")
+    if principal.user.status != UserStatus.ACTIVE:
+        raise Forbidden(f"This account is {principal.user.status}.")
+    request.state.principal = principal
+    return principal
+
+
+def check_allowed(principal: Principal, action: Action, roles: tuple[Role, ...]) -> None:
+    """Raise unless ``principal`` may perform ``action``."""
+    if roles and principal.user.role not in roles:
+        raise Forbidden("Your role may not do this.")
+    if principal.api_key is not None:
+        if action in API_KEY_MAY_NOT:
+            raise Forbidden("API keys cannot do this; sign in with your password.")
+        return
+    now = utcnow()
+    if action in NEEDS_RECENT_PASSWORD and not principal.reauthenticated(now):
+        raise ReauthRequired("Enter your password again to do this.")
+    if (
+        principal.remembered
+        and action not in REMEMBERED_SESSION_MAY
+        and not principal.reauthenticated(now)
+    ):
+        raise ReauthRequired(
+            "A remembered session may not do this without your password; "
+            "POST /api/v1/auth/reauth first."
+        )
+
+
+def requires(action: Action, *roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """The guard dependency: ``principal = Depends(requires(Action.VIEW_ACCOUNT))``."""
+
+    @guard
+    async def dependency(
+        request: Request, session: AsyncSession = Depends(get_session)
+    ) -> Principal:
+        principal = await authenticate(request, session)
+        if principal is None:
+            raise Unauthenticated()
+        check_allowed(principal, action, roles)
+        return principal
+
+    dependency.__name__ = f"requires_{action.value}"
+    return dependency
+
+
+@guard
+async def optional_principal(
+    request: Request, session: AsyncSession = Depends(get_session)
+) -> Principal | None:
+    """Guard for public routes that show more to a signed-in member."""
+    return await authenticate(request, session)

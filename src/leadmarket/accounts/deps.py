@@ -1,0 +1,22 @@
+"""Request-level helpers shared by the accounts API and pages."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from leadmarket.accounts.service import AccountsKit, ClientMeta
+from leadmarket.config import Settings
+from leadmarket.kit.http import client_ip
+
+
+def get_kit(request: Request) -> AccountsKit:
+    kit: AccountsKit = request.app.state.accounts_kit
+    return kit
+
+
+def client_meta(request: Request) -> ClientMeta:
+    settings: Settings = request.app.state.settings
+    return ClientMeta(
+        ip=client_ip(request, trust_proxy=settings.trust_proxy_headers),
+        user_agent=request.headers.get("user-agent"),
+    )

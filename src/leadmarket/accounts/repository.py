@@ -1,0 +1,113 @@
+"""Queries of the accounts domain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.models import ApiKey, LoginFailure, User, UserSession
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(User.email == email))
+
+
+async def user_by_username(session: AsyncSession, username: str) -> User | None:
+    return await session.scalar(select(User).where(User.username_key == username.casefold()))
+
+
+async def user_by_id(
+    session: AsyncSession, user_id: str, *, for_update: bool = False
+) -> User | None:
+    query = select(User).where(User.id == user_id)
+    if for_update:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def live_session_by_token_hash(
+    session: AsyncSession, token_hash: str, now: dt.datetime
+) -> UserSession | None:
+    return await session.scalar(
+        select(UserSession).where(
+            UserSession.token_hash == token_hash,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now,
+        )
+    )
+
+
+async def live_api_key_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
+    return await session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+
+
+async def live_sessions_of(
+    session: AsyncSession, user_id: str, now: dt.datetime
+) -> list[UserSession]:
+    rows = await session.scalars(
+        select(UserSession)
+        .where(
+            UserSession.user_id == user_id,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now,
+        )
+        .order_by(UserSession.created_at.desc())
+    )
+    return list(rows)
+
+
+async def revoke_sessions(
+    session: AsyncSession, user_id: str, now: dt.datetime, *, except_id: str | None = None
+) -> int:
+    query = update(UserSession).where(
+        UserSession.user_id == user_id, UserSession.revoked_at.is_(None)
+    )
+    if except_id is not None:
+        query = query.where(UserSession.id != except_id)
+    result = await session.execute(query.values(revoked_at=now))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def revoke_api_keys(session: AsyncSession, user_id: str, now: dt.datetime) -> None:
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def api_keys_of(session: AsyncSession, user_id: str) -> list[ApiKey]:
+    rows = await session.scalars(
+        select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at.desc())
+    )
+    return list(rows)
+
+
+async def failures_since(
+    session: AsyncSession, scope: str, key_hash: str, since: dt.datetime
+) -> tuple[int, dt.datetime | None]:
+    """How many failures in the window, and when the oldest of them happened."""
+    row = (
+        await session.execute(
+            select(func.count(), func.min(LoginFailure.at)).where(
+                LoginFailure.scope == scope,
+                LoginFailure.key_hash == key_hash,
+                LoginFailure.at > since,
+            )
+        )
+    ).one()
+    return int(row[0]), row[1]
+
+
+async def forget_failures(session: AsyncSession, scope: str, key_hash: str) -> None:
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.scope == scope, LoginFailure.key_hash == key_hash)
+    )
+
+
+async def purge_old_failures(session: AsyncSession, before: dt.datetime) -> None:
+    await session.execute(delete(LoginFailure).where(LoginFailure.at < before))

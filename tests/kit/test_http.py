@@ -1,0 +1,102 @@
+"""Cross-cutting HTTP behaviour: health checks, problem details for every error, security
+headers, deny-by-default authorization, and logs without personal data."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from tests.fixtures.accounts import register
+
+from leadmarket.kit.routing import include_guarded
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ok"
+
+
+async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert "/api/v1/auth/register" in schema["paths"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/api/v1/nothing-here", 404), ("PUT", "/api/v1/auth/login", 405)],
+)
+async def test_errors_are_problem_json(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["type"].startswith("/problems/")
+    assert problem["title"] and problem["detail"]
+
+
+async def test_problem_types_are_documented(client: httpx.AsyncClient) -> None:
+    response = await client.get("/problems/reauth-required")
+    assert response.status_code == 200 and "password" in response.text.lower()
+    assert (await client.get("/problems/no-such-problem")).status_code == 404
+
+
+async def test_security_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+async def test_no_hsts_over_plain_http(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as plain:
+        response = await plain.get("/healthz")
+    assert "strict-transport-security" not in response.headers
+
+
+def test_an_unguarded_route_stops_the_app_from_starting() -> None:
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/open")
+    async def open_route() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(RuntimeError, match="/open"):
+        include_guarded(app, router)
+    assert not any(getattr(r, "path", None) == "/open" for r in app.routes)
+
+
+async def test_logs_carry_no_personal_data(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from leadmarket.kit.logs import JsonFormatter, configure_logging
+
+    configure_logging("DEBUG", "json")
+    logging.getLogger().addHandler(caplog.handler)  # configure_logging replaced the handlers
+    caplog.set_level(logging.DEBUG)
+    account = await register(client, email="private.person@example.com", phone="+14155550199")
+    await client.post(
+        "/api/v1/auth/login", json={"login": account["email"], "password": "wrong-password-1"}
+    )
+    await client.post("/api/v1/auth/register", json={**account, "phone": "+1555"})
+    formatter = JsonFormatter()
+    text = "\n".join(formatter.format(r) for r in caplog.records)
+    assert "request" in text
+    for secret in ("private.person@example.com", "+14155550199", "Ana Silva", "wrong-password-1"):
+        assert secret not in text
+
+
+def test_formatter_masks_what_slips_through() -> None:
+    from leadmarket.kit.logs import mask_personal_data
+
+    assert (
+        mask_personal_data("mail ana@example.com at +1 415 555 0123") == "mail [email] at [phone]"
+    )
