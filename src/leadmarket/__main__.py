@@ -1,0 +1,3 @@
+from leadmarket.cli import app
+
+app(prog_name="leadmarket")

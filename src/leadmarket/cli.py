@@ -1,0 +1,189 @@
+"""The ``leadmarket`` command: serve, worker, migrate, create-admin, demo, audit verify."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from leadmarket.config import Settings, get_settings
+
+app = typer.Typer(
+    help="Leadmarket: a lead exchange that keeps its privacy promises.", no_args_is_help=True
+)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from leadmarket.kit.migrate import upgrade_to_head
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    console.print("[green]Database schema is up to date.[/green]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the schema before serving.")
+    ] = True,
+) -> None:
+    """Run the web service (and, unless LEADMARKET_RUN_JOBS_IN_PROCESS=false, the job worker)."""
+    import uvicorn
+
+    from leadmarket.app import create_app
+    from leadmarket.kit.logs import configure_logging
+    from leadmarket.kit.migrate import upgrade_to_head
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if migrate_first:
+        upgrade_to_head(settings.database_url)
+    console.print(
+        f"Leadmarket on http://{host}:{port}  (database: {settings.database_url.split('://')[0]})"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=settings.trust_proxy_headers,
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Jobs run at once.")] = 4,
+) -> None:
+    """Run background jobs in this process. Start as many as you like on PostgreSQL."""
+    from leadmarket.kit.logs import configure_logging
+    from leadmarket.tasks import run_worker
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings, concurrency=concurrency))
+
+
+@app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(prompt=True)],
+    username: Annotated[str, typer.Option(prompt=True)],
+    name: Annotated[str, typer.Option(prompt=True)] = "Administrator",
+    role: Annotated[str, typer.Option(help="admin, privacy_officer or support.")] = "admin",
+    password: Annotated[
+        str | None,
+        typer.Option(help="Read from the prompt when omitted.", envvar="LEADMARKET_ADMIN_PASSWORD"),
+    ] = None,
+) -> None:
+    """Create a staff account (admin, privacy officer or support)."""
+    from pydantic import ValidationError
+
+    from leadmarket.accounts.schemas import check_name, check_username, normalize_email
+    from leadmarket.accounts.service import AccountsKit, create_staff
+    from leadmarket.kit.db import Database, make_engine
+    from leadmarket.kit.errors import DomainError
+    from leadmarket.kit.migrate import upgrade_to_head
+    from leadmarket.models import Role
+
+    if role not in (Role.ADMIN, Role.PRIVACY_OFFICER, Role.SUPPORT):
+        raise typer.BadParameter(
+            "role must be admin, privacy_officer or support", param_hint="--role"
+        )
+    try:
+        email = normalize_email(email)
+        username = check_username(username)
+        name = check_name(name)
+    except (ValueError, ValidationError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise typer.BadParameter("The passwords differ.")
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> str:
+        db = Database(make_engine(settings.database_url))
+        try:
+            async with db.transaction() as session:
+                user = await create_staff(
+                    session,
+                    AccountsKit(settings),
+                    email=email,
+                    username=username,
+                    name=name,
+                    password=password,
+                    role=Role(role),
+                )
+                return user.id
+        finally:
+            await db.dispose()
+
+    try:
+        user_id = asyncio.run(run())
+    except DomainError as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        for error in exc.errors:
+            console.print(f"  {error.field}: {error.message}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]Created {role} {username} ({user_id}).[/green]")
+
+
+@app.command()
+def demo(
+    reset: Annotated[bool, typer.Option(help="Delete the SQLite database first.")] = False,
+) -> None:
+    """Fill the database with realistic members so a newcomer sees a living marketplace."""
+    from leadmarket.demo import load_demo_data
+    from leadmarket.kit.migrate import upgrade_to_head
+
+    settings = _settings()
+    if reset and settings.is_sqlite:
+        path = settings.database_url.split("///", 1)[1]
+        from pathlib import Path
+
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+    upgrade_to_head(settings.database_url)
+    summary = asyncio.run(load_demo_data(settings))
+    console.print(summary)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain; exit 1 if anything was altered or removed."""
+    from leadmarket.audit.service import verify_chain
+    from leadmarket.kit.db import Database, make_engine
+
+    settings = _settings()
+
+    async def run() -> tuple[bool, int, list[str]]:
+        db = Database(make_engine(settings.database_url))
+        try:
+            async with db.transaction() as session:
+                report = await verify_chain(session)
+                return report.ok, report.checked, report.problems
+        finally:
+            await db.dispose()
+
+    ok, checked, problems = asyncio.run(run())
+    if ok:
+        console.print(f"[green]Audit chain intact: {checked} entries checked.[/green]")
+        return
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    console.print(f"[red]Audit chain BROKEN ({len(problems)} problems, {checked} entries).[/red]")
+    raise typer.Exit(1)
