@@ -71,7 +71,8 @@ class Signer:
         if not data or not mac:
             raise BadSignature("malformed token")
         expected = _b64(hmac.new(self._key(purpose), data.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(mac, expected):
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and links are user input.
+        if not hmac.compare_digest(mac.encode(), expected.encode()):
             raise BadSignature("bad signature")
         try:
             body = json.loads(_unb64(data))
