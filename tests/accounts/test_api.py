@@ -8,6 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.models import ApiKey, User, UserSession
 from tests.fixtures.accounts import (
     PASSWORD,
     bearer,
@@ -18,8 +20,6 @@ from tests.fixtures.accounts import (
     register,
     signed_in,
 )
-
-from leadmarket.models import ApiKey, User, UserSession
 
 NEW_PASSWORD = "copper-lantern-meadow-77"
 

@@ -8,11 +8,11 @@ import asyncio
 import httpx
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from tests.fixtures.accounts import PASSWORD, signed_in
 
 from leadmarket.audit.service import Actor, record, verify_chain
 from leadmarket.kit.db import Database
 from leadmarket.models import AuditEvent, AuditHead
+from tests.fixtures.accounts import PASSWORD, signed_in
 
 
 async def actions_about(session: AsyncSession, subject_id: str) -> list[str]:

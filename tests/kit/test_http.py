@@ -8,9 +8,9 @@ import logging
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from tests.fixtures.accounts import register
 
 from leadmarket.kit.routing import include_guarded
+from tests.fixtures.accounts import register
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
