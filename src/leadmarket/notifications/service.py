@@ -1,0 +1,269 @@
+"""Queueing, composing and sending mail, and the unsubscribe that every message offers (P7:
+marketing stops on request, transactional mail continues).
+
+An opt-out is stored as a keyed hash of the normalised address, so the list of people who asked
+not to be written to does not itself keep their addresses. The unsubscribe link carries that
+hash, signed, so it works without a login and without a lookup table."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.config import Settings
+from leadmarket.kit.crypto import BadSignature, Signer, derive_key, keyed_hash
+from leadmarket.kit.db import utcnow
+from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed
+from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import enqueue
+from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.notifications.mail import MESSAGE_POLICY, MailBackend, OutgoingMessage
+
+log = logging.getLogger("leadmarket.notifications")
+
+SEND_MAIL_JOB = "mail.send"
+UNSUBSCRIBE_PURPOSE = "unsubscribe"
+SUPPRESSION_KEY_PURPOSE = "mail-suppression"
+# Links in old mail must keep working for as long as anyone might click them.
+UNSUBSCRIBE_LINK_TTL_SECONDS = 5 * 365 * 24 * 3600
+# RFC 5322 caps a line at 998 characters; a longer body line goes out quoted-printable.
+_MAX_PLAIN_LINE = 998
+
+
+class InvalidUnsubscribeLink(NotFound):
+    slug = "unsubscribe-link-invalid"
+    title = "Unsubscribe link not valid"
+    explanation = (
+        "The unsubscribe link was altered, cut short or has expired. Use the link in a recent "
+        "message, or change your email preferences in your account settings."
+    )
+
+
+def normalize_address(address: str) -> str:
+    return address.strip().lower()
+
+
+def suppression_hash(settings: Settings, address: str) -> str:
+    key = derive_key(settings.signing_key(), SUPPRESSION_KEY_PURPOSE)
+    return keyed_hash(key, normalize_address(address))
+
+
+def unsubscribe_token(settings: Settings, address: str) -> str:
+    # Always the marketing category: transactional mail cannot be unsubscribed from (P7).
+    return Signer(settings.signing_key()).sign(
+        UNSUBSCRIBE_PURPOSE,
+        {"a": suppression_hash(settings, address), "c": MailCategory.MARKETING.value},
+        ttl_seconds=UNSUBSCRIBE_LINK_TTL_SECONDS,
+    )
+
+
+def unsubscribe_url(settings: Settings, address: str) -> str:
+    return f"{settings.base_url.rstrip('/')}/unsubscribe/{unsubscribe_token(settings, address)}"
+
+
+async def is_suppressed(
+    session: AsyncSession, settings: Settings, address: str, category: MailCategory
+) -> bool:
+    found = await session.scalar(
+        select(MailSuppression.id).where(
+            MailSuppression.address_hash == suppression_hash(settings, address),
+            MailSuppression.category == category.value,
+        )
+    )
+    return found is not None
+
+
+def _check_recipient(address: str) -> str:
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or len(address) > 320
+        or any(c.isspace() or c in "<>," for c in address)
+    ):
+        raise ValidationFailed(
+            "The recipient is not a single email address.",
+            errors=[FieldError("to", "Must be one email address.")],
+        )
+    return address
+
+
+async def queue_mail(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    to: str,
+    subject: str,
+    text_body: str,
+    template: str,
+    category: MailCategory = MailCategory.TRANSACTIONAL,
+    user_id: str | None = None,
+) -> OutboundMail:
+    """Put a message in the outbox, in the caller's transaction, with its send job. Marketing
+    mail to an address that unsubscribed is kept as ``suppressed`` and never sent."""
+    category = MailCategory(category)
+    to = _check_recipient(to)
+    if "\r" in subject or "\n" in subject:
+        raise ValidationFailed(
+            "The subject must be one line.", errors=[FieldError("subject", "Must be one line.")]
+        )
+    mail = OutboundMail(
+        id=new_id("mail"),
+        user_id=user_id,
+        to_address=to,
+        subject=subject,
+        text_body=text_body,
+        category=category.value,
+        template=template,
+        status=MailStatus.QUEUED.value,
+        attempts=0,
+        created_at=utcnow(),
+    )
+    if category is MailCategory.MARKETING and await is_suppressed(session, settings, to, category):
+        mail.status = MailStatus.SUPPRESSED.value
+    session.add(mail)
+    await session.flush()
+    if mail.status == MailStatus.QUEUED.value:
+        await enqueue(session, SEND_MAIL_JOB, {"mail_id": mail.id})
+    log.info(
+        "mail queued",
+        extra={
+            "mail_id": mail.id,
+            "template": template,
+            "category": category.value,
+            "status": mail.status,
+        },
+    )
+    return mail
+
+
+def message_id_for(settings: Settings, mail_id: str) -> str:
+    """Stable per mail, so every retry of one message carries the same Message-ID."""
+    sender = parseaddr(settings.mail_from)[1]
+    domain = sender.rpartition("@")[2] or "leadmarket.invalid"
+    return f"<{mail_id}@{domain}>"
+
+
+def compose_message(settings: Settings, mail: OutboundMail) -> EmailMessage:
+    url = unsubscribe_url(settings, mail.to_address)
+    body = (
+        f"{mail.text_body.rstrip()}\n\n-- \n"
+        f"To stop marketing email from Leadmarket, open this link: {url}\n"
+        "Messages about your account and your transactions will still reach you.\n"
+    )
+    message = EmailMessage(policy=MESSAGE_POLICY)
+    message["From"] = settings.mail_from
+    message["To"] = mail.to_address
+    message["Subject"] = mail.subject
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = message_id_for(settings, mail.id)
+    # RFC 2369 and RFC 8058: mail clients show an unsubscribe button that POSTs to the URL.
+    message["List-Unsubscribe"] = f"<{url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    plain = body.isascii() and max(len(line) for line in body.splitlines()) <= _MAX_PLAIN_LINE
+    # Plain 7bit keeps the link readable in the raw file; anything else picks its own encoding.
+    message.set_content(body, cte="7bit" if plain else None)
+    return message
+
+
+async def send_queued_mail(
+    session: AsyncSession,
+    settings: Settings,
+    backend: MailBackend,
+    mail_id: str,
+    *,
+    attempt: int,
+) -> None:
+    """Send one outbox message unless it was sent, suppressed or deleted in the meantime. The
+    row lock keeps a second worker (after a lost lease) from sending it concurrently."""
+    mail = await session.scalar(
+        select(OutboundMail).where(OutboundMail.id == mail_id).with_for_update()
+    )
+    if mail is None:
+        # Deleted with its account before it went out: there is no one left to write to.
+        log.info("mail gone before sending", extra={"mail_id": mail_id})
+        return
+    if mail.status != MailStatus.QUEUED.value:
+        return
+    if mail.category == MailCategory.MARKETING.value and await is_suppressed(
+        session, settings, mail.to_address, MailCategory.MARKETING
+    ):
+        # Unsubscribed between queueing and sending.
+        mail.status = MailStatus.SUPPRESSED.value
+        log.info("mail suppressed", extra={"mail_id": mail.id, "template": mail.template})
+        return
+    message = compose_message(settings, mail)
+    await backend.send(OutgoingMessage(mail.id, mail.created_at, message))
+    mail.status = MailStatus.SENT.value
+    mail.sent_at = utcnow()
+    mail.message_id = str(message["Message-ID"])
+    mail.attempts = attempt
+    log.info(
+        "mail sent",
+        extra={"mail_id": mail.id, "template": mail.template, "category": mail.category},
+    )
+
+
+async def mark_mail_failed(session: AsyncSession, mail_id: str, *, attempts: int) -> None:
+    mail = await session.get(OutboundMail, mail_id, with_for_update=True)
+    if mail is not None and mail.status == MailStatus.QUEUED.value:
+        mail.status = MailStatus.FAILED.value
+        mail.attempts = attempts
+        log.error("mail failed for good", extra={"mail_id": mail.id, "template": mail.template})
+
+
+@dataclass(frozen=True)
+class UnsubscribeRequest:
+    address_hash: str
+    category: MailCategory
+
+
+def read_unsubscribe_token(settings: Settings, token: str) -> UnsubscribeRequest:
+    """Check a link without acting on it (the page behind the link shows a confirm button:
+    link scanners fetch every URL in a message, and a GET must not unsubscribe)."""
+    try:
+        body = Signer(settings.signing_key()).unsign(UNSUBSCRIBE_PURPOSE, token)
+    except BadSignature as exc:
+        raise InvalidUnsubscribeLink() from exc
+    address_hash, category = body.get("a"), body.get("c")
+    if not isinstance(address_hash, str) or len(address_hash) != 64:
+        raise InvalidUnsubscribeLink()
+    if category != MailCategory.MARKETING.value:
+        raise InvalidUnsubscribeLink()
+    return UnsubscribeRequest(address_hash, MailCategory.MARKETING)
+
+
+async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> str:
+    """Record the opt-out named by an unsubscribe link; returns its category. Using a link
+    twice, or two clicks racing, records it once."""
+    request = read_unsubscribe_token(settings, token)
+    exists = await session.scalar(
+        select(MailSuppression.id).where(
+            MailSuppression.address_hash == request.address_hash,
+            MailSuppression.category == request.category.value,
+        )
+    )
+    if exists is None:
+        try:
+            # The savepoint confines a lost race (unique violation) and keeps the caller's
+            # transaction usable.
+            async with session.begin_nested():
+                session.add(
+                    MailSuppression(
+                        address_hash=request.address_hash,
+                        category=request.category.value,
+                        created_at=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            pass
+    log.info("unsubscribed", extra={"category": request.category.value})
+    return request.category.value

@@ -1,0 +1,65 @@
+"""The page behind every unsubscribe link, and the RFC 8058 one-click endpoint mail clients POST
+to. The signed token in the URL is the only credential: whoever holds the message may opt its
+address out of marketing mail, which is what the link is for."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from leadmarket.config import Settings
+from leadmarket.kit.routing import TransactionalRoute, get_session, guard
+from leadmarket.kit.templating import templates_of
+from leadmarket.notifications.service import read_unsubscribe_token, unsubscribe
+
+
+@guard
+def anyone() -> None:
+    """Guard for the unsubscribe routes: the signed link is the authorisation."""
+
+
+router = APIRouter(
+    route_class=TransactionalRoute, dependencies=[Depends(anyone)], tags=["notifications"]
+)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@router.get(
+    "/unsubscribe/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe page: asks to confirm",
+    responses={404: {"description": "The link is altered or expired."}},
+)
+async def unsubscribe_page(request: Request, token: str) -> Response:
+    # Only checks the link: mail scanners open every URL in a message, so a GET must not act.
+    link = read_unsubscribe_token(_settings(request), token)
+    return templates_of(request).TemplateResponse(
+        request, "notifications/unsubscribe.html", {"done": False, "category": link.category.value}
+    )
+
+
+@router.post(
+    "/unsubscribe/{token}",
+    summary="One-click unsubscribe (RFC 8058)",
+    responses={
+        200: {"description": "Unsubscribed (also when already unsubscribed)."},
+        404: {"description": "The link is altered or expired."},
+    },
+)
+async def unsubscribe_now(
+    request: Request, token: str, session: AsyncSession = Depends(get_session)
+) -> Response:
+    # No CSRF token: RFC 8058 posts come from mail clients, and all this can do is opt the
+    # address named in the signed link out of marketing mail.
+    category = await unsubscribe(session, _settings(request), token)
+    if "text/html" in request.headers.get("accept", ""):
+        return templates_of(request).TemplateResponse(
+            request, "notifications/unsubscribe.html", {"done": True, "category": category}
+        )
+    return JSONResponse({"status": "unsubscribed", "category": category})

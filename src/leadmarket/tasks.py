@@ -1,0 +1,57 @@
+"""Wiring for the job worker: every domain's job handlers, the services they need, and the
+``leadmarket worker`` entry point. Domains keep their handlers in their own ``tasks.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+
+from leadmarket.config import Settings
+from leadmarket.kit.db import Database, make_engine
+from leadmarket.kit.jobs import (
+    PURGE_FINISHED_JOBS_KIND,
+    JobRegistry,
+    Worker,
+    purge_finished_jobs_handler,
+    serve_worker,
+)
+from leadmarket.notifications import tasks as notifications_tasks
+from leadmarket.notifications.mail import MailBackend, make_mail_backend
+
+
+@dataclass(frozen=True)
+class JobServices:
+    """What job handlers may use besides their session, built once per worker."""
+
+    settings: Settings
+    mail_backend: MailBackend
+
+
+def build_services(settings: Settings) -> JobServices:
+    return JobServices(settings=settings, mail_backend=make_mail_backend(settings))
+
+
+def build_registry() -> JobRegistry[JobServices]:
+    registry: JobRegistry[JobServices] = JobRegistry()
+    registry.include(notifications_tasks.registry)
+    registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
+        purge_finished_jobs_handler
+    )
+    return registry
+
+
+async def run_worker(
+    settings: Settings, *, concurrency: int = 1, stop: asyncio.Event | None = None
+) -> None:
+    """Run a worker on its own engine until ``stop`` is set (or SIGINT/SIGTERM without one)."""
+    # Each running job holds a connection; claiming and scheduling need one more.
+    pool_size = max(settings.database_pool_size, concurrency + 1)
+    db = Database(make_engine(settings.database_url, pool_size=pool_size))
+    try:
+        worker = Worker(
+            db, build_registry(), build_services(settings), settings, concurrency=concurrency
+        )
+        await serve_worker(worker, stop)
+    finally:
+        await db.dispose()
