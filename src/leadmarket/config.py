@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         default=None, description="Where the file backend writes; default var_dir/mail."
     )
     mail_from: str = Field(default="Leadmarket <no-reply@leadmarket.test>")
+    mail_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="Sent, failed and suppressed mail (address, body) is deleted after this.",
+    )
     smtp_host: str = Field(default="127.0.0.1")
     smtp_port: int = Field(default=25)
     smtp_username: str | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import email
 import email.policy
 import re
@@ -28,7 +29,7 @@ from leadmarket.kit.crypto import Signer
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.errors import NotFound, ValidationFailed, install_error_handlers
 from leadmarket.kit.jobs import Worker
-from leadmarket.kit.templating import TEMPLATES_DIR, install_templates
+from leadmarket.kit.templating import install_templates
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 from leadmarket.notifications import views
@@ -386,14 +387,8 @@ def unsubscribe_app(settings: Settings, db: Database) -> FastAPI:
     return app
 
 
-@pytest.fixture
-def base_template() -> None:
-    if not (TEMPLATES_DIR / "base.html").exists():
-        pytest.skip("templates/base.html (the site layout) is not written yet")
-
-
 async def test_unsubscribe_routes_confirm_on_get_and_act_on_one_click_post(
-    unsubscribe_app: FastAPI, session: AsyncSession, settings: Settings, base_template: None
+    unsubscribe_app: FastAPI, session: AsyncSession, settings: Settings
 ) -> None:
     for route in views.router.routes:
         assert isinstance(route, APIRoute)
@@ -425,3 +420,30 @@ async def test_unsubscribe_routes_confirm_on_get_and_act_on_one_click_post(
             assert forged.json()["type"] == "/problems/unsubscribe-link-invalid"
 
     assert await session.scalar(select(func.count()).select_from(MailSuppression)) == 1
+
+
+async def test_old_mail_is_purged_after_the_retention_period(
+    session: AsyncSession, settings: Settings
+) -> None:
+    from leadmarket.notifications.service import purge_old_mail
+
+    old_sent = await queue_mail(
+        session, settings, to="old@example.com", subject="s", text_body="b", template="t"
+    )
+    old_queued = await queue_mail(
+        session, settings, to="stuck@example.com", subject="s", text_body="b", template="t"
+    )
+    recent = await queue_mail(
+        session, settings, to="new@example.com", subject="s", text_body="b", template="t"
+    )
+    long_ago = utcnow() - dt.timedelta(days=settings.mail_retention_days + 1)
+    old_sent.status, old_sent.created_at = MailStatus.SENT.value, long_ago
+    old_queued.created_at = long_ago
+    recent.status = MailStatus.SENT.value
+    await session.flush()
+
+    assert await purge_old_mail(session, settings, now=utcnow()) == 1
+    left = set(await session.scalars(select(OutboundMail.id)))
+    assert old_sent.id not in left
+    assert old_queued.id in left  # unsent mail is never deleted
+    assert recent.id in left

@@ -63,11 +63,17 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Any:
-    """``INSERT … ON CONFLICT DO NOTHING`` in the dialect of the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing()
-    return sqlite_insert(table).on_conflict_do_nothing()
+def insert_ignoring_conflicts(
+    session: AsyncSession, table: Any, *, index_elements: list[Any] | None = None
+) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the dialect of the session's database. A duplicate
+    is skipped without an error, so the caller's transaction stays usable on PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=index_elements)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def is_sqlite_url(url: str) -> bool:

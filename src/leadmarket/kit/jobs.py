@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import and_, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
-from leadmarket.kit.db import Database, utcnow
+from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.logs import mask_personal_data
 from leadmarket.models.job import Job, JobStatus
@@ -153,17 +152,6 @@ class JobRegistry(Generic[S]):
         return [k for k in self._kinds.values() if k.every is not None]
 
 
-def _insert_for(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which (unlike the generic one) knows ON CONFLICT DO NOTHING. That
-    skips a duplicate without an error, so the caller's transaction stays usable on PostgreSQL."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert
-    if dialect == "sqlite":
-        return sqlite.insert
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
-
-
 def _check_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     encoded = json.dumps(payload, sort_keys=True)
     # A cheap second line of defence: payloads carry ids, and the job table is not the place
@@ -201,10 +189,11 @@ async def enqueue(
         "max_attempts": max_attempts or USE_WORKER_MAX_ATTEMPTS,
         "created_at": now,
     }
-    insert = _insert_for(session)
-    statement = insert(Job).values(**values).returning(Job.id)
-    if dedupe_key is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=[Job.dedupe_key])
+    statement = (
+        insert_ignoring_conflicts(session, Job, index_elements=[Job.dedupe_key])
+        .values(**values)
+        .returning(Job.id)
+    )
     inserted = (await session.execute(statement)).scalar_one_or_none()
     return str(inserted) if inserted is not None else None
 

@@ -7,12 +7,13 @@ hash, signed, so it works without a login and without a lookup table."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -224,6 +225,19 @@ async def mark_mail_failed(session: AsyncSession, mail_id: str, *, attempts: int
 class UnsubscribeRequest:
     address_hash: str
     category: MailCategory
+
+
+async def purge_old_mail(session: AsyncSession, settings: Settings, *, now: dt.datetime) -> int:
+    """Delete mail that is done with (sent, failed or suppressed) after the retention period:
+    the outbox keeps addresses and bodies with links in them, and keeps them no longer than
+    needed to answer "did you send me that?"."""
+    cutoff = now - dt.timedelta(days=settings.mail_retention_days)
+    result = await session.execute(
+        delete(OutboundMail).where(
+            OutboundMail.status != MailStatus.QUEUED.value, OutboundMail.created_at < cutoff
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def read_unsubscribe_token(settings: Settings, token: str) -> UnsubscribeRequest:

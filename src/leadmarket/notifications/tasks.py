@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
+from leadmarket.kit.db import utcnow
 from leadmarket.kit.jobs import JobContext, JobRegistry
-from leadmarket.notifications.service import SEND_MAIL_JOB, mark_mail_failed, send_queued_mail
+from leadmarket.notifications.service import (
+    SEND_MAIL_JOB,
+    mark_mail_failed,
+    purge_old_mail,
+    send_queued_mail,
+)
 
 if TYPE_CHECKING:
     from leadmarket.tasks import JobServices
@@ -26,3 +33,8 @@ async def send_mail(ctx: JobContext[JobServices]) -> None:
         str(ctx.payload["mail_id"]),
         attempt=ctx.attempt,
     )
+
+
+@registry.periodic("mail.purge_old", every=dt.timedelta(hours=6))
+async def purge_old_mail_job(ctx: JobContext[JobServices]) -> None:
+    await purge_old_mail(ctx.session, ctx.services.settings, now=utcnow())
