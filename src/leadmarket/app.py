@@ -76,11 +76,15 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     from leadmarket.accounts import api as accounts_api
+    from leadmarket.accounts import views as accounts_views
     from leadmarket.admin import api as admin_api
+    from leadmarket.notifications import views as notifications_views
 
     include_guarded(app, _system_router())
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
+    include_guarded(app, accounts_views.router)
+    include_guarded(app, notifications_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
