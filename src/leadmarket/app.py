@@ -20,6 +20,7 @@ from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import PROBLEM_TYPES, NotFound, install_error_handlers
 from leadmarket.kit.http import (
     BodySizeLimitMiddleware,
+    NulInAddressMiddleware,
     RequestLogMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NulInAddressMiddleware)
     app.add_middleware(RequestLogMiddleware)
     return app
 

@@ -96,6 +96,9 @@ async def test_weak_or_common_password_is_422_saying_why(
         ({"address": "1 Main St"}, "address"),
         ({"unexpected": "x"}, "unexpected"),
         ({"email": None}, "email"),
+        ({"name": "Ana\u0000Silva"}, "name"),
+        ({"username": "ana\u0000"}, "username"),
+        ({"address": {"city": "Fres\u0000no"}}, "address.city"),
     ],
 )
 async def test_malformed_registration_names_the_field_and_writes_nothing(
@@ -520,3 +523,20 @@ async def test_public_profile_shows_no_personal_data(client: httpx.AsyncClient) 
     for secret in (account["email"], account["name"], account["phone"], "Main St"):
         assert secret not in response.text
     assert (await client.get("/api/v1/members/nobody_at_all")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/members/ana%00silva", "/api/v1/admin/audit?cursor=%00", "/signin?next=%00"]
+)
+async def test_nul_in_the_address_is_a_clear_400(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+
+
+async def test_nul_in_a_login_name_is_refused_not_a_crash(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/login", json={"login": "ana\u0000", "password": "whatever-it-is"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "login"

@@ -10,9 +10,10 @@ from typing import Annotated, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from leadmarket.accounts.passwords import MAX_PASSWORD_LENGTH
+from leadmarket.kit.schemas import RequestModel
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{1,30})[A-Za-z0-9]$")
 RESERVED_USERNAMES = frozenset(
@@ -72,11 +73,7 @@ Password = Annotated[str, Field(max_length=MAX_PASSWORD_LENGTH)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-
-class Address(Strict):
+class Address(RequestModel):
     street: ShortText | None = None
     city: ShortText | None = None
     region: Annotated[str, Field(min_length=1, max_length=80)] | None = None
@@ -89,7 +86,7 @@ class Address(Strict):
         return value.upper()
 
 
-class RegisterIn(Strict):
+class RegisterIn(RequestModel):
     email: Email
     username: Username
     password: Password
@@ -105,7 +102,7 @@ class AccountOut(BaseModel):
     role: str
 
 
-class LoginIn(Strict):
+class LoginIn(RequestModel):
     login: Annotated[str, Field(min_length=1, max_length=320)] = Field(
         description="Email address or username."
     )
@@ -120,7 +117,7 @@ class LoginOut(BaseModel):
     remembered: bool
 
 
-class ReauthIn(Strict):
+class ReauthIn(RequestModel):
     password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
 
 
@@ -141,7 +138,7 @@ class MeOut(BaseModel):
     created_at: dt.datetime
 
 
-class MePatch(Strict):
+class MePatch(RequestModel):
     username: Username | None = None
     email: Email | None = None
     name: PersonName | None = None
@@ -149,7 +146,7 @@ class MePatch(Strict):
     address: Address | None = None
 
 
-class PasswordChangeIn(Strict):
+class PasswordChangeIn(RequestModel):
     current_password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
     new_password: Password
 
@@ -166,7 +163,7 @@ class SessionOut(BaseModel):
     user_agent: str | None
 
 
-class ApiKeyIn(Strict):
+class ApiKeyIn(RequestModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -186,15 +183,15 @@ class ApiKeyCreated(BaseModel):
     key: str = Field(description="The full key. Shown this once; only its hash is kept.")
 
 
-class VerifyEmailIn(Strict):
+class VerifyEmailIn(RequestModel):
     token: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
-class PasswordResetRequestIn(Strict):
+class PasswordResetRequestIn(RequestModel):
     email: Email
 
 
-class PasswordResetIn(Strict):
+class PasswordResetIn(RequestModel):
     token: Annotated[str, Field(min_length=1, max_length=2000)]
     new_password: Password
 

@@ -57,6 +57,66 @@ class RequestLogMiddleware:
             )
 
 
+class NulInAddressMiddleware:
+    """Refuses a path or query string carrying a NUL character (``%00``) with a 400 problem:
+    no database column can hold one, and no legitimate address needs it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope.get("path", "")
+            or b"%00" in scope.get("query_string", b"")
+            or b"%00" in scope.get("raw_path", b"")
+        ):
+            await send_problem(
+                send,
+                status=400,
+                slug="bad-request",
+                title="Bad request",
+                detail="The address contains a NUL character.",
+                instance="",
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+async def send_problem(
+    send: Send,
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    instance: str,
+    close_connection: bool = False,
+) -> None:
+    """Answer with a problem document from inside middleware, before any router runs."""
+    body = json.dumps(
+        {
+            "type": PROBLEM_BASE + slug,
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": instance,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                # The unread rest of a refused body would otherwise be read as the next request.
+                *([(b"connection", b"close")] if close_connection else []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -107,27 +167,15 @@ class BodySizeLimitMiddleware:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": PROBLEM_BASE + "payload-too-large",
-                "title": "Request body too large",
-                "status": 413,
-                "detail": f"Request bodies are limited to {self.max_bytes} bytes.",
-                "instance": scope.get("path", ""),
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_problem(
+            send,
+            status=413,
+            slug="payload-too-large",
+            title="Request body too large",
+            detail=f"Request bodies are limited to {self.max_bytes} bytes.",
+            instance=scope.get("path", ""),
+            close_connection=True,
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 # Swagger UI at /docs loads its script and styles from a CDN; everything else is same-origin.
