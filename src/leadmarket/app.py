@@ -26,6 +26,7 @@ from leadmarket.kit.http import (
 )
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
+from leadmarket.leads.service import LeadsKit
 
 log = logging.getLogger("leadmarket.app")
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.settings = settings
     app.state.db = db
     app.state.accounts_kit = AccountsKit(settings)
+    app.state.leads_kit = LeadsKit(settings)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -79,11 +81,15 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.accounts import api as accounts_api
     from leadmarket.accounts import views as accounts_views
     from leadmarket.admin import api as admin_api
+    from leadmarket.leads import api as leads_api
     from leadmarket.notifications import views as notifications_views
+    from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
+    include_guarded(app, verticals_api.router)
+    include_guarded(app, leads_api.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="Master keys that wrap each lead's data key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -187,3 +189,58 @@ def audit_verify() -> None:
         console.print(f"[red]{problem}[/red]")
     console.print(f"[red]Audit chain BROKEN ({len(problems)} problems, {checked} entries).[/red]")
     raise typer.Exit(1)
+
+
+async def _rewrap(settings: Settings) -> tuple[int, set[int]]:
+    from leadmarket.kit.db import Database, make_engine
+    from leadmarket.leads.vault import key_versions_in_use, rewrap_all
+
+    db = Database(make_engine(settings.database_url))
+    try:
+        async with db.transaction() as session:
+            done = await rewrap_all(session, settings.keyring())
+        async with db.transaction() as session:
+            in_use = await key_versions_in_use(session)
+        return done, in_use
+    finally:
+        await db.dispose()
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    retire: Annotated[
+        bool, typer.Option(help="Drop old versions from the key file once nothing uses them.")
+    ] = True,
+) -> None:
+    """Add a new master key version, re-wrap every lead's data key with it, retire the old."""
+    from leadmarket.kit.migrate import upgrade_to_head
+
+    settings = _settings()
+    if settings.master_keys is not None:
+        console.print(
+            "[red]The master keys come from LEADMARKET_MASTER_KEYS: put a new VERSION:KEY first "
+            "in it, restart, then run `leadmarket keys rewrap`.[/red]"
+        )
+        raise typer.Exit(1)
+    assert settings.master_key_file is not None
+    upgrade_to_head(settings.database_url)
+    rotated = settings.keyring().with_new_version()
+    # Saved before re-wrapping: a crash in between leaves keys that still open everything.
+    rotated.save(settings.master_key_file)
+    settings.reload_keyring()
+    done, in_use = asyncio.run(_rewrap(settings))
+    console.print(f"Master key version {rotated.current} is current; {done} data keys re-wrapped.")
+    if retire:
+        old = set(rotated.versions) - in_use - {rotated.current}
+        if old:
+            rotated.without_versions(old).save(settings.master_key_file)
+            console.print(f"Retired versions: {', '.join(map(str, sorted(old)))}.")
+
+
+@keys_app.command("rewrap")
+def keys_rewrap() -> None:
+    """Re-wrap every lead's data key with the current master key version."""
+    settings = _settings()
+    done, in_use = asyncio.run(_rewrap(settings))
+    versions = ", ".join(map(str, sorted(in_use))) or "none"
+    console.print(f"{done} data keys re-wrapped; versions in use: {versions}.")

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from leadmarket.kit.keyring import Keyring, load_keyring
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADMARKET_", env_file=".env", extra="ignore")
@@ -39,6 +41,41 @@ class Settings(BaseSettings):
         default=None,
         description="Key for signed links and keyed hashes. Empty: generated once and kept in "
         "var_dir/secret.key (development only; set it in production).",
+    )
+
+    master_keys: SecretStr | None = Field(
+        default=None,
+        description="Master keys that wrap each lead's data key, 'VERSION:BASE64,…' (first is "
+        "current). Empty: the key file master_key_file, created on first use.",
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="Master key file (JSON); default var_dir/master.keys."
+    )
+
+    # Leads.
+    duplicate_window_days: int = Field(
+        default=30,
+        ge=0,
+        description="A lead for the same consumer and vertical within this "
+        "many days is a duplicate (409).",
+    )
+    pii_retention_hours: int = Field(
+        default=48,
+        ge=1,
+        description="Personal data of a lead is destroyed this long after it "
+        "is sold or its auction ends (L4).",
+    )
+    velocity_seller_per_minute: int = Field(
+        default=120,
+        ge=1,
+        description="Leads a seller posts per minute before the quality "
+        "score marks them as a burst.",
+    )
+    velocity_ip_per_hour: int = Field(
+        default=5,
+        ge=1,
+        description="Leads from one consumer address per hour before the "
+        "quality score marks them as suspicious.",
     )
 
     # Sessions and accounts.
@@ -112,6 +149,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(default="json")
 
     _signing_key: bytes | None = PrivateAttr(default=None)
+    _keyring: Keyring | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -119,6 +157,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'leadmarket.db'}"
         if self.mail_dir is None:
             self.mail_dir = self.var_dir / "mail"
+        if self.master_key_file is None:
+            self.master_key_file = self.var_dir / "master.keys"
         return self
 
     @property
@@ -129,6 +169,18 @@ class Settings(BaseSettings):
     def mail_path(self) -> Path:
         assert self.mail_dir is not None
         return self.mail_dir
+
+    def keyring(self) -> Keyring:
+        """The master keys (loaded once; the key file is created on first use)."""
+        if self._keyring is None:
+            assert self.master_key_file is not None
+            env_value = self.master_keys.get_secret_value() if self.master_keys else None
+            self._keyring = load_keyring(env_value, self.master_key_file)
+        return self._keyring
+
+    def reload_keyring(self) -> Keyring:
+        self._keyring = None
+        return self.keyring()
 
     def signing_key(self) -> bytes:
         """The root secret. Generated and kept on disk when not configured, so a development

@@ -3,14 +3,24 @@ changes nothing. Later issues add leads, auctions and orders here."""
 
 from __future__ import annotations
 
+import datetime as dt
+import random
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts import repository
 from leadmarket.accounts.service import AccountsKit
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine, utcnow
-from leadmarket.models import Role, User
+from leadmarket.kit.errors import DomainError
+from leadmarket.leads.schemas import LeadIn
+from leadmarket.leads.service import LeadsKit, create_lead
+from leadmarket.models import Lead, Role, User
+from leadmarket.verticals.registry import Vertical, all_verticals
 
 DEMO_PASSWORD = "lead-exchange-demo-2026"
 
@@ -51,6 +61,122 @@ DEMO_MEMBERS = (
 )  # fmt: skip
 
 
+# (city, state, ZIP, area code): consistent, so demo leads score as a real market's would.
+DEMO_PLACES = (
+    ("Fresno", "CA", "93650", "559"),
+    ("San Diego", "CA", "92101", "619"),
+    ("Brooklyn", "NY", "11201", "718"),
+    ("Dallas", "TX", "75201", "214"),
+    ("Miami", "FL", "33101", "305"),
+    ("Chicago", "IL", "60601", "312"),
+    ("Seattle", "WA", "98101", "206"),
+    ("Phoenix", "AZ", "85004", "602"),
+    ("Atlanta", "GA", "30303", "404"),
+    ("Denver", "CO", "80202", "303"),
+)
+DEMO_FIRST_NAMES = (
+    "Olivia", "Liam", "Emma", "Noah", "Sofia", "Mateo", "Ava", "Elijah", "Mia", "Lucas",
+    "Amelia", "Ethan", "Harper", "James", "Layla", "Benjamin", "Chloe", "Daniel", "Zoe", "Henry",
+)  # fmt: skip
+DEMO_LAST_NAMES = (
+    "Nguyen", "Patel", "Johnson", "Garcia", "Kim", "Okafor", "Rossi", "Cohen", "Silva",
+    "Murphy", "Haddad", "Larsen", "Moreau", "Tanaka", "Brooks", "Singh", "Lopez", "Walker",
+)  # fmt: skip
+DEMO_STREETS = ("Oak", "Maple", "Cedar", "Elm", "Willow", "Sycamore")
+DEMO_LEADS_PER_VERTICAL = 6
+
+
+def _demo_attributes(vertical: Vertical, rng: random.Random) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in vertical.fields:
+        if field.enum:
+            values[field.name] = rng.choice(field.enum)
+        elif field.type == "boolean":
+            values[field.name] = rng.random() < 0.5
+        elif field.type in ("integer", "number"):
+            low = field.minimum if field.minimum is not None else 0
+            high = field.maximum if field.maximum is not None else low + 100
+            number = rng.uniform(low, min(high, low + (high - low) * 0.6))
+            values[field.name] = int(number) if field.type == "integer" else round(number, 2)
+        elif field.required:
+            values[field.name] = "Details on request"
+    return values
+
+
+def _demo_lead(seller: User, vertical: Vertical, n: int, rng: random.Random) -> LeadIn:
+    city, state, zip_code, area = rng.choice(DEMO_PLACES)
+    first, last = rng.choice(DEMO_FIRST_NAMES), rng.choice(DEMO_LAST_NAMES)
+    now = utcnow()
+    auction = n % 3 != 2
+    sale: dict[str, Any] = (
+        {
+            "mode": "auction",
+            "reserve_cents": rng.choice([800, 1200, 1500, 2500]),
+            "buy_now_cents": rng.choice([None, 4000, 6500]),
+            "duration_minutes": rng.choice([30, 60, 180, 1440]),
+            "exclusive": n % 4 != 0,
+        }
+        if auction
+        else {"mode": "fixed", "price_cents": rng.choice([1800, 2900, 4500]), "exclusive": True}
+    )
+    return LeadIn.model_validate(
+        {
+            "vertical": vertical.slug,
+            "contact": {
+                "first_name": first,
+                "last_name": last,
+                # Every sixth consumer used a throwaway address, so the market shows quality
+                # signals at work.
+                "email": f"{first}.{last}.{vertical.slug}.{n}@"
+                + ("mailinator.com" if n == 5 else "example.com"),
+                "phone": f"+1{area}{rng.randint(200, 899)}{rng.randint(0, 9999):04d}",
+                "birth_date": f"{rng.randint(1950, 2003)}-{rng.randint(1, 12):02d}-15",
+                "address": {
+                    "street": f"{rng.randint(10, 9999)} {rng.choice(DEMO_STREETS)} St",
+                    "city": city,
+                    "region": state,
+                    "postal_code": zip_code,
+                    "country": "US",
+                },
+            },
+            "attributes": _demo_attributes(vertical, rng),
+            "consent": {
+                "disclosure_text": vertical.consent_text_for(seller.username),
+                "page_url": f"https://{seller.username.replace('_', '-')}.example.com/quote",
+                "ip": f"198.51.100.{rng.randint(1, 254)}",
+                "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) Safari/604.1",
+                "given_at": (now - dt.timedelta(minutes=rng.randint(1, 600))).isoformat(),
+            },
+            "sale": sale,
+        }
+    )
+
+
+async def _load_demo_leads(session: AsyncSession, settings: Settings) -> int:
+    if await session.scalar(select(func.count()).select_from(Lead)):
+        return 0
+    sellers = [
+        user
+        for m in DEMO_MEMBERS
+        if m.role == Role.SELLER
+        and (user := await repository.user_by_username(session, m.username))
+    ]
+    kit = LeadsKit(settings)
+    rng = random.Random(2026)  # noqa: S311 - the same demo market every time, not a secret
+    created = 0
+    for vertical in all_verticals():
+        for n in range(DEMO_LEADS_PER_VERTICAL):
+            seller = sellers[(created + n) % len(sellers)]
+            data = _demo_lead(seller, vertical, n, rng)
+            try:
+                async with session.begin_nested():
+                    await create_lead(session, kit, seller=seller, data=data, source="form")
+                created += 1
+            except DomainError:
+                continue  # an unlucky random duplicate; the market has enough without it
+    return created
+
+
 async def load_demo_data(settings: Settings) -> str:
     kit = AccountsKit(settings)
     password_hash = kit.passwords.hash(DEMO_PASSWORD)
@@ -89,10 +215,13 @@ async def load_demo_data(settings: Settings) -> str:
                     details={"role": user.role},
                 )
                 created += 1
+        async with db.transaction() as session:
+            leads = await _load_demo_leads(session, settings)
     finally:
         await db.dispose()
     names = ", ".join(m.username for m in DEMO_MEMBERS)
     return (
-        f"Demo data ready ({created} members added). Sign in as any of: {names}\n"
+        f"Demo data ready ({created} members and {leads} leads added). "
+        f"Sign in as any of: {names}\n"
         f"Password for every demo account: {DEMO_PASSWORD}"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from leadmarket.audit.service import Actor, record, verify_chain
 from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
+from leadmarket.leads.vault import Purpose, Reader, reveal_personal_data
 from leadmarket.models import AuditEvent, Role
 
 router = APIRouter(prefix="/api/v1/admin", route_class=TransactionalRoute, tags=["admin"])
@@ -52,6 +53,27 @@ async def read_member(
         details={"role": principal.user.role},
     )
     return me_out(user)
+
+
+@router.get(
+    "/leads/{lead_id}/personal-data",
+    summary="A lead's decrypted personal data, for support; the reason is required and recorded",
+)
+async def read_lead_personal_data(
+    lead_id: Annotated[str, Path(max_length=40)],
+    reason: Annotated[str, Query(min_length=5, max_length=200, description="Why you need it.")],
+    request: Request,
+    session: Session,
+    principal: Principal = Depends(requires(Action.READ_MEMBER_DATA, *STAFF)),
+) -> dict[str, Any]:
+    return await reveal_personal_data(
+        session,
+        request.app.state.settings,
+        lead_id,
+        reader=Reader(principal.user.id, principal.user.role),
+        purpose=Purpose.STAFF_SUPPORT,
+        reason=reason.strip(),
+    )
 
 
 class AuditEventOut(BaseModel):

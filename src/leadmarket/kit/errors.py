@@ -231,6 +231,16 @@ def validation_errors(raw: list[dict[str, Any]]) -> list[FieldError]:
     return out
 
 
+# Pydantic error types that mean more than "invalid field": a validator raises
+# PydanticCustomError(<type>, …) and the answer is the registered problem instead of the
+# generic validation error (for example a consumer under 14 → /problems/minor).
+_VALIDATION_PROBLEMS: dict[str, type[DomainError]] = {}
+
+
+def register_validation_problem(error_type: str, problem: type[DomainError]) -> None:
+    _VALIDATION_PROBLEMS[error_type] = problem
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
@@ -247,7 +257,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = validation_errors(list(exc.errors()))
+        raw = list(exc.errors())
+        for error in raw:
+            problem = _VALIDATION_PROBLEMS.get(str(error.get("type")))
+            if problem is not None:
+                return problem_response(
+                    request,
+                    status=problem.status,
+                    slug=problem.slug,
+                    title=problem.title,
+                    detail=problem.explanation,
+                    errors=validation_errors(
+                        [e for e in raw if e.get("type") == error.get("type")]
+                    ),
+                )
+        errors = validation_errors(raw)
         return problem_response(
             request,
             status=422,

@@ -5,6 +5,16 @@ from leadmarket.kit.db import Base
 from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSession, UserStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
 from leadmarket.models.job import Job, JobStatus
+from leadmarket.models.lead import (
+    Consent,
+    ConsentText,
+    IdempotencyRecord,
+    Lead,
+    LeadBlindIndex,
+    LeadStatus,
+    LeadVault,
+    SaleMode,
+)
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 
 __all__ = [
@@ -12,14 +22,22 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Consent",
+    "ConsentText",
+    "IdempotencyRecord",
     "Job",
     "JobStatus",
+    "Lead",
+    "LeadBlindIndex",
+    "LeadStatus",
+    "LeadVault",
     "LoginFailure",
     "MailCategory",
     "MailStatus",
     "MailSuppression",
     "OutboundMail",
     "Role",
+    "SaleMode",
     "User",
     "UserSession",
     "UserStatus",

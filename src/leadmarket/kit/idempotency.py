@@ -1,0 +1,83 @@
+"""``Idempotency-Key`` for POSTs that create things (docs/api.md): the same key with the same
+body returns the first answer; the same key with another body is a 409. The first answer is
+stored in the same transaction as the thing it created, so a replay can never point at
+something that was rolled back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.kit.errors import Conflict, FieldError, ValidationFailed
+from leadmarket.models import IdempotencyRecord
+
+MAX_KEY_LENGTH = 200
+
+
+class IdempotencyKeyReused(Conflict):
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key used for another request"
+    explanation = "This Idempotency-Key was already used with a different request body."
+
+
+def request_fingerprint(body: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+
+
+def check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationFailed(
+            "Bad Idempotency-Key.",
+            errors=[
+                FieldError("Idempotency-Key", f"Use 1 to {MAX_KEY_LENGTH} printable characters.")
+            ],
+        )
+    return key
+
+
+async def previous_answer(
+    session: AsyncSession, principal: str, key: str, fingerprint: str
+) -> IdempotencyRecord | None:
+    found = await session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.principal == principal, IdempotencyRecord.key == key
+        )
+    )
+    if found is not None and found.request_sha256 != fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used with another body.")
+    return found
+
+
+async def remember_answer(
+    session: AsyncSession,
+    principal: str,
+    key: str,
+    fingerprint: str,
+    status_code: int,
+    response: dict[str, Any],
+) -> None:
+    session.add(
+        IdempotencyRecord(
+            principal=principal,
+            key=key,
+            request_sha256=fingerprint,
+            status_code=status_code,
+            response=response,
+        )
+    )
+    try:
+        await session.flush()
+    except IntegrityError:
+        # A concurrent request with the same key won; this one's work is rolled back.
+        raise Conflict(
+            "A request with this Idempotency-Key is being processed; retry to get its answer."
+        ) from None

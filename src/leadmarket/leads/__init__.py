@@ -1,0 +1,1 @@
+"""Lead intake: validation, consent evidence, encryption, quality and previews."""

@@ -1,0 +1,210 @@
+"""The lead API: posting (sellers), browsing previews (buyers), consent certificates."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.accounts.auth import Principal, optional_principal, requires
+from leadmarket.accounts.policy import Action
+from leadmarket.kit.idempotency import (
+    check_key,
+    previous_answer,
+    remember_answer,
+    request_fingerprint,
+)
+from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from leadmarket.kit.routing import TransactionalRoute, get_session
+from leadmarket.leads import service
+from leadmarket.leads.schemas import (
+    ConsentCertificateOut,
+    ConsentWithdrawalIn,
+    LeadCreatedOut,
+    LeadIn,
+    LeadOut,
+    SellerOut,
+)
+from leadmarket.leads.service import LeadsKit
+from leadmarket.models import Lead, LeadStatus, Role, User
+
+router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["leads"])
+Session = Annotated[AsyncSession, Depends(get_session)]
+LeadId = Annotated[str, Path(max_length=40)]
+
+
+def get_leads_kit(request: Request) -> LeadsKit:
+    kit: LeadsKit = request.app.state.leads_kit
+    return kit
+
+
+Kit = Annotated[LeadsKit, Depends(get_leads_kit)]
+
+
+async def lead_out(session: AsyncSession, lead: Lead, viewer: User) -> LeadOut:
+    seller = await session.get(User, lead.seller_id)
+    return LeadOut(
+        id=lead.id,
+        vertical=lead.vertical,
+        status=lead.status,
+        preview=service.preview_of(lead),
+        sale=service.sale_of(lead, show_reserve=viewer.id == lead.seller_id),
+        seller=SellerOut(username=seller.username if seller else "", rating=None),
+        pii_expires_at=lead.pii_expires_at,
+        pii_destroyed_at=lead.pii_destroyed_at,
+    )
+
+
+@router.post(
+    "/leads",
+    status_code=status.HTTP_201_CREATED,
+    summary="Post a lead (sellers): validated, consent recorded, personal data sealed",
+    responses={
+        409: {"description": "Duplicate lead, or Idempotency-Key reused with another body"},
+        422: {"description": "Invalid field, or a consumer under 14 (type …/minor)"},
+    },
+)
+async def post_lead(
+    body: LeadIn,
+    session: Session,
+    kit: Kit,
+    principal: Principal = Depends(requires(Action.SELL_LEADS, Role.SELLER)),
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Any:
+    key = check_key(idempotency_key)
+    fingerprint = request_fingerprint(body.model_dump(mode="json"))
+    if key is not None:
+        earlier = await previous_answer(session, principal.user.id, key, fingerprint)
+        if earlier is not None:
+            return JSONResponse(earlier.response, status_code=earlier.status_code)
+    created = await service.create_lead(
+        session, kit, seller=principal.user, data=body, source="api"
+    )
+    out = LeadCreatedOut(
+        id=created.lead.id,
+        status=created.lead.status,
+        preview=service.preview_of(created.lead),
+        quality=service.quality_of(created.lead),
+        consent_certificate=created.certificate,
+    )
+    if key is not None:
+        await remember_answer(
+            session, principal.user.id, key, fingerprint, 201, out.model_dump(mode="json")
+        )
+    return out
+
+
+@router.get(
+    "/leads",
+    summary="Leads: buyers browse open leads (previews only); sellers see their own",
+)
+async def list_leads(
+    session: Session,
+    principal: Principal = Depends(requires(Action.BUY_LEAD)),
+    vertical: Annotated[str | None, Query(max_length=40)] = None,
+    region: Annotated[str | None, Query(max_length=8)] = None,
+    status_filter: Annotated[
+        LeadStatus | None, Query(alias="status", description="open, sold, unsold, withdrawn")
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[LeadOut]:
+    rows = await service.list_visible_leads(
+        session,
+        principal.user,
+        vertical=vertical,
+        region=region,
+        status=status_filter.value if status_filter else None,
+        limit=limit,
+        before_id=decode_cursor(cursor),
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        items=[await lead_out(session, lead, principal.user) for lead in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more and rows else None,
+    )
+
+
+@router.get("/leads/{lead_id}", summary="One lead: preview and sale terms, never contact data")
+async def get_lead(
+    lead_id: LeadId,
+    session: Session,
+    principal: Principal = Depends(requires(Action.BUY_LEAD)),
+) -> LeadOut:
+    lead = await service.get_visible_lead(session, lead_id, principal.user)
+    return await lead_out(session, lead, principal.user)
+
+
+@router.patch(
+    "/leads/{lead_id}",
+    summary="Always refused: a posted lead cannot be changed by its seller (L5)",
+    responses={409: {"description": "Leads are immutable"}},
+)
+async def patch_lead(
+    lead_id: LeadId,
+    session: Session,
+    principal: Principal = Depends(requires(Action.SELL_LEADS)),
+) -> None:
+    await service.refuse_change(session, lead_id, principal.user)
+
+
+@router.delete(
+    "/leads/{lead_id}",
+    summary="Always refused: a posted lead cannot be removed by its seller (L5)",
+    responses={409: {"description": "Leads are immutable"}},
+)
+async def delete_lead(
+    lead_id: LeadId,
+    session: Session,
+    principal: Principal = Depends(requires(Action.SELL_LEADS)),
+) -> None:
+    await service.refuse_change(session, lead_id, principal.user)
+
+
+@router.get("/me/lead-quality", summary="A seller's quality figures over their own leads")
+async def my_lead_quality(
+    session: Session,
+    principal: Principal = Depends(requires(Action.VIEW_DASHBOARD, Role.SELLER)),
+) -> dict[str, Any]:
+    return await service.seller_quality_summary(session, principal.user.id)
+
+
+@router.get(
+    "/consents/{certificate}",
+    dependencies=[Depends(optional_principal)],
+    summary="Verify a consent certificate (no personal data)",
+)
+async def verify_consent(
+    certificate: Annotated[str, Path(max_length=64)], session: Session
+) -> ConsentCertificateOut:
+    consent, text = await service.consent_by_certificate(session, certificate)
+    return ConsentCertificateOut(
+        certificate=consent.certificate,
+        status="withdrawn" if consent.withdrawn_at else "valid",
+        vertical=consent.vertical,
+        given_at=consent.given_at,
+        recorded_at=consent.recorded_at,
+        page_url=consent.page_url,
+        disclosure_text=text.text,
+        disclosure_sha256=text.sha256,
+        parties=list(consent.parties),
+        withdrawn_at=consent.withdrawn_at,
+    )
+
+
+@router.post(
+    "/consents/{certificate}/withdrawal",
+    dependencies=[Depends(optional_principal)],
+    summary="The consumer withdraws a consent (name the email or phone it was given with)",
+)
+async def withdraw_consent(
+    certificate: Annotated[str, Path(max_length=64)],
+    body: ConsentWithdrawalIn,
+    session: Session,
+    kit: Kit,
+) -> ConsentCertificateOut:
+    await service.withdraw_consent(session, kit, certificate, email=body.email, phone=body.phone)
+    return await verify_consent(certificate, session)

@@ -1,0 +1,253 @@
+"""Request and response bodies of the lead API (the posting spec in docs/api.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from leadmarket.accounts.schemas import Email, check_name
+from leadmarket.kit.schemas import RequestModel
+
+# L2: 004 says 14, 000 says 13; the stricter wins.
+MINIMUM_AGE = 14
+MINOR_ERROR = "minor"
+
+Text100 = Annotated[str, Field(min_length=1, max_length=100)]
+PersonNamePart = Annotated[str, Field(max_length=100), AfterValidator(check_name)]
+
+
+def age_on(birth_date: dt.date, day: dt.date) -> int:
+    return day.year - birth_date.year - ((day.month, day.day) < (birth_date.month, birth_date.day))
+
+
+def check_birth_date(value: dt.date) -> dt.date:
+    today = dt.datetime.now(dt.UTC).date()
+    if value > today:
+        raise ValueError("The birth date is in the future.")
+    age = age_on(value, today)
+    if age < MINIMUM_AGE:
+        # A distinct error type, turned into the /problems/minor answer (see leads.api).
+        raise PydanticCustomError(MINOR_ERROR, "The consumer is under 14.")
+    if age > 120:
+        raise ValueError("The birth date is more than 120 years ago.")
+    return value
+
+
+def clean_page_url(value: str) -> str:
+    """Keep scheme, host and path only: query strings and fragments of landing pages often
+    carry the consumer's own data (``?email=…``), which has no place in consent evidence."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("Use the full http(s) address of the page the consumer saw.")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", ""))
+
+
+class AddressIn(RequestModel):
+    street: Annotated[str, Field(min_length=1, max_length=200)]
+    city: Text100
+    region: Annotated[str, Field(min_length=2, max_length=3, description="State/province code")]
+    postal_code: Annotated[str, Field(min_length=3, max_length=12)]
+    country: Literal["US", "CA"] = "US"
+
+    @field_validator("street", "city")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("This field is required.")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.strip().upper()
+
+
+def normalize_consumer_phone(value: str, country: str) -> str:
+    try:
+        number = phonenumbers.parse(value, country)
+    except phonenumbers.NumberParseException:
+        raise ValueError("Not a phone number.") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("This phone number does not exist.")
+    if phonenumbers.region_code_for_number(number) not in ("US", "CA"):
+        raise ValueError("Use a United States or Canadian phone number.")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class ContactIn(RequestModel):
+    first_name: PersonNamePart
+    last_name: PersonNamePart
+    email: Email
+    birth_date: Annotated[dt.date, AfterValidator(check_birth_date)]
+    # Before phone, so the phone is read in the address's country.
+    address: AddressIn
+    phone: Annotated[str, Field(min_length=3, max_length=40)]
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str, info: ValidationInfo) -> str:
+        address = info.data.get("address")
+        return normalize_consumer_phone(value, address.country if address else "US")
+
+
+class ConsentIn(RequestModel):
+    disclosure_text: Annotated[str, Field(min_length=20, max_length=10_000)]
+    page_url: Annotated[str, Field(max_length=2000), AfterValidator(clean_page_url)]
+    ip: IPv4Address | IPv6Address
+    user_agent: Annotated[str, Field(min_length=1, max_length=1000)]
+    given_at: AwareDatetime
+
+    @field_validator("given_at")
+    @classmethod
+    def _plausible_time(cls, value: dt.datetime) -> dt.datetime:
+        now = dt.datetime.now(dt.UTC)
+        if value > now + dt.timedelta(minutes=5):
+            raise ValueError("Consent cannot be given in the future.")
+        if value < now - dt.timedelta(days=30):
+            raise ValueError("Consent older than 30 days is too old for a new lead.")
+        return value.astimezone(dt.UTC)
+
+
+Cents = Annotated[int, Field(ge=0, le=100_000_000)]
+
+
+class SaleIn(RequestModel):
+    mode: Literal["auction", "fixed"]
+    currency: Literal["USD", "CAD"] = "USD"
+    reserve_cents: Cents | None = None
+    buy_now_cents: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
+    price_cents: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
+    duration_minutes: Annotated[int, Field(ge=5, le=10_080)] | None = None
+    exclusive: bool = True
+    max_buyers: Annotated[int, Field(ge=1, le=4)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SaleIn:
+        if self.mode == "fixed":
+            if self.price_cents is None:
+                raise PydanticCustomError("missing", "A fixed-price sale needs price_cents.")
+            if self.reserve_cents is not None or self.buy_now_cents is not None:
+                raise ValueError("reserve_cents and buy_now_cents belong to auctions.")
+        else:
+            if self.price_cents is not None:
+                raise ValueError("price_cents belongs to fixed-price sales; use buy_now_cents.")
+            if self.duration_minutes is None:
+                self.duration_minutes = 60
+            if (
+                self.buy_now_cents is not None
+                and self.reserve_cents is not None
+                and self.buy_now_cents < self.reserve_cents
+            ):
+                raise ValueError("buy_now_cents cannot be below reserve_cents.")
+        if self.exclusive:
+            if self.max_buyers not in (None, 1):
+                raise ValueError("An exclusive lead has exactly one buyer.")
+            self.max_buyers = 1
+        elif self.max_buyers is None:
+            self.max_buyers = 4
+        return self
+
+
+class LeadIn(RequestModel):
+    vertical: Annotated[str, Field(min_length=1, max_length=40)]
+    contact: ContactIn
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    consent: ConsentIn
+    sale: SaleIn
+
+
+class QualityOut(BaseModel):
+    score: int
+    reasons: list[dict[str, Any]]
+
+
+class PreviewOut(BaseModel):
+    vertical: str
+    vertical_name: str
+    country: str
+    region: str
+    city: str
+    postal_prefix: str
+    age_band: str
+    attributes: dict[str, Any]
+    created_at: dt.datetime
+    quality: QualityOut
+
+
+class SaleOut(BaseModel):
+    mode: str
+    currency: str
+    reserve_cents: int | None = None
+    buy_now_cents: int | None
+    price_cents: int | None
+    duration_minutes: int | None
+    exclusive: bool
+    max_buyers: int
+    ends_at: dt.datetime | None
+
+
+class LeadCreatedOut(BaseModel):
+    id: str
+    status: str
+    preview: PreviewOut
+    quality: QualityOut
+    consent_certificate: str
+
+
+class SellerOut(BaseModel):
+    username: str
+    rating: float | None
+
+
+class LeadOut(BaseModel):
+    id: str
+    vertical: str
+    status: str
+    preview: PreviewOut
+    sale: SaleOut
+    seller: SellerOut
+    pii_expires_at: dt.datetime | None
+    pii_destroyed_at: dt.datetime | None
+
+
+class ConsentCertificateOut(BaseModel):
+    certificate: str
+    status: Literal["valid", "withdrawn"]
+    vertical: str
+    given_at: dt.datetime
+    recorded_at: dt.datetime
+    page_url: str
+    disclosure_text: str
+    disclosure_sha256: str
+    parties: list[str]
+    withdrawn_at: dt.datetime | None
+
+
+class ConsentWithdrawalIn(RequestModel):
+    """The consumer proves it is their consent by naming the email or phone it was given with."""
+
+    email: Email | None = None
+    phone: Annotated[str, Field(min_length=3, max_length=40)] | None = None
+
+    @model_validator(mode="after")
+    def _one_identifier(self) -> ConsentWithdrawalIn:
+        if self.email is None and self.phone is None:
+            raise ValueError(
+                "Give the email address or the phone number the consent was given with."
+            )
+        return self

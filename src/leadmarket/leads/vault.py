@@ -1,0 +1,169 @@
+"""The only place that sees a lead's personal data in the clear.
+
+Sealing: each lead gets a fresh data key; every personal field is encrypted with AES-256-GCM,
+bound to the lead id and the field name; the data key is stored wrapped by the current master
+key. Identifiers are also stored as keyed blind indexes (HMAC-SHA256 with one HKDF-derived key
+per kind, over the normalised value) so a consumer can be found without decrypting anything.
+
+Opening happens in :func:`reveal_personal_data` only, which checks the reader's right and
+records the read in the audit log (A4). Destroying (:func:`destroy_personal_data`) deletes the
+wrapped key, the ciphertext and the indexes in one statement each: without the data key no
+copy of the ciphertext can ever be opened again (L4)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.audit.service import Actor, record
+from leadmarket.config import Settings
+from leadmarket.kit.crypto import derive_key, keyed_hash
+from leadmarket.kit.errors import Forbidden, NotFound
+from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
+from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Role
+
+
+class IndexKind(enum.StrEnum):
+    EMAIL = "email"
+    PHONE = "phone"
+    IP = "ip"
+
+
+class BlindIndexer:
+    """Keyed digests of normalised identifiers. The keys come from the service's root secret,
+    not from the master keys, so rotating master keys leaves every index valid."""
+
+    def __init__(self, root_key: bytes) -> None:
+        self._keys = {kind: derive_key(root_key, f"blind-index:{kind}") for kind in IndexKind}
+
+    def digest(self, kind: IndexKind, value: str) -> str:
+        return keyed_hash(self._keys[kind], value.strip().lower())
+
+
+def _context(lead_id: str, field: str) -> bytes:
+    return f"lead|{lead_id}|{field}".encode()
+
+
+def seal_personal_data(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> LeadVault:
+    data_key = new_data_key()
+    sealed = {
+        field: base64.b64encode(
+            seal(data_key, json.dumps(value).encode(), _context(lead_id, field))
+        ).decode()
+        for field, value in values.items()
+        if value is not None
+    }
+    wrapped = keyring.wrap(data_key, lead_id)
+    return LeadVault(
+        lead_id=lead_id,
+        key_version=wrapped.version,
+        wrapped_key=wrapped.wrapped,
+        sealed_fields=sealed,
+    )
+
+
+def _open(keyring: Keyring, vault: LeadVault, fields: Iterable[str] | None) -> dict[str, Any]:
+    data_key = keyring.unwrap(WrappedKey(vault.key_version, vault.wrapped_key), vault.lead_id)
+    wanted = vault.sealed_fields.keys() if fields is None else fields
+    return {
+        field: json.loads(
+            open_sealed(
+                data_key,
+                base64.b64decode(vault.sealed_fields[field]),
+                _context(vault.lead_id, field),
+            )
+        )
+        for field in wanted
+        if field in vault.sealed_fields
+    }
+
+
+class Purpose(enum.StrEnum):
+    """Why personal data is being opened. Each purpose names who may open it."""
+
+    STAFF_SUPPORT = "staff_support"  # support / privacy staff, with a written reason
+
+
+@dataclass(frozen=True)
+class Reader:
+    user_id: str
+    role: str
+
+
+_STAFF = {Role.ADMIN.value, Role.SUPPORT.value, Role.PRIVACY_OFFICER.value}
+
+
+async def reveal_personal_data(
+    session: AsyncSession,
+    settings: Settings,
+    lead_id: str,
+    *,
+    reader: Reader,
+    purpose: Purpose,
+    reason: str,
+    fields: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Decrypt a lead's personal data for ``reader``, if ``purpose`` entitles them to it, and
+    record the read. Buyers' access through their orders arrives with the marketplace."""
+    if purpose is Purpose.STAFF_SUPPORT and reader.role not in _STAFF:
+        raise Forbidden("Only staff may open a lead's personal data for support.")
+    lead = await session.get(Lead, lead_id)
+    if lead is None:
+        raise NotFound("No such lead.")
+    vault = await session.get(LeadVault, lead_id)
+    if vault is None:
+        raise NotFound("This lead's personal data has been destroyed.")
+    values = _open(settings.keyring(), vault, fields)
+    await record(
+        session,
+        actor=Actor("user", reader.user_id),
+        action="pii.read",
+        subject_type="lead",
+        subject_id=lead_id,
+        fields=sorted(values),
+        reason=f"{purpose.value}: {reason}",
+    )
+    return values
+
+
+async def destroy_personal_data(session: AsyncSession, lead: Lead, *, now: dt.datetime) -> None:
+    """Crypto-shred: the wrapped key and ciphertext go, and so do the blind indexes."""
+    await session.execute(delete(LeadVault).where(LeadVault.lead_id == lead.id))
+    await session.execute(delete(LeadBlindIndex).where(LeadBlindIndex.lead_id == lead.id))
+    lead.pii_destroyed_at = now
+
+
+async def rewrap_all(session: AsyncSession, keyring: Keyring, *, batch_size: int = 500) -> int:
+    """Re-wrap every lead's data key under the current master key (``leadmarket keys
+    rotate``). Sealed fields are untouched; only the small wrapped keys change."""
+    done = 0
+    while True:
+        vaults = (
+            await session.scalars(
+                select(LeadVault)
+                .where(LeadVault.key_version != keyring.current)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not vaults:
+            return done
+        for vault in vaults:
+            wrapped = keyring.rewrap(
+                WrappedKey(vault.key_version, vault.wrapped_key), vault.lead_id
+            )
+            vault.key_version, vault.wrapped_key = wrapped.version, wrapped.wrapped
+        await session.flush()
+        done += len(vaults)
+
+
+async def key_versions_in_use(session: AsyncSession) -> set[int]:
+    return set(await session.scalars(select(LeadVault.key_version).distinct()))
