@@ -30,6 +30,9 @@ from leadmarket.leads.service import LeadsKit
 
 log = logging.getLogger("leadmarket.app")
 
+# Where lead files are uploaded: these take bodies up to max_upload_bytes.
+UPLOAD_PATHS = ("/api/v1/lead-uploads", "/seller/uploads")
+
 
 @guard
 def public() -> None:
@@ -82,6 +85,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.accounts import views as accounts_views
     from leadmarket.admin import api as admin_api
     from leadmarket.leads import api as leads_api
+    from leadmarket.leads import uploads_api, uploads_views
+    from leadmarket.leads import views as leads_views
     from leadmarket.notifications import views as notifications_views
     from leadmarket.verticals import api as verticals_api
 
@@ -90,11 +95,19 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, admin_api.router)
     include_guarded(app, verticals_api.router)
     include_guarded(app, leads_api.router)
+    include_guarded(app, uploads_api.router)
+    include_guarded(app, leads_views.router)
+    include_guarded(app, uploads_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_paths=UPLOAD_PATHS,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(NulInAddressMiddleware)
     app.add_middleware(RequestLogMiddleware)
     return app

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
     )
+    max_upload_bytes: int = Field(
+        default=33_554_432, ge=1024, description="Largest lead file upload (CSV) accepted."
+    )
     trust_proxy_headers: bool = Field(
         default=False, description="Take the client address from X-Forwarded-For."
     )

@@ -100,3 +100,20 @@ def test_formatter_masks_what_slips_through() -> None:
     assert (
         mask_personal_data("mail ana@example.com at +1 415 555 0123") == "mail [email] at [phone]"
     )
+
+
+async def test_hosted_forms_may_be_embedded_and_nothing_else(client: httpx.AsyncClient) -> None:
+    form = await client.get("/forms/auto-insurance")
+    assert "frame-ancestors *" in form.headers["content-security-policy"]
+    assert "x-frame-options" not in form.headers
+    other = await client.get("/signin")
+    assert "frame-ancestors 'none'" in other.headers["content-security-policy"]
+    assert other.headers["x-frame-options"] == "DENY"
+
+
+async def test_uploads_may_be_larger_than_other_bodies(client: httpx.AsyncClient) -> None:
+    two_mib = b"x" * (2 * 1024 * 1024)
+    normal = await client.post("/api/v1/auth/login", content=two_mib)
+    assert normal.status_code == 413
+    upload = await client.post("/api/v1/lead-uploads", content=two_mib)
+    assert upload.status_code != 413

@@ -125,22 +125,41 @@ class BodySizeLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with a 413 problem, whether announced by Content-Length
     or discovered while streaming (chunked uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        upload_paths: tuple[str, ...] = (),
+        max_upload_bytes: int = 0,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        # File uploads (CSV of leads) may be larger than any JSON body.
+        self.upload_paths = upload_paths
+        self.max_upload_bytes = max(max_upload_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path: str = scope.get("path", "")
+        limit = (
+            self.max_upload_bytes
+            if self.upload_paths and path.startswith(self.upload_paths)
+            else self.default_max_bytes
+        )
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.max_bytes
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await self._refuse(scope, send)
+                    await self._refuse(scope, send, limit)
                     return
         received = 0
         response_started = False
@@ -150,7 +169,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -164,15 +183,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
         await send_problem(
             send,
             status=413,
             slug="payload-too-large",
             title="Request body too large",
-            detail=f"Request bodies are limited to {self.max_bytes} bytes.",
+            detail=f"Request bodies here are limited to {limit} bytes.",
             instance=scope.get("path", ""),
             close_connection=True,
         )
@@ -190,6 +209,11 @@ _DOCS_CSP = (
 )
 
 
+# The hosted consumer forms are made to be embedded in sellers' own sites (an iframe).
+EMBEDDABLE_PATH_PREFIX = "/forms/"
+_EMBEDDABLE_CSP = _CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -199,7 +223,13 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        csp = _DOCS_CSP if path in ("/docs", "/redoc") else _CSP
+        embeddable = path.startswith(EMBEDDABLE_PATH_PREFIX)
+        if path in ("/docs", "/redoc"):
+            csp = _DOCS_CSP
+        elif embeddable:
+            csp = _EMBEDDABLE_CSP
+        else:
+            csp = _CSP
         https = _is_https(scope)
 
         async def send_with_headers(message: Message) -> None:
@@ -209,7 +239,7 @@ class SecurityHeadersMiddleware:
                 extra: list[tuple[bytes, bytes]] = [
                     (b"content-security-policy", csp.encode()),
                     (b"x-content-type-options", b"nosniff"),
-                    (b"x-frame-options", b"DENY"),
+                    *([] if embeddable else [(b"x-frame-options", b"DENY")]),
                     (b"referrer-policy", b"same-origin"),
                     (b"cross-origin-opener-policy", b"same-origin"),
                     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
