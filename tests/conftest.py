@@ -27,16 +27,16 @@ from leadmarket.models import Base
 TEST_DATABASE_ENV = "LEADMARKET_TEST_DATABASE_URL"
 
 
-def _create_postgres_database(admin_url: str) -> tuple[str, str]:
-    """Create a scratch database on the server of ``admin_url``; return (its URL, its name)."""
+def _on_admin_database(admin_url: str, statement: str) -> None:
+    """Run one statement on the server of ``admin_url`` (CREATE/DROP DATABASE cannot run in a
+    transaction, so asyncpg is used directly rather than through SQLAlchemy)."""
     import asyncio
 
     import asyncpg
 
     url = make_url(admin_url)
-    name = f"leadmarket_test_{secrets.token_hex(4)}"
 
-    async def create() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(
             host=url.host,
             port=url.port or 5432,
@@ -45,35 +45,23 @@ def _create_postgres_database(admin_url: str) -> tuple[str, str]:
             database=url.database or "postgres",
         )
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(create())
-    return url.set(database=name).render_as_string(hide_password=False), name
+    asyncio.run(run())
+
+
+def _create_postgres_database(admin_url: str) -> tuple[str, str]:
+    """Create a scratch database on the server of ``admin_url``; return (its URL, its name)."""
+    name = f"leadmarket_test_{secrets.token_hex(4)}"
+    _on_admin_database(admin_url, f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name)
+    return url.render_as_string(hide_password=False), name
 
 
 def _drop_postgres_database(admin_url: str, name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    url = make_url(admin_url)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database or "postgres",
-        )
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    _on_admin_database(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
