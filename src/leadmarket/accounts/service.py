@@ -352,16 +352,27 @@ async def list_sessions(session: AsyncSession, principal: Principal) -> list[Use
 
 
 async def revoke_session(session: AsyncSession, principal: Principal, session_id: str) -> None:
-    target = await session.get(UserSession, session_id)
-    if target is None or target.user_id != principal.user.id or target.revoked_at is not None:
-        raise NotFound("No such session.")
-    target.revoked_at = utcnow()
+    await _revoke_own(session, principal, UserSession, session_id, "session")
+
+
+async def _revoke_own(
+    session: AsyncSession,
+    principal: Principal,
+    model: type[UserSession | ApiKey],
+    item_id: str,
+    subject_type: str,
+) -> None:
+    """Revoke one of the member's own sessions or API keys; anyone else's is "not found"."""
+    item: UserSession | ApiKey | None = await session.get(model, item_id)
+    if item is None or item.user_id != principal.user.id or item.revoked_at is not None:
+        raise NotFound(f"No such {subject_type.replace('_', ' ')}.")
+    item.revoked_at = utcnow()
     await record(
         session,
         actor=_actor(principal),
-        action="auth.session_revoked",
-        subject_type="session",
-        subject_id=target.id,
+        action=f"auth.{subject_type}_revoked",
+        subject_type=subject_type,
+        subject_id=item.id,
     )
 
 
@@ -633,17 +644,7 @@ async def list_api_keys(session: AsyncSession, principal: Principal) -> list[Api
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: str) -> None:
-    api_key = await session.get(ApiKey, key_id)
-    if api_key is None or api_key.user_id != principal.user.id or api_key.revoked_at is not None:
-        raise NotFound("No such API key.")
-    api_key.revoked_at = utcnow()
-    await record(
-        session,
-        actor=_actor(principal),
-        action="auth.api_key_revoked",
-        subject_type="api_key",
-        subject_id=api_key.id,
-    )
+    await _revoke_own(session, principal, ApiKey, key_id, "api_key")
 
 
 # Public -----------------------------------------------------------------------------------
