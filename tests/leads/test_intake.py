@@ -4,6 +4,7 @@ duplicates and idempotency."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import httpx
@@ -11,6 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.kit.db import utcnow
+from leadmarket.kit.idempotency import purge_expired_records
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -390,3 +393,17 @@ async def test_verticals_serve_schema_and_categories(client: httpx.AsyncClient) 
         assert vertical["schema"]["type"] == "object"
         assert "identifiers" in vertical["pi_categories"]
     assert (await client.get("/api/v1/verticals/no-such")).status_code == 404
+
+
+async def test_idempotency_answers_are_forgotten_after_a_day(
+    client: httpx.AsyncClient, session: AsyncSession, seller: dict[str, str]
+) -> None:
+    await post(client, seller, lead_body(), **{"Idempotency-Key": "old"})
+    await post(client, seller, lead_body(), **{"Idempotency-Key": "new"})
+    old = await session.scalar(select(IdempotencyRecord).where(IdempotencyRecord.key == "old"))
+    assert old is not None
+    old.created_at = utcnow() - dt.timedelta(hours=25)
+    await session.flush()
+    assert await purge_expired_records(session, now=utcnow()) == 1
+    keys = set(await session.scalars(select(IdempotencyRecord.key)))
+    assert "old" not in keys and "new" in keys

@@ -5,11 +5,12 @@ something that was rolled back."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,3 +82,16 @@ async def remember_answer(
         raise Conflict(
             "A request with this Idempotency-Key is being processed; retry to get its answer."
         ) from None
+
+
+# Clients retry within minutes; a day covers any sane retry policy without keeping answers
+# (which name the things created) forever.
+RETENTION = dt.timedelta(hours=24)
+PURGE_JOB_KIND = "idempotency.purge_expired"
+
+
+async def purge_expired_records(session: AsyncSession, *, now: dt.datetime) -> int:
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - RETENTION)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
