@@ -16,6 +16,7 @@ from leadmarket.kit.jobs import (
     purge_finished_jobs_handler,
     serve_worker,
 )
+from leadmarket.leads import tasks as leads_tasks
 from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
 
@@ -35,6 +36,7 @@ def build_services(settings: Settings) -> JobServices:
 def build_registry() -> JobRegistry[JobServices]:
     registry: JobRegistry[JobServices] = JobRegistry()
     registry.include(notifications_tasks.registry)
+    registry.include(leads_tasks.registry)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
     )

@@ -16,6 +16,13 @@ from leadmarket.models.lead import (
     SaleMode,
 )
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.upload import (
+    LeadUpload,
+    LeadUploadChunk,
+    LeadUploadRow,
+    UploadRowStatus,
+    UploadStatus,
+)
 
 __all__ = [
     "ApiKey",
@@ -30,6 +37,9 @@ __all__ = [
     "Lead",
     "LeadBlindIndex",
     "LeadStatus",
+    "LeadUpload",
+    "LeadUploadChunk",
+    "LeadUploadRow",
     "LeadVault",
     "LoginFailure",
     "MailCategory",
@@ -38,6 +48,8 @@ __all__ = [
     "OutboundMail",
     "Role",
     "SaleMode",
+    "UploadRowStatus",
+    "UploadStatus",
     "User",
     "UserSession",
     "UserStatus",
