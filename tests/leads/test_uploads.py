@@ -139,12 +139,13 @@ async def post_upload(
     *,
     filename: str = "leads.csv",
     headers: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
     **fields: str,
 ) -> httpx.Response:
     body = content.encode() if isinstance(content, str) else content
     return await client.post(
         "/api/v1/lead-uploads",
-        data=sale_fields(**fields),
+        data=sale_fields(**{**(form or {}), **fields}),
         files={"file": (filename, body, "text/csv")},
         headers={**auth, **(headers or {})},
     )
@@ -206,7 +207,7 @@ async def upload_and_process(
     content: bytes | str,
     **fields: str,
 ) -> LeadUpload:
-    response = await post_upload(client, auth, content, **fields)
+    response = await post_upload(client, auth, content, form=fields)
     assert response.status_code == 202, response.text
     await process(db, settings)
     return await load_upload(db, response.json()["id"])
@@ -338,6 +339,7 @@ async def test_every_kind_of_bad_row_is_reported_with_its_line_and_field(
     ).json()
     assert [r["line"] for r in first["items"]] == [3, 4, 5, 6]
     assert first["items"][0]["errors"][0]["field"] == "contact.phone"
+    assert first["items"][0]["errors"][0]["column"] == "phone"
     rest = (
         await live_client.get(
             f"/api/v1/lead-uploads/{upload.id}/rows",
@@ -567,6 +569,42 @@ async def test_a_crash_mid_batch_resumes_after_the_last_committed_batch_without_
 
 
 @pytest.mark.committed
+async def test_an_upload_whose_job_keeps_failing_fails_and_forgets_its_file(
+    live_client: httpx.AsyncClient,
+    committed_db: Database,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(uploads, "BATCH_ROWS", 1)
+    _, seller = await signed_in(live_client, "seller")
+    people = Consumers()
+    response = await post_upload(live_client, seller, csv_text([people.row() for _ in range(3)]))
+    upload_id = response.json()["id"]
+
+    steps = itertools.count(1)
+    failing: JobRegistry[JobServices] = JobRegistry()
+    real = build_registry().get(uploads.PROCESS_UPLOAD_JOB)
+    assert real is not None
+
+    @failing.handler(uploads.PROCESS_UPLOAD_JOB, on_dead=real.on_dead)
+    async def fail_on_third_step(ctx: JobContext[JobServices]) -> None:
+        await real.handler(ctx)
+        if next(steps) == 3:
+            raise RuntimeError("a bug")
+
+    once = settings.model_copy(update={"job_max_attempts": 1})
+    await Worker(committed_db, failing, build_services(once), once).run_once()
+    upload = await load_upload(committed_db, upload_id)
+    assert (upload.status, upload.rows_accepted) == ("failed", 1)
+    assert upload.error is not None and "stopped at line 3" in upload.error
+    assert (upload.wrapped_key, upload.finished_at is not None) == (None, True)
+    assert await counts(committed_db, LeadUploadChunk, Lead) == {
+        "lead_upload_chunks": 0,
+        "leads": 1,
+    }
+
+
+@pytest.mark.committed
 async def test_the_file_is_sealed_at_rest_and_deleted_once_processed(
     live_client: httpx.AsyncClient,
     committed_db: Database,
@@ -696,11 +734,11 @@ async def test_what_is_not_a_good_upload_is_refused_with_the_field_and_nothing_s
     assert as_json.headers["content-type"] == "application/problem+json"
 
     async def refused(content: bytes | str, field: str, **fields: str) -> str:
-        response = await post_upload(client, seller, content, **fields)
+        response = await post_upload(client, seller, content, form=fields)
         assert response.status_code == 422, response.text
         errors = {e["field"]: e["message"] for e in response.json()["errors"]}
         assert field in errors, errors
-        return errors[field]
+        return str(errors[field])
 
     assert await refused(good, "vertical", vertical="") == "This field is required."
     assert "No such vertical" in await refused(good, "vertical", vertical="ponies")

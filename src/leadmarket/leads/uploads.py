@@ -1107,6 +1107,21 @@ async def list_rows(
     return list(await session.scalars(query))
 
 
+_COLUMN_OF_FIELD = {
+    **{f"contact.{name}": name for name in ("first_name", "last_name", "email", "phone")},
+    "contact.birth_date": "birth_date",
+    **{f"contact.address.{name}": name for name in _ADDRESS_COLUMNS},
+    **{f"consent.{key}": column for column, key in _CONSENT_KEYS.items()},
+}
+
+
+def column_of(field: str) -> str | None:
+    """The CSV column an error's field (named as in the API) comes from, if one."""
+    if field.startswith("attributes."):
+        return field.removeprefix("attributes.")
+    return _COLUMN_OF_FIELD.get(field)
+
+
 REPORT_COLUMNS = ("line", "status", "lead_id", "errors")
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
@@ -37,7 +37,8 @@ UploadId = Annotated[str, Path(max_length=40)]
 
 
 class RowErrorOut(BaseModel):
-    field: str
+    field: str = Field(description="As the API names it, e.g. contact.phone; row: the row")
+    column: str | None = Field(description="The CSV column it comes from, if one")
     message: str
 
 
@@ -87,7 +88,12 @@ def row_out(row: LeadUploadRow) -> UploadRowOut:
         line=row.line,
         status=row.status,
         lead_id=row.lead_id,
-        errors=[RowErrorOut(field=e["field"], message=e["message"]) for e in row.errors],
+        errors=[
+            RowErrorOut(
+                field=e["field"], column=uploads.column_of(e["field"]), message=e["message"]
+            )
+            for e in row.errors
+        ],
     )
 
 

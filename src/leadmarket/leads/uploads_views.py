@@ -252,6 +252,7 @@ async def upload_report(
             "upload": upload,
             "vertical_name": vertical.name if vertical else upload.vertical,
             "rows": rows,
+            "column_of": uploads.column_of,
             "shown": shown,
             "next_after": rows[-1].line if more and rows else None,
             "first_page": after_line is None,
