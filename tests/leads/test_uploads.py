@@ -646,6 +646,33 @@ async def test_the_file_is_sealed_at_rest_and_deleted_once_processed(
     assert (await counts(committed_db, LeadUploadChunk))["lead_upload_chunks"] == 0
 
 
+@pytest.mark.committed
+async def test_waiting_files_follow_a_master_key_rotation(
+    live_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    _, seller = await signed_in(live_client, "seller")
+    response = await post_upload(live_client, seller, csv_text([Consumers().row()]))
+    upload_id = response.json()["id"]
+    old = settings.keyring().current
+    assert settings.master_key_file is not None
+    settings.keyring().with_new_version().save(settings.master_key_file)
+    new = settings.reload_keyring().current
+
+    async with committed_db.transaction() as session:
+        assert await uploads.upload_key_versions_in_use(session) == {old}
+        assert await uploads.rewrap_upload_keys(session, settings.keyring()) == 1
+    async with committed_db.transaction() as session:
+        assert await uploads.upload_key_versions_in_use(session) == {new}
+    # Only the new version is left, and the file still opens.
+    settings.keyring().without_versions({old}).save(settings.master_key_file)
+    settings.reload_keyring()
+    await process(committed_db, settings)
+    upload = await load_upload(committed_db, upload_id)
+    assert (upload.status, upload.rows_accepted) == ("done", 1)
+    async with committed_db.transaction() as session:
+        assert await uploads.upload_key_versions_in_use(session) == set()
+
+
 def _current_rss_bytes() -> int:
     statm = Path("/proc/self/statm")
     if statm.exists():

@@ -70,7 +70,7 @@ from leadmarket.kit.errors import (
 )
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
-from leadmarket.kit.keyring import WrappedKey, new_data_key, open_sealed, seal
+from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
 from leadmarket.kit.logs import mask_personal_data
 from leadmarket.leads.schemas import MINOR_ERROR, LeadIn, SaleIn
 from leadmarket.leads.service import DuplicateLead, LeadsKit, create_lead
@@ -1057,6 +1057,48 @@ async def give_up_upload(session: AsyncSession, upload_id: str) -> None:
         upload,
         f"Processing stopped{where} after repeated internal errors; the rows before it are in "
         "the report. Upload the remaining rows again.",
+    )
+
+
+# Master key rotation -----------------------------------------------------------------------
+
+
+async def rewrap_upload_keys(
+    session: AsyncSession, keyring: Keyring, *, batch_size: int = 100
+) -> int:
+    """Re-wrap the data keys of files still waiting to be processed under the current master
+    key (``leadmarket keys rotate``), as :func:`leads.vault.rewrap_all` does for leads. An
+    upload a worker holds right now is skipped and keeps its version in use."""
+    done = 0
+    while True:
+        found = (
+            await session.scalars(
+                select(LeadUpload)
+                .where(
+                    LeadUpload.wrapped_key.is_not(None),
+                    LeadUpload.key_version != keyring.current,
+                )
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not found:
+            return done
+        for upload in found:
+            assert upload.key_version is not None
+            assert upload.wrapped_key is not None
+            wrapped = keyring.rewrap(WrappedKey(upload.key_version, upload.wrapped_key), upload.id)
+            upload.key_version, upload.wrapped_key = wrapped.version, wrapped.wrapped
+        await session.flush()
+        done += len(found)
+
+
+async def upload_key_versions_in_use(session: AsyncSession) -> set[int]:
+    """Master key versions that files waiting to be processed still need: not to be retired."""
+    return set(
+        await session.scalars(
+            select(LeadUpload.key_version).where(LeadUpload.key_version.is_not(None)).distinct()
+        )
     )
 
 
