@@ -117,3 +117,16 @@ async def test_uploads_may_be_larger_than_other_bodies(client: httpx.AsyncClient
     assert normal.status_code == 413
     upload = await client.post("/api/v1/lead-uploads", content=two_mib)
     assert upload.status_code != 413
+
+
+def test_a_nested_unguarded_route_is_found_too() -> None:
+    app = FastAPI()
+    outer, inner = APIRouter(), APIRouter()
+
+    @inner.get("/hidden")
+    async def hidden_route() -> dict[str, str]:
+        return {}
+
+    outer.include_router(inner)
+    with pytest.raises(RuntimeError, match="/hidden"):
+        include_guarded(app, outer)

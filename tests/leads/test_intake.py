@@ -407,3 +407,19 @@ async def test_idempotency_answers_are_forgotten_after_a_day(
     assert await purge_expired_records(session, now=utcnow()) == 1
     keys = set(await session.scalars(select(IdempotencyRecord.key)))
     assert "old" not in keys and "new" in keys
+
+
+async def test_a_cursor_the_service_never_gave_is_422(
+    client: httpx.AsyncClient, buyer: dict[str, str]
+) -> None:
+    response = await client.get("/api/v1/leads", params={"cursor": "%%%"}, headers=buyer)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "cursor"
+
+
+async def test_fixed_price_without_a_price_says_so(
+    client: httpx.AsyncClient, seller: dict[str, str]
+) -> None:
+    response = await post(client, seller, lead_body(sale={"mode": "fixed"}))
+    assert response.status_code == 422
+    assert "price_cents" in response.json()["errors"][0]["message"]

@@ -111,6 +111,16 @@ class Viewer:
 
     username: str
     csrf_token: str
+    role: str
+
+    @classmethod
+    def of(cls, principal: Principal) -> Viewer:
+        session = principal.session
+        return cls(
+            username=principal.user.username,
+            csrf_token=(session.csrf_token if session else None) or "",
+            role=principal.user.role,
+        )
 
 
 def _viewer(request: Request) -> Viewer | None:
@@ -184,9 +194,7 @@ def member_page(
         principal = _browser_principal(await authenticate(request, session))
         if principal is None or principal.session is None:
             raise Unauthenticated()
-        request.state.viewer = Viewer(
-            username=principal.user.username, csrf_token=principal.session.csrf_token or ""
-        )
+        request.state.viewer = Viewer.of(principal)
         if request.method not in _SAFE_METHODS:
             await verify_bound_token(request, principal.session.csrf_token, _settings(request))
         check_allowed(principal, action, ())
@@ -210,9 +218,7 @@ def visitor_page(*, return_to: str | None = None) -> Callable[..., Awaitable[Pri
             # anyone out of the public pages: they are shown as to a visitor.
             principal = None
         if principal is not None and principal.session is not None:
-            request.state.viewer = Viewer(
-                username=principal.user.username, csrf_token=principal.session.csrf_token or ""
-            )
+            request.state.viewer = Viewer.of(principal)
         if request.method not in _SAFE_METHODS:
             settings = _settings(request)
             await double_submit(request).verify(request, trusted_origins(request, settings))
@@ -233,9 +239,7 @@ async def signing_out(request: Request, session: Session) -> Principal | None:
         principal = None
     if principal is None or principal.session is None:
         return None
-    request.state.viewer = Viewer(
-        username=principal.user.username, csrf_token=principal.session.csrf_token or ""
-    )
+    request.state.viewer = Viewer.of(principal)
     await verify_bound_token(request, principal.session.csrf_token, _settings(request))
     check_allowed(principal, Action.SIGN_OUT, ())
     return principal

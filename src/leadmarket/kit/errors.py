@@ -206,7 +206,7 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
 def _message(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         return "The body is not valid JSON."
-    if error.get("type") == "missing":
+    if error.get("type") == "missing" and error.get("msg") == "Field required":
         return "This field is required."
     message = str(error.get("msg", "Invalid value."))
     for prefix in ("Value error, ", "Assertion failed, "):

@@ -83,12 +83,16 @@ def _has_guard(dependant: Dependant) -> bool:
 
 
 def unguarded_routes(router: APIRouter) -> list[str]:
-    """Routes of ``router`` whose dependencies include no guard."""
-    return [
-        f"{sorted(route.methods or ())} {route.path}"
-        for route in router.routes
-        if isinstance(route, APIRoute) and not _has_guard(route.dependant)
-    ]
+    """Routes of ``router``, and of routers included in it, whose dependencies include no
+    guard. (FastAPI 0.165 keeps included routers nested instead of copying their routes.)"""
+    found: list[str] = []
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            if not _has_guard(route.dependant):
+                found.append(f"{sorted(route.methods or ())} {route.path}")
+        elif isinstance(nested := getattr(route, "original_router", None), APIRouter):
+            found += unguarded_routes(nested)
+    return found
 
 
 def include_guarded(app: FastAPI, router: APIRouter) -> None:

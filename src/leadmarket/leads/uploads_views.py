@@ -88,9 +88,7 @@ async def seller_upload_post(request: Request, session: Session) -> Principal:
     principal = await authenticate(request, session)
     if principal is None or principal.session is None or principal.session.kind != "web":
         raise Unauthenticated()
-    request.state.viewer = Viewer(
-        username=principal.user.username, csrf_token=principal.session.csrf_token or ""
-    )
+    request.state.viewer = Viewer.of(principal)
     check_origin(request, trusted_origins(request, _settings(request)))
     check_allowed(principal, Action.SELL_LEADS, (Role.SELLER,))
     return principal

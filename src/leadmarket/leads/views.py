@@ -112,17 +112,6 @@ NOTICES = {
 # Who is looking ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MemberViewer:
-    """What the page frame needs about the signed-in member: the accounts pages' viewer plus
-    the role, so the navigation can offer a seller their selling pages. Plain values, readable
-    after the transaction rolled back."""
-
-    username: str
-    csrf_token: str
-    role: str
-
-
 def seller_page(
     action: Action, *, return_to: str | None = None
 ) -> Callable[..., Coroutine[Any, Any, Principal]]:
@@ -131,10 +120,7 @@ def seller_page(
 
     @guard
     async def dependency(request: Request, principal: Principal = Depends(member)) -> Principal:
-        user = principal.user
-        csrf = principal.session.csrf_token if principal.session else None
-        request.state.viewer = MemberViewer(user.username, csrf or "", user.role)
-        if user.role != Role.SELLER.value:
+        if principal.user.role != Role.SELLER.value:
             raise Forbidden("These pages are for sellers. Buyers find leads on the market.")
         return principal
 
