@@ -758,29 +758,38 @@ async def test_a_100k_row_file_streams_through_in_batches_with_bounded_memory(
             content=streamed_upload(compact_rows(LARGE_FILE_ROWS), sent),
             headers={**seller, "content-type": f"multipart/form-data; boundary={BOUNDARY}"},
         )
-    assert response.status_code == 202, response.text
-    assert sent[0] > 20 * 2**20
-    upload_id = response.json()["id"]
-    async with committed_db.transaction() as session:
-        assert await count(session, LeadUploadChunk) == -(-sent[0] // uploads.CHUNK_BYTES)
+        assert response.status_code == 202, response.text
+        assert sent[0] > 20 * 2**20
+        upload_id = response.json()["id"]
+        async with committed_db.transaction() as session:
+            assert await count(session, LeadUploadChunk) == -(-sent[0] // uploads.CHUNK_BYTES)
 
-    steps = await process(committed_db, roomy)
-    growth = _peak_rss_bytes() - before
-    record_property("peak_rss_growth_mib", round(growth / 2**20, 1))
+        steps = await process(committed_db, roomy)
+        growth = _peak_rss_bytes() - before
+        record_property("peak_rss_growth_mib", round(growth / 2**20, 1))
 
-    upload = await load_upload(committed_db, upload_id)
-    assert upload.error is None
-    valid = LARGE_FILE_ROWS // VALID_EVERY
-    assert (upload.status, upload.rows_total) == ("done", LARGE_FILE_ROWS)
-    assert (upload.rows_accepted, upload.rows_rejected) == (valid, LARGE_FILE_ROWS - valid)
-    assert steps > LARGE_FILE_ROWS // uploads.BATCH_ROWS
-    async with committed_db.transaction() as session:
-        assert await count(session, Lead) == valid
-        assert await count(session, LeadUploadRow) == LARGE_FILE_ROWS
-        last = await session.get(LeadUploadRow, (upload_id, LARGE_FILE_ROWS + 1))
-        assert last is not None
-        assert [e["field"] for e in last.errors] == ["contact.email"]
-    assert growth < 200 * 1024 * 1024, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+        upload = await load_upload(committed_db, upload_id)
+        assert upload.error is None
+        valid = LARGE_FILE_ROWS // VALID_EVERY
+        assert (upload.status, upload.rows_total) == ("done", LARGE_FILE_ROWS)
+        assert (upload.rows_accepted, upload.rows_rejected) == (valid, LARGE_FILE_ROWS - valid)
+        assert steps > LARGE_FILE_ROWS // uploads.BATCH_ROWS
+        async with committed_db.transaction() as session:
+            assert await count(session, Lead) == valid
+            assert await count(session, LeadUploadRow) == LARGE_FILE_ROWS
+            last = await session.get(LeadUploadRow, (upload_id, LARGE_FILE_ROWS + 1))
+            assert last is not None
+            assert [e["field"] for e in last.errors] == ["contact.email"]
+        assert growth < 200 * 1024 * 1024, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+
+        # The whole report, read a page at a time.
+        lines = 0
+        async with client.stream(
+            "GET", f"/api/v1/lead-uploads/{upload_id}/report.csv", headers=seller
+        ) as report:
+            async for _ in report.aiter_lines():
+                lines += 1
+        assert lines == 1 + LARGE_FILE_ROWS
 
 
 # The API's answers ---------------------------------------------------------------------------

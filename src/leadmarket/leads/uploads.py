@@ -1172,20 +1172,14 @@ def report_line(row: LeadUploadRow) -> list[str]:
     return [str(row.line), row.status, row.lead_id or "", errors]
 
 
-async def report_pages(
-    session: AsyncSession, upload_id: str, *, page_size: int = 1000
-) -> AsyncIterator[list[LeadUploadRow]]:
-    after = 0
-    while True:
-        rows = list(
-            await session.scalars(
-                select(LeadUploadRow)
-                .where(LeadUploadRow.upload_id == upload_id, LeadUploadRow.line > after)
-                .order_by(LeadUploadRow.line)
-                .limit(page_size)
-            )
+async def report_page(
+    session: AsyncSession, upload_id: str, *, after_line: int, page_size: int = 1000
+) -> list[LeadUploadRow]:
+    return list(
+        await session.scalars(
+            select(LeadUploadRow)
+            .where(LeadUploadRow.upload_id == upload_id, LeadUploadRow.line > after_line)
+            .order_by(LeadUploadRow.line)
+            .limit(page_size)
         )
-        if not rows:
-            return
-        yield rows
-        after = rows[-1].line
+    )

@@ -262,21 +262,24 @@ async def list_upload_rows(
 
 
 async def report_csv_lines(db: Database, upload_id: str) -> AsyncIterator[str]:
-    """The report as CSV text, read page by page in a session of its own (the request's
-    session is closed once the handler returns, before the body is sent)."""
+    """The report as CSV text, page by page. Each page is read in a short transaction of its
+    own: the request's session is closed before the body is sent, and no transaction may stay
+    open while a slow client downloads (on SQLite it would hold the write lock)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(uploads.REPORT_COLUMNS)
     yield buffer.getvalue()
-    session = db.new_session()
-    try:
-        async for page in uploads.report_pages(session, upload_id):
-            buffer.seek(0)
-            buffer.truncate()
-            writer.writerows(uploads.report_line(row) for row in page)
-            yield buffer.getvalue()
-    finally:
-        await session.close()
+    after = 0
+    while True:
+        async with db.transaction() as session:
+            rows = await uploads.report_page(session, upload_id, after_line=after)
+        if not rows:
+            return
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(uploads.report_line(row) for row in rows)
+        yield buffer.getvalue()
+        after = rows[-1].line
 
 
 @router.get(
