@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from leadmarket.config import Settings
+from leadmarket.kit import idempotency
 from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.jobs import (
     PURGE_FINISHED_JOBS_KIND,
@@ -39,6 +40,9 @@ def build_registry() -> JobRegistry[JobServices]:
     registry.include(leads_tasks.registry)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
+    )
+    registry.periodic(idempotency.PURGE_JOB_KIND, every=dt.timedelta(hours=1))(
+        idempotency.purge_expired_records_handler
     )
     return registry
 

@@ -423,3 +423,11 @@ async def test_fixed_price_without_a_price_says_so(
     response = await post(client, seller, lead_body(sale={"mode": "fixed"}))
     assert response.status_code == 422
     assert "price_cents" in response.json()["errors"][0]["message"]
+
+
+def test_the_worker_forgets_idempotency_answers_every_hour() -> None:
+    from leadmarket.kit.idempotency import PURGE_JOB_KIND
+    from leadmarket.tasks import build_registry
+
+    kinds = {k.kind: k.every for k in build_registry().periodic_kinds}
+    assert kinds[PURGE_JOB_KIND] == dt.timedelta(hours=1)

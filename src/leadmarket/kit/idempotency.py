@@ -14,7 +14,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, ValidationFailed
+from leadmarket.kit.jobs import JobContext
 from leadmarket.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 200
@@ -95,3 +97,7 @@ async def purge_expired_records(session: AsyncSession, *, now: dt.datetime) -> i
         delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - RETENTION)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def purge_expired_records_handler(ctx: JobContext[Any]) -> None:
+    await purge_expired_records(ctx.session, now=utcnow())
