@@ -35,7 +35,7 @@ UPLOAD_PATHS = ("/api/v1/lead-uploads", "/seller/uploads")
 
 
 @guard
-def public() -> None:
+async def public() -> None:
     """Guard for routes anyone may call."""
 
 

@@ -9,7 +9,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.http import client_ip
 
 
-def get_kit(request: Request) -> AccountsKit:
+async def get_kit(request: Request) -> AccountsKit:
     kit: AccountsKit = request.app.state.accounts_kit
     return kit
 

@@ -35,7 +35,8 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 LeadId = Annotated[str, Path(max_length=40)]
 
 
-def get_leads_kit(request: Request) -> LeadsKit:
+async def get_leads_kit(request: Request) -> LeadsKit:
+    # async: a plain def dependency would be run in the thread pool, for nothing.
     kit: LeadsKit = request.app.state.leads_kit
     return kit
 

@@ -160,20 +160,29 @@ async def _refuse_duplicates(
 
 
 async def _velocity(
-    session: AsyncSession, seller_id: str, ip_digest: str, now: dt.datetime
+    session: AsyncSession, kit: LeadsKit, seller_id: str, ip_digest: str, now: dt.datetime
 ) -> tuple[int, int]:
+    """How many recent leads the seller and the consumer's address have, counted only up to the
+    signal's limit: the signal asks "at least the limit?", and a busy seller posting thousands
+    a minute must not make every post scan all of them."""
     seller_recent = await session.scalar(
-        select(func.count())
-        .select_from(Lead)
-        .where(Lead.seller_id == seller_id, Lead.created_at > now - dt.timedelta(minutes=1))
+        select(func.count()).select_from(
+            select(Lead.id)
+            .where(Lead.seller_id == seller_id, Lead.created_at > now - dt.timedelta(minutes=1))
+            .limit(kit.settings.velocity_seller_per_minute)
+            .subquery()
+        )
     )
     ip_recent = await session.scalar(
-        select(func.count())
-        .select_from(LeadBlindIndex)
-        .where(
-            LeadBlindIndex.kind == IndexKind.IP.value,
-            LeadBlindIndex.digest == ip_digest,
-            LeadBlindIndex.created_at > now - dt.timedelta(hours=1),
+        select(func.count()).select_from(
+            select(LeadBlindIndex.id)
+            .where(
+                LeadBlindIndex.kind == IndexKind.IP.value,
+                LeadBlindIndex.digest == ip_digest,
+                LeadBlindIndex.created_at > now - dt.timedelta(hours=1),
+            )
+            .limit(kit.settings.velocity_ip_per_hour)
+            .subquery()
         )
     )
     return int(seller_recent or 0), int(ip_recent or 0)
@@ -209,7 +218,7 @@ async def create_lead(
     ip_digest = kit.indexer.digest(IndexKind.IP, str(data.consent.ip))
     await _refuse_duplicates(session, kit, vertical.slug, [email_digest, phone_digest], now)
 
-    seller_recent, ip_recent = await _velocity(session, seller.id, ip_digest, now)
+    seller_recent, ip_recent = await _velocity(session, kit, seller.id, ip_digest, now)
     signals = quality.contact_signals(
         email=contact.email, phone_e164=contact.phone, region=address.region
     ) + quality.velocity_signals(
