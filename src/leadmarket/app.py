@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from leadmarket import __version__
+from leadmarket.accounts.auth import ApiKeyPrincipals
 from leadmarket.accounts.service import AccountsKit
 from leadmarket.config import Settings, get_settings
 from leadmarket.kit.db import Database, make_engine
@@ -26,7 +27,7 @@ from leadmarket.kit.http import (
 )
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
-from leadmarket.leads.service import LeadsKit
+from leadmarket.leads.intake import IntakeBatcher, LeadsKit
 
 log = logging.getLogger("leadmarket.app")
 
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = db
     app.state.accounts_kit = AccountsKit(settings)
     app.state.leads_kit = LeadsKit(settings)
+    app.state.intake = IntakeBatcher(db, app.state.leads_kit)
+    app.state.api_key_principals = ApiKeyPrincipals()
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)

@@ -17,8 +17,8 @@ from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
+from leadmarket.leads.intake import LeadsKit, create_lead
 from leadmarket.leads.schemas import LeadIn
-from leadmarket.leads.service import LeadsKit, create_lead
 from leadmarket.models import Lead, Role, User
 from leadmarket.verticals.registry import Vertical, all_verticals
 

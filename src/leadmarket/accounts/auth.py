@@ -8,6 +8,7 @@ admits any signed-in member when it lists none), then applies the credential rul
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from leadmarket.accounts.policy import (
 from leadmarket.kit.crypto import token_digest
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Forbidden, ReauthRequired, Unauthenticated
-from leadmarket.kit.routing import get_session, guard
+from leadmarket.kit.routing import end_transaction_early, get_session, guard
 from leadmarket.models import ApiKey, Role, User, UserSession, UserStatus
 
 SESSION_COOKIE = "lm_session"
@@ -159,3 +160,57 @@ async def optional_principal(
 ) -> Principal | None:
     """Guard for public routes that show more to a signed-in member."""
     return await authenticate(request, session)
+
+
+class ApiKeyPrincipals:
+    """The principals of API keys that authenticated in the last few seconds, per process.
+
+    Only for routes whose write checks the key again inside its own transaction (lead intake:
+    :func:`leadmarket.leads.intake.write_leads` refuses a key revoked or an account suspended
+    meanwhile), so a stale entry can delay an answer's 401, never let a write through."""
+
+    def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, principal: Principal) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # crude, but bounded, and refilled within seconds
+        self._entries[digest] = (time.monotonic() + self.ttl_seconds, principal)
+
+
+def requires_rechecked(action: Action, *roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """Like :func:`requires`, but an API key's principal may come from
+    :class:`ApiKeyPrincipals`, so the request makes no database round trip of its own. The route
+    must check ``principal.api_key`` again where it writes."""
+
+    @guard
+    async def dependency(
+        request: Request, session: AsyncSession = Depends(get_session)
+    ) -> Principal:
+        token = _bearer_token(request)
+        cache: ApiKeyPrincipals = request.app.state.api_key_principals
+        principal: Principal | None = None
+        digest = token_digest(token) if token and token.startswith(API_KEY_PREFIX) else None
+        if digest is not None:
+            principal = cache.get(digest)
+        if principal is None:
+            principal = await authenticate(request, session)
+            if principal is None:
+                raise Unauthenticated()
+            if digest is not None and principal.api_key is not None:
+                cache.put(digest, principal)
+            # The route writes in its own transaction; this one has nothing more to do.
+            await end_transaction_early(request)
+        check_allowed(principal, action, roles)
+        return principal
+
+    dependency.__name__ = f"requires_rechecked_{action.value}"
+    return dependency

@@ -8,17 +8,16 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadmarket.accounts.auth import Principal, optional_principal, requires
+from leadmarket.accounts.auth import Principal, optional_principal, requires, requires_rechecked
 from leadmarket.accounts.policy import Action
 from leadmarket.kit.idempotency import (
     check_key,
-    previous_answer,
-    remember_answer,
     request_fingerprint,
 )
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
-from leadmarket.leads import service
+from leadmarket.leads import intake, previews, service
+from leadmarket.leads.intake import IntakeBatcher, LeadsKit
 from leadmarket.leads.schemas import (
     ConsentCertificateOut,
     ConsentWithdrawalIn,
@@ -27,7 +26,6 @@ from leadmarket.leads.schemas import (
     LeadOut,
     SellerOut,
 )
-from leadmarket.leads.service import LeadsKit
 from leadmarket.models import Lead, LeadStatus, Role, User
 
 router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["leads"])
@@ -50,17 +48,23 @@ async def lead_out(session: AsyncSession, lead: Lead, viewer: User) -> LeadOut:
         id=lead.id,
         vertical=lead.vertical,
         status=lead.status,
-        preview=service.preview_of(lead),
-        sale=service.sale_of(lead, show_reserve=viewer.id == lead.seller_id),
+        preview=previews.preview_of(lead),
+        sale=previews.sale_of(lead, show_reserve=viewer.id == lead.seller_id),
         seller=SellerOut(username=seller.username if seller else "", rating=None),
         pii_expires_at=lead.pii_expires_at,
         pii_destroyed_at=lead.pii_destroyed_at,
     )
 
 
+async def get_intake(request: Request) -> IntakeBatcher:
+    batcher: IntakeBatcher = request.app.state.intake
+    return batcher
+
+
 @router.post(
     "/leads",
     status_code=status.HTTP_201_CREATED,
+    response_model=LeadCreatedOut,
     summary="Post a lead (sellers): validated, consent recorded, personal data sealed",
     responses={
         409: {"description": "Duplicate lead, or Idempotency-Key reused with another body"},
@@ -69,32 +73,35 @@ async def lead_out(session: AsyncSession, lead: Lead, viewer: User) -> LeadOut:
 )
 async def post_lead(
     body: LeadIn,
-    session: Session,
     kit: Kit,
-    principal: Principal = Depends(requires(Action.SELL_LEADS, Role.SELLER)),
+    batcher: Annotated[IntakeBatcher, Depends(get_intake)],
+    principal: Principal = Depends(requires_rechecked(Action.SELL_LEADS, Role.SELLER)),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Any:
+) -> JSONResponse:
+    """Written together with the other leads arriving at the same moment (one transaction per
+    batch, see :class:`IntakeBatcher`); answered once that transaction has committed."""
     key = check_key(idempotency_key)
-    fingerprint = request_fingerprint(body.model_dump(mode="json"))
-    if key is not None:
-        earlier = await previous_answer(session, principal.user.id, key, fingerprint)
-        if earlier is not None:
-            return JSONResponse(earlier.response, status_code=earlier.status_code)
-    created = await service.create_lead(
-        session, kit, seller=principal.user, data=body, source="api"
+    prepared = intake.prepare_lead(
+        kit,
+        seller_id=principal.user.id,
+        seller_username=principal.user.username,
+        data=body,
+        source="api",
     )
-    out = LeadCreatedOut(
-        id=created.lead.id,
-        status=created.lead.status,
-        preview=service.preview_of(created.lead),
-        quality=service.quality_of(created.lead),
-        consent_certificate=created.certificate,
-    )
-    if key is not None:
-        await remember_answer(
-            session, principal.user.id, key, fingerprint, 201, out.model_dump(mode="json")
+    written = await batcher.submit(
+        intake.Submission(
+            prepared,
+            api_key_id=principal.api_key.id if principal.api_key is not None else None,
+            idempotency=(
+                intake.IdempotencyClaim(
+                    principal.user.id, key, request_fingerprint(body.model_dump(mode="json"))
+                )
+                if key is not None
+                else None
+            ),
         )
-    return out
+    )
+    return JSONResponse(written.body, status_code=written.status_code)
 
 
 @router.get(

@@ -3,7 +3,7 @@
 A seller uploads one CSV file for one vertical, with sale terms for the whole file. Every data
 row ends up accepted (with its lead id) or rejected (with its line and each field's message);
 nothing is dropped silently. Each row becomes the same :class:`LeadIn` the API takes and goes
-through :func:`leads.service.create_lead`, so every rule (children, duplicates, including
+through :func:`leads.intake.create_lead`, so every rule (children, duplicates, including
 duplicates within the file, validation, quality) is exactly the API's.
 
 Storage. The file holds personal data, so it is never kept in the clear, not even briefly on
@@ -72,8 +72,8 @@ from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
 from leadmarket.kit.logs import mask_personal_data
+from leadmarket.leads.intake import DuplicateLead, LeadsKit, create_lead
 from leadmarket.leads.schemas import MINOR_ERROR, LeadIn, SaleIn
-from leadmarket.leads.service import DuplicateLead, LeadsKit, create_lead
 from leadmarket.models import (
     LeadUpload,
     LeadUploadChunk,

@@ -4,7 +4,7 @@ pages — their leads with quality figures, posting a lead by hand, and the addr
 snippets of their hosted forms.
 
 Thin like ``api.py``: every form is parsed into :class:`LeadIn` and handed to
-:func:`service.create_lead`, the one intake path; a refused form is shown again with each
+:func:`intake.create_lead`, the one intake path; a refused form is shown again with each
 message beside its field and nothing written. Three rules of the hosted form
 (``/forms/{vertical}?seller=…``) are decided here because only a page knows them:
 
@@ -63,8 +63,9 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
-from leadmarket.leads import service
+from leadmarket.leads import intake, previews, service
 from leadmarket.leads.api import Kit
+from leadmarket.leads.intake import DuplicateLead, MinorRefused
 from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.leads.schemas import (
     MINOR_ERROR,
@@ -73,7 +74,6 @@ from leadmarket.leads.schemas import (
     check_birth_date,
     clean_page_url,
 )
-from leadmarket.leads.service import DuplicateLead, MinorRefused
 from leadmarket.models import Lead, Role, SaleMode, User, UserStatus
 from leadmarket.verticals.registry import (
     FieldSpec,
@@ -997,7 +997,7 @@ async def consumer_form_submit(
             status_code=422,
         )
     try:
-        created = await service.create_lead(
+        created = await intake.create_lead(
             session, kit, seller=seller.user, data=checked.data, source="form"
         )
     except MinorRefused:
@@ -1133,7 +1133,7 @@ def _money(cents: int | None, currency: str) -> str:
 
 
 def sale_terms_text(lead: Lead) -> str:
-    sale = service.sale_of(lead, show_reserve=True)
+    sale = previews.sale_of(lead, show_reserve=True)
     parts: list[str] = []
     if sale.mode == SaleMode.AUCTION.value:
         parts.append(f"Auction, {sale.duration_minutes} min")
@@ -1359,7 +1359,7 @@ async def post_lead_by_hand(
             request, username, vertical, values=typed, errors=checked.errors, status_code=422
         )
     try:
-        await service.create_lead(session, kit, seller=seller, data=checked.data, source="manual")
+        await intake.create_lead(session, kit, seller=seller, data=checked.data, source="manual")
     except MinorRefused:
         await session.rollback()
         return minor_page()

@@ -1,0 +1,692 @@
+"""Lead intake (promises L1, L2, L3, L5, L6, S1), the one path every lead comes in by: the API,
+the hosted consumer form, the seller's page and the CSV upload.
+
+Intake is two steps:
+
+1. :func:`prepare_lead` does everything that needs no database: the vertical's attributes, the
+   address, the blind-index digests, the consent record and the sealing of the personal data
+   (AES-256-GCM under a fresh data key). A consumer under 14 never gets this far: the request
+   model refuses them, so nothing of theirs exists to store (L2).
+2. :func:`write_leads` writes any number of prepared leads in the caller's transaction, each
+   judged on its own: credentials still live, ``Idempotency-Key`` replays, duplicates of the
+   same consumer (in the database or earlier in the same batch), velocity signals and quality,
+   then a handful of multi-row statements for the whole batch.
+
+:class:`IntakeBatcher` is what makes the API fast: concurrent ``POST /api/v1/leads`` requests of
+one process hand their prepared leads to it, and it writes whatever has queued up in one
+transaction (group commit), answering each request only after that commit. A batch costs the
+same dozen statements whether it carries one lead or a hundred."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, Table, func, literal_column, select, text, union_all, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.config import Settings
+from leadmarket.kit.crypto import random_token
+from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
+from leadmarket.kit.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    Forbidden,
+    Unauthenticated,
+    ValidationFailed,
+    register_validation_problem,
+)
+from leadmarket.kit.idempotency import IdempotencyKeyReused
+from leadmarket.kit.ids import new_id
+from leadmarket.leads import quality
+from leadmarket.leads.previews import age_band, preview_of, quality_of
+from leadmarket.leads.reference import check_postal_code, region_name
+from leadmarket.leads.schemas import MINIMUM_AGE, MINOR_ERROR, LeadCreatedOut, LeadIn, age_on
+from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
+from leadmarket.models import (
+    ApiKey,
+    Consent,
+    ConsentText,
+    IdempotencyRecord,
+    Lead,
+    LeadBlindIndex,
+    LeadStatus,
+    LeadVault,
+    SaleMode,
+    User,
+    UserStatus,
+)
+from leadmarket.verticals.registry import Vertical, get_vertical, validate_attributes
+
+
+class MinorRefused(DomainError):
+    status = 422
+    slug = "minor"
+    title = "Consumer under 14"
+    explanation = (
+        "Leadmarket takes no data about children (promise L2): a lead for someone under "
+        f"{MINIMUM_AGE} is refused and nothing of the request is stored."
+    )
+
+
+register_validation_problem(MINOR_ERROR, MinorRefused)
+
+
+class DuplicateLead(Conflict):
+    slug = "duplicate-lead"
+    title = "Duplicate lead"
+    explanation = (
+        "The same consumer asked for the same service recently; the earlier lead is named in "
+        "`duplicate_of`."
+    )
+
+
+class LeadsKit:
+    """Per-process helpers built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.indexer = BlindIndexer(settings.signing_key())
+        settings.keyring()  # fail at start-up, not on the first lead, if the keys are unusable
+
+
+@dataclass(frozen=True)
+class CreatedLead:
+    lead: Lead
+    certificate: str
+
+
+def default_parties(seller_username: str, vertical: Vertical) -> list[str]:
+    return [seller_username, f"Leadmarket buyers of {vertical.name.lower()} leads"]
+
+
+# Step 1: everything that needs no database ---------------------------------------------------
+
+
+@dataclass
+class PreparedLead:
+    """One lead ready to write: its rows, minus the quality that depends on what is already in
+    the database. Holds personal data only sealed (``vault``) or as keyed digests."""
+
+    lead: dict[str, Any]
+    vault: dict[str, Any]
+    email_digest: str
+    phone_digest: str
+    ip_digest: str
+    contact_signals: list[quality.Signal]
+    consent_text_sha256: str
+    consent_text: str
+    consent: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.lead["id"])
+
+    @property
+    def seller_id(self) -> str:
+        return str(self.lead["seller_id"])
+
+    @property
+    def vertical(self) -> str:
+        return str(self.lead["vertical"])
+
+
+def _address_errors(data: LeadIn) -> tuple[str | None, list[FieldError]]:
+    address = data.contact.address
+    errors: list[FieldError] = []
+    if region_name(address.country, address.region) is None:
+        errors.append(
+            FieldError("contact.address.region", "Not a state or province of this country.")
+        )
+        return None, errors
+    postal, problem = check_postal_code(address.country, address.region, address.postal_code)
+    if problem is not None:
+        errors.append(FieldError("contact.address.postal_code", problem))
+    return postal, errors
+
+
+def prepare_lead(
+    kit: LeadsKit,
+    *,
+    seller_id: str,
+    seller_username: str,
+    data: LeadIn,
+    source: str,
+    now: dt.datetime | None = None,
+) -> PreparedLead:
+    """Validate what the request model cannot (the vertical's attributes, state against postal
+    code), then build the lead's rows with its personal data sealed. Raises
+    :class:`ValidationFailed` naming every bad field."""
+    now = now or utcnow()
+    vertical = get_vertical(data.vertical)
+    if vertical is None:
+        raise ValidationFailed(
+            "Unknown vertical.",
+            errors=[FieldError("vertical", "No such vertical; GET /api/v1/verticals lists them.")],
+        )
+    attributes, errors = validate_attributes(vertical, data.attributes)
+    postal, address_errors = _address_errors(data)
+    errors += address_errors
+    if errors:
+        raise ValidationFailed(
+            "; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors
+        )
+    assert postal is not None
+    contact = data.contact
+    address = contact.address
+    consent = data.consent
+    preview_attributes: dict[str, Any] = {}
+    sealed_attributes: dict[str, Any] = {}
+    for name, value in attributes.items():
+        spec = vertical.field(name)
+        # The vertical's loader guarantees a preview field is never identifying, free text or a
+        # protected characteristic (L6); everything else stays sealed with the contact data.
+        if spec is not None and spec.preview:
+            preview_attributes[name] = value
+        else:
+            sealed_attributes[name] = value
+
+    lead_id = new_id("lead")
+    sale = data.sale
+    ip_digest = kit.indexer.digest(IndexKind.IP, str(consent.ip))
+    vault = seal_personal_data(
+        kit.settings.keyring(),
+        lead_id,
+        {
+            "first_name": contact.first_name,
+            "last_name": contact.last_name,
+            "email": contact.email,
+            "phone": contact.phone,
+            "birth_date": contact.birth_date.isoformat(),
+            "street": address.street,
+            "postal_code": postal,
+            "attributes": sealed_attributes or None,
+            "consent_ip": str(consent.ip),
+            "consent_user_agent": consent.user_agent,
+        },
+    )
+    consent_sha256 = hashlib.sha256(consent.disclosure_text.encode()).hexdigest()
+    return PreparedLead(
+        lead={
+            "id": lead_id,
+            "seller_id": seller_id,
+            "vertical": vertical.slug,
+            "status": LeadStatus.OPEN.value,
+            "source": source,
+            "country": address.country,
+            "region": address.region,
+            "city": address.city,
+            "postal_prefix": postal[:3],
+            "age_band": age_band(age_on(contact.birth_date, now.date())),
+            "preview_attributes": preview_attributes,
+            "quality_score": 100,
+            "quality_reasons": [],
+            "sale_mode": sale.mode,
+            "currency": sale.currency,
+            "reserve_cents": sale.reserve_cents,
+            "buy_now_cents": sale.buy_now_cents,
+            "price_cents": sale.price_cents,
+            "duration_minutes": sale.duration_minutes,
+            "exclusive": sale.exclusive,
+            "max_buyers": sale.max_buyers or 1,
+            "auction_ends_at": (
+                now + dt.timedelta(minutes=sale.duration_minutes or 60)
+                if sale.mode == SaleMode.AUCTION.value
+                else None
+            ),
+            "created_at": now,
+            "pii_expires_at": None,
+            "pii_destroyed_at": None,
+        },
+        vault={
+            "lead_id": lead_id,
+            "key_version": vault.key_version,
+            "wrapped_key": vault.wrapped_key,
+            "sealed_fields": vault.sealed_fields,
+            "created_at": now,
+        },
+        email_digest=kit.indexer.digest(IndexKind.EMAIL, contact.email),
+        phone_digest=kit.indexer.digest(IndexKind.PHONE, contact.phone),
+        ip_digest=ip_digest,
+        contact_signals=quality.contact_signals(
+            email=contact.email, phone_e164=contact.phone, region=address.region
+        ),
+        consent_text_sha256=consent_sha256,
+        consent_text=consent.disclosure_text,
+        consent={
+            "id": new_id("cns"),
+            "certificate": "cert_" + random_token(24),
+            "lead_id": lead_id,
+            "seller_id": seller_id,
+            "vertical": vertical.slug,
+            "text_sha256": consent_sha256,
+            "given_at": consent.given_at,
+            "page_url": consent.page_url,
+            "parties": default_parties(seller_username, vertical),
+            "ip_digest": ip_digest,
+            "user_agent_digest": hashlib.sha256(consent.user_agent.encode()).hexdigest(),
+            "recorded_at": now,
+            "withdrawn_at": None,
+        },
+    )
+
+
+# Step 2: writing a batch ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    principal: str
+    key: str
+    fingerprint: str
+
+
+@dataclass
+class Submission:
+    """A prepared lead and what its request must still prove when it is written."""
+
+    prepared: PreparedLead
+    # The API key the request came with, checked again in the writing transaction: a key
+    # revoked (or an account suspended) a moment ago posts nothing.
+    api_key_id: str | None = None
+    idempotency: IdempotencyClaim | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """The answer for one submission: a new lead, or the first answer replayed."""
+
+    status_code: int
+    body: dict[str, Any]
+    created: CreatedLead | None = None
+
+
+Outcome = Written | DomainError
+
+
+def created_answer(created: CreatedLead) -> dict[str, Any]:
+    """The body of ``201 Created`` for a new lead (also kept for ``Idempotency-Key`` replays)."""
+    return LeadCreatedOut(
+        id=created.lead.id,
+        status=created.lead.status,
+        preview=preview_of(created.lead),
+        quality=quality_of(created.lead),
+        consent_certificate=created.certificate,
+    ).model_dump(mode="json")
+
+
+def _table(model: type[Any]) -> Table:
+    """The model's table, for plain multi-row INSERTs that skip the ORM's unit of work."""
+    table: Table = model.__table__
+    return table
+
+
+def _lock_key(value: str) -> int:
+    """A PostgreSQL advisory-lock key (a positive 60-bit integer) for a digest or a name."""
+    return int(hashlib.sha256(value.encode()).hexdigest()[:15], 16)
+
+
+@dataclass
+class _Batch:
+    """The state of one :func:`write_leads` call: which submissions are still in the running."""
+
+    submissions: Sequence[Submission]
+    outcomes: list[Outcome | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.submissions)
+
+    def pending(self) -> list[tuple[int, Submission]]:
+        return [(i, s) for i, s in enumerate(self.submissions) if self.outcomes[i] is None]
+
+
+async def write_leads(
+    session: AsyncSession, kit: LeadsKit, submissions: Sequence[Submission]
+) -> list[Outcome]:
+    """Write ``submissions`` in the session's transaction; one outcome per submission, in order.
+    A refused submission (duplicate, replay, revoked key) writes nothing and does not stop the
+    others. The caller commits."""
+    batch = _Batch(submissions)
+    now = utcnow()
+    await _lock(session, kit, submissions)
+    await _check_credentials(session, batch, now)
+    await _replay_or_claim_keys(session, batch)
+    await _refuse_duplicates(session, kit, batch, now)
+    accepted = batch.pending()
+    await _score(session, kit, [s.prepared for _, s in accepted], now)
+    for i, submission in accepted:
+        lead = Lead(**submission.prepared.lead)
+        created = CreatedLead(lead=lead, certificate=submission.prepared.consent["certificate"])
+        batch.outcomes[i] = Written(201, created_answer(created), created)
+    await _insert(session, [s for _, s in accepted], batch, now)
+    outcomes = [o for o in batch.outcomes if o is not None]
+    assert len(outcomes) == len(submissions)
+    return outcomes
+
+
+async def _lock(session: AsyncSession, kit: LeadsKit, submissions: Sequence[Submission]) -> None:
+    """On PostgreSQL, serialise writers of the same consumer and of the same Idempotency-Key, so
+    two concurrent transactions cannot both pass the checks below; different consumers never
+    wait for each other. All keys are taken in one statement, in ascending order, so two
+    batches cannot deadlock. (SQLite needs nothing: every transaction holds the write lock.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys: set[int] = set()
+    for submission in submissions:
+        if kit.settings.duplicate_window_days:
+            keys.add(_lock_key(submission.prepared.email_digest))
+            keys.add(_lock_key(submission.prepared.phone_digest))
+        if (claim := submission.idempotency) is not None:
+            keys.add(_lock_key(f"idempotency\0{claim.principal}\0{claim.key}"))
+    if keys:
+        await session.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
+            {"keys": sorted(keys)},
+        )
+
+
+async def _check_credentials(session: AsyncSession, batch: _Batch, now: dt.datetime) -> None:
+    key_ids = {s.api_key_id for _, s in batch.pending() if s.api_key_id is not None}
+    if not key_ids:
+        return
+    live = dict(
+        (
+            await session.execute(
+                select(ApiKey.id, User.status)
+                .join(User, User.id == ApiKey.user_id)
+                .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None))
+            )
+        ).all()
+    )
+    for i, submission in batch.pending():
+        if submission.api_key_id is None:
+            continue
+        status = live.get(submission.api_key_id)
+        if status is None:
+            batch.outcomes[i] = Unauthenticated("The token is unknown, expired or revoked.")
+        elif status != UserStatus.ACTIVE:
+            batch.outcomes[i] = Forbidden(f"This account is {status}.")
+    # Written at most once a minute per key, like a request-by-request sign-in would.
+    await session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id.in_(key_ids),
+            (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < now - dt.timedelta(minutes=1)),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _replay_or_claim_keys(session: AsyncSession, batch: _Batch) -> None:
+    claimed = [(i, s.idempotency) for i, s in batch.pending() if s.idempotency is not None]
+    if not claimed:
+        return
+    rows = await session.execute(
+        select(
+            IdempotencyRecord.principal,
+            IdempotencyRecord.key,
+            IdempotencyRecord.request_sha256,
+            IdempotencyRecord.status_code,
+            IdempotencyRecord.response,
+        ).where(
+            IdempotencyRecord.principal.in_({c.principal for _, c in claimed}),
+            IdempotencyRecord.key.in_({c.key for _, c in claimed}),
+        )
+    )
+    earlier = {(r.principal, r.key): r for r in rows}
+    in_this_batch: set[tuple[str, str]] = set()
+    for i, claim in claimed:
+        found = earlier.get((claim.principal, claim.key))
+        if found is not None:
+            if found.request_sha256 != claim.fingerprint:
+                batch.outcomes[i] = IdempotencyKeyReused(
+                    "This Idempotency-Key was already used with another body."
+                )
+            else:
+                batch.outcomes[i] = Written(found.status_code, dict(found.response))
+        elif (claim.principal, claim.key) in in_this_batch:
+            batch.outcomes[i] = Conflict(
+                "A request with this Idempotency-Key is being processed; retry to get its answer."
+            )
+        else:
+            in_this_batch.add((claim.principal, claim.key))
+
+
+async def _refuse_duplicates(
+    session: AsyncSession, kit: LeadsKit, batch: _Batch, now: dt.datetime
+) -> None:
+    """The same consumer (by email or phone digest) asking for the same vertical within the
+    window is a duplicate of the earliest such lead, whether that lead is already stored or
+    was earlier in this batch."""
+    if kit.settings.duplicate_window_days == 0:
+        return
+    pending = batch.pending()
+    if not pending:
+        return
+    digests = {d for _, s in pending for d in (s.prepared.email_digest, s.prepared.phone_digest)}
+    since = now - dt.timedelta(days=kit.settings.duplicate_window_days)
+    rows = await session.execute(
+        select(LeadBlindIndex.digest, LeadBlindIndex.vertical, LeadBlindIndex.lead_id)
+        .where(
+            LeadBlindIndex.kind.in_([IndexKind.EMAIL.value, IndexKind.PHONE.value]),
+            LeadBlindIndex.digest.in_(digests),
+            LeadBlindIndex.vertical.in_({s.prepared.vertical for _, s in pending}),
+            LeadBlindIndex.created_at > since,
+        )
+        .order_by(LeadBlindIndex.created_at.desc())
+    )
+    first_lead: dict[tuple[str, str], str] = {}
+    for digest, vertical, lead_id in rows:  # newest first, so the earliest is kept last
+        first_lead[(digest, vertical)] = lead_id
+    for i, submission in pending:
+        prepared = submission.prepared
+        mine = [(d, prepared.vertical) for d in (prepared.email_digest, prepared.phone_digest)]
+        earlier = next((first_lead[k] for k in mine if k in first_lead), None)
+        if earlier is not None:
+            batch.outcomes[i] = DuplicateLead(
+                f"This consumer already asked for this service in lead {earlier}.",
+                extra={"duplicate_of": earlier},
+            )
+            continue
+        for k in mine:
+            first_lead[k] = prepared.id
+
+
+async def _recent_counts(
+    session: AsyncSession, counted: dict[str, Any], limit: int
+) -> dict[str, int]:
+    """``{name: count}`` for the ``select(...)`` of each name's recent rows, each counted only up
+    to ``limit``: the signal asks "at least the limit?", and a seller posting thousands a minute
+    must not make every batch scan all of them."""
+    if not counted:
+        return {}
+    branches: list[Select[Any, Any]] = [
+        select(
+            func.count().label("n"), literal_column(str(position)).label("position")
+        ).select_from(query.limit(limit).subquery())
+        for position, query in enumerate(counted.values())
+    ]
+    statement = branches[0] if len(branches) == 1 else union_all(*branches)
+    names = list(counted)
+    return {names[row.position]: int(row.n) for row in await session.execute(statement)}
+
+
+async def _score(
+    session: AsyncSession, kit: LeadsKit, accepted: list[PreparedLead], now: dt.datetime
+) -> None:
+    """Quality: the contact signals found in step 1, plus velocity of the seller (leads in the
+    last minute) and of the consumer's network address (last hour), counting the leads of this
+    batch that come before each one."""
+    if not accepted:
+        return
+    settings = kit.settings
+    sellers = {
+        p.seller_id: select(Lead.id).where(
+            Lead.seller_id == p.seller_id, Lead.created_at > now - dt.timedelta(minutes=1)
+        )
+        for p in accepted
+    }
+    addresses = {
+        p.ip_digest: select(LeadBlindIndex.id).where(
+            LeadBlindIndex.kind == IndexKind.IP.value,
+            LeadBlindIndex.digest == p.ip_digest,
+            LeadBlindIndex.created_at > now - dt.timedelta(hours=1),
+        )
+        for p in accepted
+    }
+    seller_recent = await _recent_counts(session, sellers, settings.velocity_seller_per_minute)
+    ip_recent = await _recent_counts(session, addresses, settings.velocity_ip_per_hour)
+    for prepared in accepted:
+        signals = prepared.contact_signals + quality.velocity_signals(
+            seller_recent=seller_recent[prepared.seller_id],
+            seller_limit=settings.velocity_seller_per_minute,
+            ip_recent=ip_recent[prepared.ip_digest],
+            ip_limit=settings.velocity_ip_per_hour,
+        )
+        seller_recent[prepared.seller_id] += 1
+        ip_recent[prepared.ip_digest] += 1
+        prepared.lead["quality_score"] = quality.score(signals)
+        prepared.lead["quality_reasons"] = [s.as_dict() for s in signals]
+
+
+async def _insert(
+    session: AsyncSession, accepted: list[Submission], batch: _Batch, now: dt.datetime
+) -> None:
+    """One multi-row statement per table for the whole batch."""
+    if not accepted:
+        return
+    prepared = [s.prepared for s in accepted]
+    await session.execute(_table(Lead).insert(), [p.lead for p in prepared])
+    await session.execute(_table(LeadVault).insert(), [p.vault for p in prepared])
+    await session.execute(
+        _table(LeadBlindIndex).insert(),
+        [
+            {
+                "lead_id": p.id,
+                "kind": kind.value,
+                "digest": digest,
+                "vertical": p.vertical,
+                "created_at": now,
+            }
+            for p in prepared
+            for kind, digest in (
+                (IndexKind.EMAIL, p.email_digest),
+                (IndexKind.PHONE, p.phone_digest),
+                (IndexKind.IP, p.ip_digest),
+            )
+        ],
+    )
+    texts = {p.consent_text_sha256: p.consent_text for p in prepared}
+    await session.execute(
+        insert_ignoring_conflicts(session, ConsentText),
+        [{"sha256": sha, "text": body, "created_at": now} for sha, body in texts.items()],
+    )
+    await session.execute(_table(Consent).insert(), [p.consent for p in prepared])
+    records = [
+        {
+            "principal": s.idempotency.principal,
+            "key": s.idempotency.key,
+            "request_sha256": s.idempotency.fingerprint,
+            "status_code": outcome.status_code,
+            "response": outcome.body,
+            "created_at": now,
+        }
+        for s, outcome in zip(batch.submissions, batch.outcomes, strict=True)
+        if s.idempotency is not None and isinstance(outcome, Written) and outcome.created
+    ]
+    if records:
+        await session.execute(_table(IdempotencyRecord).insert(), records)
+
+
+async def create_lead(
+    session: AsyncSession, kit: LeadsKit, *, seller: User, data: LeadIn, source: str
+) -> CreatedLead:
+    """One lead, written in the caller's transaction (pages, CSV rows, demo data). Raises the
+    refusal (:class:`ValidationFailed`, :class:`DuplicateLead`) instead of returning it."""
+    prepared = prepare_lead(
+        kit, seller_id=seller.id, seller_username=seller.username, data=data, source=source
+    )
+    (outcome,) = await write_leads(session, kit, [Submission(prepared)])
+    if isinstance(outcome, DomainError):
+        raise outcome
+    assert outcome.created is not None
+    return outcome.created
+
+
+# Group commit for the API --------------------------------------------------------------------
+
+
+class IntakeBatcher:
+    """Writes the leads of concurrent API requests together, one transaction per batch.
+
+    A request calls :meth:`submit` and waits. If no batch is being written, a writer task starts
+    at once with what is queued; while it waits on the database, more requests queue up and go
+    in the next batch. So an idle server writes each lead alone, with no added delay, and a
+    busy one writes them by the dozen. A request is answered only after its batch committed.
+    The writer task ends when the queue is empty: nothing lingers between bursts."""
+
+    def __init__(self, db: Database, kit: LeadsKit, *, max_batch: int = 100) -> None:
+        self.db = db
+        self.kit = kit
+        self.max_batch = max_batch
+        self._queue: list[tuple[Submission, asyncio.Future[Outcome]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        # For the operator (and the tests): how much the batching actually batches.
+        self.batches_written = 0
+        self.largest_batch = 0
+
+    async def submit(self, submission: Submission) -> Written:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((submission, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        outcome = await future
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                await self._write(batch)
+        finally:
+            self._writer = None
+
+    async def _write(self, batch: list[tuple[Submission, asyncio.Future[Outcome]]]) -> None:
+        try:
+            async with self.db.transaction() as session:
+                outcomes = await write_leads(session, self.kit, [s for s, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                # Something no check foresaw (a lost connection, a constraint): write each lead
+                # on its own so that one cannot take the others down with it.
+                for item in batch:
+                    await self._write([item])
+                return
+            _answer(batch[0][1], exc)
+            return
+        except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
+            for _, future in batch:
+                _answer(future, exc)
+            raise
+        self.batches_written += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _answer(future, outcome)
+
+
+def _answer(future: asyncio.Future[Outcome], outcome: Outcome | BaseException) -> None:
+    if future.done():  # the client went away; its lead is written all the same
+        return
+    if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,223 @@
+"""Group commit of API intake (:class:`IntakeBatcher`): leads posted at the same moment are
+written together, and every rule still holds for each of them: duplicates of one consumer in
+the same batch or in two processes' batches (one lead, the rest 409 naming it), Idempotency-Key
+replays, a revoked key refused at write time, one bad lead unable to sink the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from leadmarket.app import create_app
+from leadmarket.config import Settings
+from leadmarket.kit.db import Database, make_engine
+from leadmarket.kit.errors import DomainError
+from leadmarket.leads.intake import (
+    IntakeBatcher,
+    LeadsKit,
+    Submission,
+    Written,
+    prepare_lead,
+    write_leads,
+)
+from leadmarket.leads.schemas import LeadIn
+from leadmarket.models import ApiKey, Lead, LeadBlindIndex, LeadVault, User
+from tests.fixtures.accounts import bearer, signed_in
+from tests.fixtures.leads import lead_body
+
+pytestmark = pytest.mark.committed
+
+
+@pytest.fixture
+def committed_app(committed_db: Database, settings: Settings) -> FastAPI:
+    return create_app(settings, database=committed_db)
+
+
+@pytest.fixture
+async def committed_client(committed_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=committed_app, client=("203.0.113.10", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+        yield c
+
+
+async def api_key_of_a_seller(client: httpx.AsyncClient) -> dict[str, str]:
+    _, auth = await signed_in(client, "seller")
+    created = await client.post("/api/v1/api-keys", json={"name": "crm"}, headers=auth)
+    assert created.status_code == 201, created.text
+    return bearer(created.json()["key"])
+
+
+async def count(db: Database, model: Any) -> int:
+    async with db.transaction() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def same_consumer(vertical: str, email: str) -> dict[str, Any]:
+    body = lead_body(vertical)
+    body["contact"]["email"] = email
+    return body
+
+
+async def test_concurrent_posts_share_batches_and_each_gets_its_own_answer(
+    committed_client: httpx.AsyncClient, committed_app: FastAPI, committed_db: Database
+) -> None:
+    key = await api_key_of_a_seller(committed_client)
+    # 30 different consumers, and one consumer posted 10 times at once.
+    bodies = [lead_body() for _ in range(30)]
+    repeated = [same_consumer("auto-insurance", "twice@example.com") for _ in range(10)]
+    answers = await asyncio.gather(
+        *(committed_client.post("/api/v1/leads", json=b, headers=key) for b in bodies + repeated)
+    )
+
+    batcher: IntakeBatcher = committed_app.state.intake
+    assert batcher.largest_batch > 1, "concurrent posts were written one by one"
+    assert [a.status_code for a in answers[:30]] == [201] * 30
+    repeated_statuses = Counter(a.status_code for a in answers[30:])
+    assert repeated_statuses == {201: 1, 409: 9}
+    (winner,) = [a.json()["id"] for a in answers[30:] if a.status_code == 201]
+    assert {a.json()["duplicate_of"] for a in answers[30:] if a.status_code == 409} == {winner}
+    ids = [a.json()["id"] for a in answers if a.status_code == 201]
+    assert len(set(ids)) == 31
+    assert await count(committed_db, Lead) == 31
+    assert await count(committed_db, LeadVault) == 31
+    assert await count(committed_db, LeadBlindIndex) == 31 * 3
+
+
+async def test_one_idempotency_key_posted_concurrently_makes_one_lead(
+    committed_client: httpx.AsyncClient, committed_db: Database
+) -> None:
+    key = await api_key_of_a_seller(committed_client)
+    body = lead_body()
+    headers = {**key, "Idempotency-Key": "order-77"}
+    answers = await asyncio.gather(
+        *(committed_client.post("/api/v1/leads", json=body, headers=headers) for _ in range(8))
+    )
+    created = [a.json()["id"] for a in answers if a.status_code == 201]
+    assert created and len(set(created)) == 1
+    # The others were told to retry (same batch) or got the first answer replayed.
+    assert all(a.status_code in (201, 409) for a in answers)
+    assert await count(committed_db, Lead) == 1
+    retried = await committed_client.post("/api/v1/leads", json=body, headers=headers)
+    assert retried.status_code == 201 and retried.json()["id"] == created[0]
+    other_body = await committed_client.post("/api/v1/leads", json=lead_body(), headers=headers)
+    assert other_body.status_code == 409
+    assert await count(committed_db, Lead) == 1
+
+
+async def test_a_key_revoked_after_it_was_cached_posts_nothing(
+    committed_client: httpx.AsyncClient, committed_db: Database
+) -> None:
+    _, auth = await signed_in(committed_client, "seller")
+    created = await committed_client.post("/api/v1/api-keys", json={"name": "crm"}, headers=auth)
+    key = bearer(created.json()["key"])
+    first = await committed_client.post("/api/v1/leads", json=lead_body(), headers=key)
+    assert first.status_code == 201  # the key's principal is now in the per-process cache
+    revoked = await committed_client.delete(
+        f"/api/v1/api-keys/{created.json()['id']}", headers=auth
+    )
+    assert revoked.status_code == 204
+    second = await committed_client.post("/api/v1/leads", json=lead_body(), headers=key)
+    assert second.status_code == 401
+    assert second.headers["content-type"].startswith("application/problem+json")
+    assert await count(committed_db, Lead) == 1
+
+
+async def test_a_lead_that_fails_in_the_database_does_not_sink_its_batch(
+    committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    await api_key_of_a_seller(committed_client)
+    async with committed_db.transaction() as session:
+        seller = await session.scalar(select(User).where(User.role == "seller"))
+    assert seller is not None
+    kit = LeadsKit(settings)
+
+    def prepared(seller_id: str) -> Submission:
+        data = LeadIn.model_validate(lead_body())
+        return Submission(
+            prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
+        )
+
+    batcher = IntakeBatcher(committed_db, kit)
+    # No such seller: the foreign key refuses the row, which no check before the INSERT foresees.
+    good, orphan, also_good = prepared(seller.id), prepared("usr_nobody"), prepared(seller.id)
+    results = await asyncio.gather(
+        *(batcher.submit(s) for s in (good, orphan, also_good)), return_exceptions=True
+    )
+    assert isinstance(results[0], Written) and results[0].status_code == 201
+    assert isinstance(results[1], Exception) and not isinstance(results[1], DomainError)
+    assert isinstance(results[2], Written) and results[2].status_code == 201
+    async with committed_db.transaction() as session:
+        stored = set(await session.scalars(select(Lead.id)))
+    assert stored == {good.prepared.id, also_good.prepared.id}
+
+
+async def test_two_processes_batching_the_same_consumer_store_one_lead(
+    committed_client: httpx.AsyncClient,
+    committed_db: Database,
+    settings: Settings,
+    database_url: str,
+) -> None:
+    """Two servers on one database, each with its own batcher and connection pool."""
+    await api_key_of_a_seller(committed_client)
+    async with committed_db.transaction() as session:
+        seller = await session.scalar(select(User).where(User.role == "seller"))
+        key_id = await session.scalar(select(ApiKey.id))
+    assert seller is not None
+    kit = LeadsKit(settings)
+    other = Database(make_engine(database_url))
+    try:
+        batchers = [IntakeBatcher(committed_db, kit), IntakeBatcher(other, kit)]
+        submissions = []
+        for n in range(12):
+            data = LeadIn.model_validate(same_consumer("mortgage", "one@example.com"))
+            prepared = prepare_lead(
+                kit, seller_id=seller.id, seller_username="s", data=data, source="api"
+            )
+            submissions.append((batchers[n % 2], Submission(prepared, api_key_id=key_id)))
+        results = await asyncio.gather(
+            *(b.submit(s) for b, s in submissions), return_exceptions=True
+        )
+    finally:
+        await other.dispose()
+    created = [r for r in results if isinstance(r, Written)]
+    refused = [r for r in results if isinstance(r, DomainError)]
+    assert len(created) == 1 and len(refused) == 11
+    assert {r.status for r in refused} == {409}
+    assert await count(committed_db, Lead) == 1
+
+
+async def test_velocity_counts_the_leads_earlier_in_the_same_batch(
+    committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    await api_key_of_a_seller(committed_client)
+    async with committed_db.transaction() as session:
+        seller = await session.scalar(select(User).where(User.role == "seller"))
+    assert seller is not None
+    kit = LeadsKit(settings.model_copy(update={"velocity_seller_per_minute": 3}))
+    submissions = [
+        Submission(
+            prepare_lead(
+                kit,
+                seller_id=seller.id,
+                seller_username="s",
+                data=LeadIn.model_validate(lead_body()),
+                source="api",
+            )
+        )
+        for _ in range(5)
+    ]
+    async with committed_db.transaction() as session:
+        outcomes = await write_leads(session, kit, submissions)
+    flagged = [
+        any(r["code"] == "seller_burst" for r in o.body["quality"]["reasons"])
+        for o in outcomes
+        if isinstance(o, Written)
+    ]
+    assert flagged == [False, False, False, True, True]
