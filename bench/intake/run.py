@@ -132,6 +132,37 @@ def lead_times(scratch: Scratch, since: float) -> list[float]:
     return sorted(at for at in stamps if at >= since)
 
 
+async def _postgres_batches(dsn: str, since: float) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await connection.fetchval(
+                "SELECT count(DISTINCT created_at) FROM lead_blind_indexes "
+                "WHERE created_at >= to_timestamp($1)",
+                since,
+            )
+        )
+    finally:
+        await connection.close()
+
+
+def write_batches(scratch: Scratch, since: float) -> int:
+    """How many transactions wrote the leads posted since ``since``: the API writes concurrent
+    leads in batches, and every blind index of a batch carries the batch's time."""
+    if scratch.kind == "postgres":
+        return asyncio.run(_postgres_batches(scratch.postgres_dsn, since))
+    connection = sqlite3.connect(scratch.sqlite_path)
+    try:
+        stamps = {
+            text
+            for (text,) in connection.execute("SELECT DISTINCT created_at FROM lead_blind_indexes")
+            if dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() >= since
+        }
+    finally:
+        connection.close()
+    return len(stamps)
+
+
 def database_version(scratch: Scratch) -> str:
     if scratch.kind == "sqlite":
         return f"SQLite {sqlite3.sqlite_version}"
@@ -296,6 +327,7 @@ def run_application(args: argparse.Namespace, scratch: Scratch) -> dict[str, Any
         server.stop()
 
     times = lead_times(scratch, measured.started_at - 0.5)
+    batches = write_batches(scratch, measured.started_at - 0.5)
     created = measured.figures["statuses"].get("201", 0)
     steady = throughput(times, args.skip_seconds)
     statuses: dict[str, int] = measured.figures["statuses"]
@@ -313,6 +345,8 @@ def run_application(args: argparse.Namespace, scratch: Scratch) -> dict[str, Any
         "leads_posted": args.leads,
         "leads_created_201": created,
         "leads_in_database": len(times),
+        "write_batches": batches,
+        "leads_per_batch": round(len(times) / batches, 2) if batches else None,
         "errors": {k: v for k, v in errors.items() if v},
         "sustained": steady.__dict__,
         "overall_leads_per_second": created / measured.wall_seconds,
@@ -419,6 +453,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"{steady['per_second_min']}/{steady['per_second_median']:g}/{steady['per_second_max']}",
         f"answers: {app['leads_created_201']:,} × 201, in database {app['leads_in_database']:,}, "
         f"errors {app['errors'] or 'none'}",
+        f"written in {app['write_batches']:,} transactions ({app['leads_per_batch']} leads each)",
         f"CPU s: server {cpu['server_seconds']:.1f} ({cpu['server_ms_per_lead']:.2f} ms/lead, "
         f"{cpu['server_system_seconds']:.1f} of it in the kernel; "
         f"per worker {list(cpu['server_per_worker_seconds'].values())}), "

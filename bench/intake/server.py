@@ -142,7 +142,8 @@ def cpu_used(
 
 @dataclass
 class Server:
-    """``uvicorn bench.intake.app_factory:create_app --factory --workers N`` on a free port."""
+    """``leadmarket serve --workers N`` on a free port: N processes, each with its own socket
+    (SO_REUSEPORT), so the kernel spreads wrk's connections evenly over them."""
 
     environment: dict[str, str]
     workers: int
@@ -159,19 +160,15 @@ class Server:
         command = [
             sys.executable,
             "-m",
-            "uvicorn",
-            "bench.intake.app_factory:create_app",
-            "--factory",
+            "leadmarket",
+            "serve",
+            "--no-migrate",  # the scratch database is migrated before the server starts
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
             "--workers",
             str(self.workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--no-proxy-headers",  # as `leadmarket serve` with the default settings
         ]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
@@ -218,7 +215,7 @@ class Server:
         assert self.process is not None
         if self.workers == 1:
             return [self.process.pid]
-        # uvicorn's supervisor starts its workers with multiprocessing's spawn.
+        # `leadmarket serve` starts its workers with multiprocessing's spawn.
         return [pid for pid in children_of(self.process.pid) if "spawn_main" in _cmdline(pid)]
 
     def rss_kib(self) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from leadmarket.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 app = typer.Typer(
     help="Leadmarket: a lead exchange that keeps its privacy promises.", no_args_is_help=True
@@ -35,10 +38,30 @@ def migrate() -> None:
     console.print("[green]Database schema is up to date.[/green]")
 
 
+def build_app() -> FastAPI:
+    """The app as ``leadmarket serve`` runs it, settings from the environment (also each
+    worker's entry point with ``--workers``)."""
+    from leadmarket.app import create_app
+    from leadmarket.kit.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes, each on its own socket of the port (SO_REUSEPORT); one per "
+            "core on PostgreSQL. SQLite takes one writer at a time, so more rarely helps there.",
+        ),
+    ] = 1,
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Migrate the schema before serving.")
     ] = True,
@@ -46,19 +69,29 @@ def serve(
     """Run the web service (and, unless LEADMARKET_RUN_JOBS_IN_PROCESS=false, the job worker)."""
     import uvicorn
 
-    from leadmarket.app import create_app
     from leadmarket.kit.logs import configure_logging
     from leadmarket.kit.migrate import upgrade_to_head
+    from leadmarket.kit.serving import serve_workers
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     if migrate_first:
         upgrade_to_head(settings.database_url)
     console.print(
-        f"Leadmarket on http://{host}:{port}  (database: {settings.database_url.split('://')[0]})"
+        f"Leadmarket on http://{host}:{port}  (database: {settings.database_url.split('://')[0]}"
+        f", {workers} worker{'s' if workers > 1 else ''})"
     )
+    if workers > 1:
+        serve_workers(
+            build_app,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=settings.trust_proxy_headers,
+        )
+        return
     uvicorn.run(
-        create_app(settings),
+        build_app(),
         host=host,
         port=port,
         log_config=None,

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         description="Leads from one consumer address per hour before the "
         "quality score marks them as suspicious.",
     )
+    intake_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=50,
+        description="How long the API's lead writer waits for more leads to write in the same "
+        "transaction, once the server is busy (an idle server writes each lead at once).",
+    )
 
     # Sessions and accounts.
     session_hours: int = Field(default=12, ge=1, description="Lifetime of a normal session.")

@@ -192,9 +192,7 @@ def requires_rechecked(action: Action, *roles: Role) -> Callable[..., Awaitable[
     must check ``principal.api_key`` again where it writes."""
 
     @guard
-    async def dependency(
-        request: Request, session: AsyncSession = Depends(get_session)
-    ) -> Principal:
+    async def dependency(request: Request) -> Principal:
         token = _bearer_token(request)
         cache: ApiKeyPrincipals = request.app.state.api_key_principals
         principal: Principal | None = None
@@ -202,7 +200,7 @@ def requires_rechecked(action: Action, *roles: Role) -> Callable[..., Awaitable[
         if digest is not None:
             principal = cache.get(digest)
         if principal is None:
-            principal = await authenticate(request, session)
+            principal = await authenticate(request, await get_session(request))
             if principal is None:
                 raise Unauthenticated()
             if digest is not None and principal.api_key is not None:

@@ -64,6 +64,8 @@ async def _finish(request: Request, *, commit: bool) -> None:
     if session is None:
         return
     setattr(request.state, _SESSION_ATTR, None)
+    if not session.in_transaction() and not (session.new or session.dirty or session.deleted):
+        return  # never used: nothing to commit or release (and each call would cost a greenlet)
     try:
         if commit:
             await session.commit()

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, Table, func, literal_column, select, text, union_all, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
@@ -498,23 +509,43 @@ async def _refuse_duplicates(
             first_lead[k] = prepared.id
 
 
+@functools.lru_cache(maxsize=512)
+def _capped_counts(counted: str, how_many: int) -> Any:
+    """One statement counting the recent leads of ``how_many`` sellers (``counted="seller"``)
+    or consumer addresses (``"address"``), each only up to ``:cap``: the signal asks "at least
+    the limit?", and a seller posting thousands a minute must not make every batch scan all of
+    them. Built once per shape and reused, so SQLAlchemy compiles it once too."""
+    branches: list[Any] = []
+    for position in range(how_many):
+        key: Any = bindparam(f"key_{position}")
+        recent: Any
+        if counted == "seller":
+            recent = select(Lead.id).where(
+                Lead.seller_id == key, Lead.created_at > bindparam("since")
+            )
+        else:
+            recent = select(LeadBlindIndex.id).where(
+                LeadBlindIndex.kind == IndexKind.IP.value,
+                LeadBlindIndex.digest == key,
+                LeadBlindIndex.created_at > bindparam("since"),
+            )
+        branches.append(
+            select(
+                func.count().label("n"), literal_column(str(position)).label("position")
+            ).select_from(recent.limit(bindparam("cap", type_=Integer)).subquery())
+        )
+    return branches[0] if how_many == 1 else union_all(*branches)
+
+
 async def _recent_counts(
-    session: AsyncSession, counted: dict[str, Any], limit: int
+    session: AsyncSession, counted: str, keys: set[str], since: dt.datetime, cap: int
 ) -> dict[str, int]:
-    """``{name: count}`` for the ``select(...)`` of each name's recent rows, each counted only up
-    to ``limit``: the signal asks "at least the limit?", and a seller posting thousands a minute
-    must not make every batch scan all of them."""
-    if not counted:
-        return {}
-    branches: list[Select[Any, Any]] = [
-        select(
-            func.count().label("n"), literal_column(str(position)).label("position")
-        ).select_from(query.limit(limit).subquery())
-        for position, query in enumerate(counted.values())
-    ]
-    statement = branches[0] if len(branches) == 1 else union_all(*branches)
-    names = list(counted)
-    return {names[row.position]: int(row.n) for row in await session.execute(statement)}
+    ordered = sorted(keys)
+    params: dict[str, Any] = {f"key_{i}": key for i, key in enumerate(ordered)}
+    rows = await session.execute(
+        _capped_counts(counted, len(ordered)), {**params, "since": since, "cap": cap}
+    )
+    return {ordered[row.position]: int(row.n) for row in rows}
 
 
 async def _score(
@@ -526,22 +557,20 @@ async def _score(
     if not accepted:
         return
     settings = kit.settings
-    sellers = {
-        p.seller_id: select(Lead.id).where(
-            Lead.seller_id == p.seller_id, Lead.created_at > now - dt.timedelta(minutes=1)
-        )
-        for p in accepted
-    }
-    addresses = {
-        p.ip_digest: select(LeadBlindIndex.id).where(
-            LeadBlindIndex.kind == IndexKind.IP.value,
-            LeadBlindIndex.digest == p.ip_digest,
-            LeadBlindIndex.created_at > now - dt.timedelta(hours=1),
-        )
-        for p in accepted
-    }
-    seller_recent = await _recent_counts(session, sellers, settings.velocity_seller_per_minute)
-    ip_recent = await _recent_counts(session, addresses, settings.velocity_ip_per_hour)
+    seller_recent = await _recent_counts(
+        session,
+        "seller",
+        {p.seller_id for p in accepted},
+        now - dt.timedelta(minutes=1),
+        settings.velocity_seller_per_minute,
+    )
+    ip_recent = await _recent_counts(
+        session,
+        "address",
+        {p.ip_digest for p in accepted},
+        now - dt.timedelta(hours=1),
+        settings.velocity_ip_per_hour,
+    )
     for prepared in accepted:
         signals = prepared.contact_signals + quality.velocity_signals(
             seller_recent=seller_recent[prepared.seller_id],
@@ -627,9 +656,10 @@ class IntakeBatcher:
 
     A request calls :meth:`submit` and waits. If no batch is being written, a writer task starts
     at once with what is queued; while it waits on the database, more requests queue up and go
-    in the next batch. So an idle server writes each lead alone, with no added delay, and a
-    busy one writes them by the dozen. A request is answered only after its batch committed.
-    The writer task ends when the queue is empty: nothing lingers between bursts."""
+    in the next batch, which also waits ``intake_batch_wait_ms`` for stragglers. So an idle
+    server writes each lead alone, with no added delay, and a busy one writes them by the dozen.
+    A request is answered only after its batch committed. The writer task ends when the queue
+    is empty: nothing lingers between bursts."""
 
     def __init__(self, db: Database, kit: LeadsKit, *, max_batch: int = 100) -> None:
         self.db = db
@@ -652,8 +682,15 @@ class IntakeBatcher:
         return outcome
 
     async def _drain(self) -> None:
+        wait = self.kit.settings.intake_batch_wait_ms / 1000
+        busy = False
         try:
             while self._queue:
+                if busy and wait and len(self._queue) < self.max_batch:
+                    # More requests are on their way: a little patience makes the next batch
+                    # bigger, and each batch costs about the same whatever its size.
+                    await asyncio.sleep(wait)
+                busy = True
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 await self._write(batch)
