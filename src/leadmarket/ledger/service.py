@@ -42,6 +42,7 @@ from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.money import format_money
 from leadmarket.ledger.schemas import DepositIn, DepositOut
 from leadmarket.models import (
     AccountKind,
@@ -321,18 +322,12 @@ async def deposit(
     return DepositResult(deposit=booked, wallet_balance_cents=wallet.balance_cents)
 
 
-def check_deposit_amount(amount_cents: int, settings: Settings) -> None:
+def check_deposit_amount(amount_cents: int, currency: str, settings: Settings) -> None:
     """Refuse (422, naming ``amount_cents``) a deposit above ``deposit_max_cents``."""
-    if amount_cents > settings.deposit_max_cents:
-        raise ValidationFailed(
-            "The amount is above the largest deposit.",
-            errors=[
-                FieldError(
-                    "amount_cents",
-                    f"Deposit at most {settings.deposit_max_cents} cents at a time.",
-                )
-            ],
-        )
+    largest = settings.deposit_max_cents
+    if amount_cents > largest:
+        message = f"Deposit at most {format_money(largest, currency)} ({largest} cents) at a time."
+        raise ValidationFailed(message, errors=[FieldError("amount_cents", message)])
 
 
 async def deposit_once(
@@ -351,7 +346,7 @@ async def deposit_once(
         earlier = await previous_answer(session, member_id, idempotency_key, fingerprint)
         if earlier is not None:
             return earlier.status_code, earlier.response
-    check_deposit_amount(body.amount_cents, settings)
+    check_deposit_amount(body.amount_cents, body.currency, settings)
     result = await deposit(
         session,
         payment_processor(settings),
