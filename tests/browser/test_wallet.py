@@ -4,46 +4,19 @@ No JavaScript is needed; the browser reports no complaint."""
 
 from __future__ import annotations
 
-import secrets
-
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveSite
+from tests.browser.conftest import LiveSite, register_member, sign_in_at_account
 
 pytestmark = pytest.mark.browser
-
-PASSWORD = "violet-harbor-tangent-42"
-
-
-def register_buyer(site: LiveSite) -> str:
-    tag = secrets.token_hex(3)
-    username = f"leadhunter_{tag}"
-    response = httpx.post(
-        site.url("/api/v1/auth/register"),
-        json={
-            "email": f"buyer.{tag}@example.com",
-            "username": username,
-            "password": PASSWORD,
-            "role": "buyer",
-            "name": "Lead Hunter Inc",
-        },
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    return username
 
 
 def test_a_buyer_deposits_and_sees_a_declined_card_beside_its_field(
     page: Page, live_site: LiveSite, complaints: list[str]
 ) -> None:
-    username = register_buyer(live_site)
-    page.goto(live_site.url("/signin"))
-    page.get_by_label("Email address or username").fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(live_site.url("/account"))
+    username = register_member(live_site, "buyer", "leadhunter", "Lead Hunter Inc")
+    sign_in_at_account(page, live_site, username)
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Wallet").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Wallet")
