@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.leads import api as leads_api
     from leadmarket.leads import uploads_api, uploads_views
     from leadmarket.leads import views as leads_views
+    from leadmarket.ledger import api as ledger_api
+    from leadmarket.ledger import views as ledger_views
     from leadmarket.notifications import views as notifications_views
     from leadmarket.verticals import api as verticals_api
 
@@ -99,8 +101,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, verticals_api.router)
     include_guarded(app, leads_api.router)
     include_guarded(app, uploads_api.router)
+    include_guarded(app, ledger_api.router)
     include_guarded(app, leads_views.router)
     include_guarded(app, uploads_views.router)
+    include_guarded(app, ledger_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

@@ -1,4 +1,5 @@
-"""The ``leadmarket`` command: serve, worker, migrate, create-admin, demo, audit verify."""
+"""The ``leadmarket`` command: serve, worker, migrate, create-admin, demo, audit verify,
+ledger verify, keys."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+ledger_app = typer.Typer(help="The double-entry ledger of wallets and sales.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
 keys_app = typer.Typer(help="Master keys that wrap each lead's data key.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
@@ -221,6 +224,33 @@ def audit_verify() -> None:
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"[red]Audit chain BROKEN ({len(problems)} problems, {checked} entries).[/red]")
+    raise typer.Exit(1)
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Check the ledger's invariants; print each problem and exit 1 if there is any."""
+    from leadmarket.kit.db import Database, make_engine
+    from leadmarket.ledger.verify import LedgerReport, verify_ledger
+
+    settings = _settings()
+
+    async def run() -> LedgerReport:
+        db = Database(make_engine(settings.database_url))
+        try:
+            async with db.transaction() as session:
+                return await verify_ledger(session)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
+    counts = f"{report.transactions} transactions, {report.accounts} accounts, {report.holds} holds"
+    if report.ok:
+        console.print(f"[green]Ledger balanced: {counts} checked.[/green]")
+        return
+    for problem in report.problems:
+        console.print(problem, style="red", markup=False, highlight=False)
+    console.print(f"[red]Ledger has {len(report.problems)} problems ({counts}).[/red]")
     raise typer.Exit(1)
 
 

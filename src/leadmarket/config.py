@@ -5,6 +5,7 @@ working directory. The README lists them all; keep that table in step with this 
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -83,6 +84,25 @@ class Settings(BaseSettings):
         le=50,
         description="How long the API's lead writer waits for more leads to write in the same "
         "transaction, once the server is busy (an idle server writes each lead at once).",
+    )
+
+    # Money (M5).
+    platform_fee_percent: Decimal = Field(
+        default=Decimal(10),
+        ge=0,
+        le=100,
+        max_digits=5,
+        decimal_places=2,
+        description="The platform's fee on each sale, in percent of the price. The fee is "
+        "rounded down to whole cents; the seller gets the rest.",
+    )
+    payment_processor: Literal["sandbox"] = Field(
+        default="sandbox",
+        description="Which payment processor deposits go through. `sandbox` settles at once "
+        "and declines the payment method `sandbox_decline`.",
+    )
+    deposit_max_cents: int = Field(
+        default=10_000_000, ge=1, description="Largest single deposit, in cents."
     )
 
     # Sessions and accounts.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -48,6 +50,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 MAIL_WAIT_SECONDS = 15.0
+PASSWORD = "violet-harbor-tangent-42"
 
 T = TypeVar("T")
 
@@ -188,3 +191,32 @@ def complaints(page: Page) -> list[str]:
     page.on("pageerror", lambda error: found.append(str(error)))
     page.on("response", on_response)
     return found
+
+
+def register_member(site: LiveSite, role: str, username_stem: str, name: str) -> str:
+    """A member registered through the API (the browser test is about what comes after);
+    returns the username. The password is :data:`PASSWORD`."""
+    tag = secrets.token_hex(3)
+    username = f"{username_stem}_{tag}"
+    response = httpx.post(
+        site.url("/api/v1/auth/register"),
+        json={
+            "email": f"{role}.{tag}@example.com",
+            "username": username,
+            "password": PASSWORD,
+            "role": role,
+            "name": name,
+        },
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return username
+
+
+def sign_in_at_account(page: Page, site: LiveSite, login: str) -> None:
+    """Sign in through the page and wait for the account page."""
+    page.goto(site.url("/signin"))
+    page.get_by_label("Email address or username").fill(login)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(site.url("/account"))

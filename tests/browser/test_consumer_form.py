@@ -18,31 +18,16 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, FrameLocator, Page, expect
 
-from tests.browser.conftest import LiveSite
+from tests.browser.conftest import LiveSite, register_member, sign_in_at_account
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "violet-harbor-tangent-42"
 # Screenshots to look at by hand (not compared, not committed).
 SCREENSHOT_DIR = Path(tempfile.gettempdir())
 
 
 def register_seller(site: LiveSite) -> str:
-    tag = secrets.token_hex(3)
-    username = f"quotehound_{tag}"
-    response = httpx.post(
-        site.url("/api/v1/auth/register"),
-        json={
-            "email": f"seller.{tag}@example.com",
-            "username": username,
-            "password": PASSWORD,
-            "role": "seller",
-            "name": "Quote Hound LLC",
-        },
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    return username
+    return register_member(site, "seller", "quotehound", "Quote Hound LLC")
 
 
 def fresh_consumer() -> dict[str, str]:
@@ -124,11 +109,7 @@ def agree_and_send(page: Page | FrameLocator) -> None:
 
 
 def sign_in(page: Page, site: LiveSite, login: str) -> None:
-    page.goto(site.url("/signin"))
-    page.get_by_label("Email address or username").fill(login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(site.url("/account"))
+    sign_in_at_account(page, site, login)
 
 
 def test_a_consumer_sends_a_request_and_the_seller_finds_the_lead(

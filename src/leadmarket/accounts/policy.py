@@ -52,9 +52,12 @@ REMEMBERED_SESSION_MAY = frozenset(
     }
 )
 
-# Account management is for people at a keyboard, not for integrations holding an API key.
+# Account management is for people at a keyboard, not for integrations holding an API key;
+# so is moving money in or out (charging the member's card): integrations may spend the wallet
+# (BUY_LEAD), never fill or empty it.
 API_KEY_MAY_NOT = frozenset(
     {
+        Action.MOVE_MONEY,
         Action.UPDATE_ACCOUNT,
         Action.CHANGE_PASSWORD,
         Action.MANAGE_SESSIONS,

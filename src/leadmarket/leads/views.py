@@ -60,6 +60,7 @@ from leadmarket.kit.errors import (
     ValidationFailed,
     validation_errors,
 )
+from leadmarket.kit.money import format_money, parse_dollars
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
@@ -462,7 +463,6 @@ def _typed(form: FormData, specs: Sequence[InputSpec]) -> dict[str, str]:
 
 _INTEGER = re.compile(r"^[+-]?\d{1,15}$", re.ASCII)
 _DECIMAL = re.compile(r"^[+-]?\d{1,15}(?:\.\d{1,6})?$", re.ASCII)
-_MONEY = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$", re.ASCII)
 
 
 def _whole_number(text: str) -> int | None:
@@ -544,15 +544,6 @@ def _is_minor(birth_date_text: str) -> bool:
     return False
 
 
-def _cents(text: str) -> tuple[int | None, str | None]:
-    cleaned = text.strip().replace(",", "").removeprefix("$").strip()
-    if not cleaned:
-        return None, None
-    if not _MONEY.match(cleaned):
-        return None, "Enter an amount in dollars, for example 12.50."
-    return int(Decimal(cleaned) * 100), None
-
-
 def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
     sale: dict[str, Any] = {"exclusive": _text(form, "sale.exclusive") != "no"}
@@ -561,7 +552,7 @@ def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         if value:
             sale[name] = value
     for form_name, api_name in _MONEY_FIELDS.items():
-        cents, message = _cents(_text(form, form_name))
+        cents, message = parse_dollars(_text(form, form_name))
         if message is not None:
             errors[form_name] = message
         elif cents is not None:
@@ -1125,24 +1116,17 @@ async def withdraw_consent(
 # Seller pages -----------------------------------------------------------------------------
 
 
-def _money(cents: int | None, currency: str) -> str:
-    if cents is None:
-        return "—"
-    symbol = "$" if currency == "USD" else "CA$"
-    return f"{symbol}{Decimal(cents) / 100:,.2f}"
-
-
 def sale_terms_text(lead: Lead) -> str:
     sale = previews.sale_of(lead, show_reserve=True)
     parts: list[str] = []
     if sale.mode == SaleMode.AUCTION.value:
         parts.append(f"Auction, {sale.duration_minutes} min")
         if sale.reserve_cents is not None:
-            parts.append(f"reserve {_money(sale.reserve_cents, sale.currency)}")
+            parts.append(f"reserve {format_money(sale.reserve_cents, sale.currency)}")
         if sale.buy_now_cents is not None:
-            parts.append(f"buy now {_money(sale.buy_now_cents, sale.currency)}")
+            parts.append(f"buy now {format_money(sale.buy_now_cents, sale.currency)}")
     else:
-        parts.append(f"Fixed price {_money(sale.price_cents, sale.currency)}")
+        parts.append(f"Fixed price {format_money(sale.price_cents, sale.currency)}")
     parts.append("exclusive" if sale.exclusive else f"shared by up to {sale.max_buyers} buyers")
     return ", ".join(parts)
 

@@ -15,6 +15,17 @@ from leadmarket.models.lead import (
     LeadVault,
     SaleMode,
 )
+from leadmarket.models.ledger import (
+    AccountKind,
+    Deposit,
+    DepositStatus,
+    HoldStatus,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerHold,
+    LedgerTransaction,
+    TransactionKind,
+)
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 from leadmarket.models.upload import (
     LeadUpload,
@@ -25,12 +36,16 @@ from leadmarket.models.upload import (
 )
 
 __all__ = [
+    "AccountKind",
     "ApiKey",
     "AuditEvent",
     "AuditHead",
     "Base",
     "Consent",
     "ConsentText",
+    "Deposit",
+    "DepositStatus",
+    "HoldStatus",
     "IdempotencyRecord",
     "Job",
     "JobStatus",
@@ -41,6 +56,10 @@ __all__ = [
     "LeadUploadChunk",
     "LeadUploadRow",
     "LeadVault",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerHold",
+    "LedgerTransaction",
     "LoginFailure",
     "MailCategory",
     "MailStatus",
@@ -48,6 +67,7 @@ __all__ = [
     "OutboundMail",
     "Role",
     "SaleMode",
+    "TransactionKind",
     "UploadRowStatus",
     "UploadStatus",
     "User",

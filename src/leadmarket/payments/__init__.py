@@ -1,0 +1,1 @@
+"""Payment processors: how money comes into the exchange (M5)."""
