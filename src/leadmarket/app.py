@@ -25,6 +25,7 @@ from leadmarket.kit.http import (
     RequestLogMiddleware,
     SecurityHeadersMiddleware,
 )
+from leadmarket.kit.realtime import make_broker
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
 from leadmarket.leads.intake import IntakeBatcher, LeadsKit
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             stop.set()
             if worker_task is not None:
                 await worker_task
+            await app.state.broker.close()
             if database is None:
                 await db.dispose()
 
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.leads_kit = LeadsKit(settings)
     app.state.intake = IntakeBatcher(db, app.state.leads_kit)
     app.state.api_key_principals = ApiKeyPrincipals()
+    app.state.broker = make_broker(settings.redis_url)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -92,6 +95,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.leads import views as leads_views
     from leadmarket.ledger import api as ledger_api
     from leadmarket.ledger import views as ledger_views
+    from leadmarket.marketplace import api as marketplace_api
+    from leadmarket.marketplace import views as marketplace_views
     from leadmarket.notifications import views as notifications_views
     from leadmarket.verticals import api as verticals_api
 
@@ -102,9 +107,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, leads_api.router)
     include_guarded(app, uploads_api.router)
     include_guarded(app, ledger_api.router)
+    include_guarded(app, marketplace_api.router)
     include_guarded(app, leads_views.router)
     include_guarded(app, uploads_views.router)
     include_guarded(app, ledger_views.router)
+    include_guarded(app, marketplace_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

@@ -66,6 +66,28 @@ class Settings(BaseSettings):
         description="Personal data of a lead is destroyed this long after it "
         "is sold or its auction ends (L4).",
     )
+    auction_opening_bid_cents: int = Field(
+        default=100,
+        ge=1,
+        description="The lowest first bid in an auction.",
+    )
+    auction_min_increment_cents: int = Field(
+        default=50,
+        ge=1,
+        description="A bid must beat the current price by at least this much.",
+    )
+    auction_extension_minutes: int = Field(
+        default=2,
+        ge=0,
+        le=60,
+        description="Anti-sniping: a bid in an auction's last N minutes moves its end to N "
+        "minutes after the bid (0: never extend).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for live page updates across server processes (e.g. "
+        "redis://127.0.0.1:6379/0); unset, updates stay within each process.",
+    )
     velocity_seller_per_minute: int = Field(
         default=120,
         ge=1,

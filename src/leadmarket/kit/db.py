@@ -6,7 +6,7 @@ The request or the job owns the transaction (see ``kit.routing``); services neve
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,28 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+_AFTER_COMMIT = "leadmarket_after_commit"
+
+
+def after_commit(
+    session: AsyncSession, key: Hashable, action: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``action`` once the unit of work that owns ``session`` has committed (never if it
+    rolls back): for effects outside the database, such as live page updates. An action
+    registered again under the same ``key`` replaces the earlier one."""
+    session.info.setdefault(_AFTER_COMMIT, {})[key] = action
+
+
+def forget_after_commit(session: AsyncSession) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+async def run_after_commit(session: AsyncSession) -> None:
+    actions: dict[Hashable, Callable[[], Awaitable[None]]] = session.info.pop(_AFTER_COMMIT, {})
+    for action in actions.values():
+        await action()
 
 
 def insert_ignoring_conflicts(
@@ -127,16 +149,19 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work outside a request (jobs, CLI): commit on success, roll back on error."""
+        """A unit of work outside a request (jobs, CLI): commit on success, roll back on error.
+        What was registered with :func:`after_commit` runs once the commit succeeded."""
         session = self.new_session()
         try:
             yield session
             await session.commit()
         except BaseException:
+            forget_after_commit(session)
             await session.rollback()
             raise
         finally:
             await session.close()
+        await run_after_commit(session)
 
     async def ping(self) -> bool:
         session = self.new_session()

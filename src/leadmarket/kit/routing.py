@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from leadmarket.kit.db import Database
+from leadmarket.kit.db import Database, forget_after_commit, run_after_commit
 
 _SESSION_ATTR = "db_session"
 
@@ -70,9 +70,12 @@ async def _finish(request: Request, *, commit: bool) -> None:
         if commit:
             await session.commit()
         else:
+            forget_after_commit(session)
             await session.rollback()
     finally:
         await session.close()
+    if commit:
+        await run_after_commit(session)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

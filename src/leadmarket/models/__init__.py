@@ -3,6 +3,7 @@
 
 from leadmarket.kit.db import Base
 from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSession, UserStatus
+from leadmarket.models.auction import Auction, AuctionOutcome, Bid, BidStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
@@ -38,9 +39,13 @@ from leadmarket.models.upload import (
 __all__ = [
     "AccountKind",
     "ApiKey",
+    "Auction",
+    "AuctionOutcome",
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Bid",
+    "BidStatus",
     "Consent",
     "ConsentText",
     "Deposit",

@@ -1,0 +1,82 @@
+"""An auction in a real browser (M1, issue 4 §8): a buyer watches the auction page while
+another buyer bids through the API, and the price, the bid count and the standing change on
+the page without a reload (server-sent events); then the watcher outbids through the form, and
+a bid below the minimum is refused beside the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import PASSWORD, LiveSite, register_member, sign_in_at_account
+from tests.fixtures.leads import lead_body
+
+pytestmark = pytest.mark.browser
+
+
+def api_token(site: LiveSite, username: str) -> dict[str, str]:
+    signed = httpx.post(
+        site.url("/api/v1/auth/login"),
+        json={"login": username, "password": PASSWORD, "remember": False},
+        timeout=10,
+    )
+    assert signed.status_code == 200, signed.text
+    return {"Authorization": f"Bearer {signed.json()['token']}"}
+
+
+def call(site: LiveSite, method: str, path: str, auth: dict[str, str], **body: Any) -> Any:
+    answer = httpx.request(method, site.url(path), json=body or None, headers=auth, timeout=10)
+    assert answer.status_code < 300, answer.text
+    return answer.json()
+
+
+def test_the_auction_page_follows_bids_live_and_takes_a_bid(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller = api_token(live_site, register_member(live_site, "seller", "seller", "Quotes Co"))
+    lead = call(
+        live_site,
+        "POST",
+        "/api/v1/leads",
+        seller,
+        **lead_body(sale__reserve_cents=None, sale__buy_now_cents=None),
+    )
+    rival = api_token(live_site, register_member(live_site, "buyer", "rival", "Rival Leads"))
+    call(live_site, "POST", "/api/v1/wallet/deposits", rival, amount_cents=50_000)
+    watcher = register_member(live_site, "buyer", "watcher", "Watcher Leads")
+    call(
+        live_site,
+        "POST",
+        "/api/v1/wallet/deposits",
+        api_token(live_site, watcher),
+        amount_cents=50_000,
+    )
+
+    sign_in_at_account(page, live_site, watcher)
+    page.goto(live_site.url(f"/auctions/{lead['id']}"))
+    expect(page.get_by_test_id("price")).to_have_text("No bids yet")
+    expect(page.get_by_test_id("bids")).to_have_text("0")
+    page.wait_for_function("document.readyState === 'complete'")
+
+    # Another buyer bids through the API: the open page follows without a reload.
+    call(live_site, "POST", f"/api/v1/leads/{lead['id']}/bids", rival, amount_cents=2_000)
+    expect(page.get_by_test_id("price")).to_have_text("$1.00", timeout=10_000)
+    expect(page.get_by_test_id("bids")).to_have_text("1")
+    expect(page.get_by_test_id("status")).to_have_text("Open for bids.")
+
+    # Too low: refused beside the field, the amount kept.
+    page.get_by_label("Your maximum bid").fill("1.20")
+    page.get_by_role("button", name="Place bid").click()
+    expect(page.locator("#amount-error")).to_contain_text("lowest bid accepted now")
+    expect(page.get_by_label("Your maximum bid")).to_have_value("1.20")
+
+    page.get_by_label("Your maximum bid").fill("30.00")
+    page.get_by_role("button", name="Place bid").click()
+    expect(page.get_by_role("status")).to_contain_text("Your bid leads")
+    expect(page.get_by_test_id("price")).to_have_text("$20.50")
+    expect(page.get_by_test_id("status")).to_have_text("You lead this auction.")
+    expect(page.get_by_test_id("bids")).to_have_text("2")
+    assert complaints == []
