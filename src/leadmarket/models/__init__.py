@@ -4,6 +4,7 @@
 from leadmarket.kit.db import Base
 from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSession, UserStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
+from leadmarket.models.campaign import Campaign, CampaignCapCounter, MatchingVersion
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -29,6 +30,8 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Campaign",
+    "CampaignCapCounter",
     "Consent",
     "ConsentText",
     "IdempotencyRecord",
@@ -45,6 +48,7 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "MatchingVersion",
     "OutboundMail",
     "Role",
     "SaleMode",
