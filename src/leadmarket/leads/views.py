@@ -29,7 +29,7 @@ import binascii
 import datetime as dt
 import hmac
 import re
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
@@ -47,7 +47,7 @@ from leadmarket.accounts import repository as accounts_repository
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.deps import client_meta
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute, member_page, visitor_page
+from leadmarket.accounts.views import PageRoute, role_page, visitor_page
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.csrf import check_origin, double_submit, trusted_origins
@@ -55,11 +55,11 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import (
     DomainError,
     FieldError,
-    Forbidden,
     NotFound,
     ValidationFailed,
     validation_errors,
 )
+from leadmarket.kit.money import format_cents, parse_dollars
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
@@ -114,18 +114,14 @@ NOTICES = {
 
 def seller_page(
     action: Action, *, return_to: str | None = None
-) -> Callable[..., Coroutine[Any, Any, Principal]]:
+) -> Callable[..., Awaitable[Principal]]:
     """Guard of the seller pages: the member guard (sign-in, CSRF, A2), then the role."""
-    member = member_page(action, return_to=return_to)
-
-    @guard
-    async def dependency(request: Request, principal: Principal = Depends(member)) -> Principal:
-        if principal.user.role != Role.SELLER.value:
-            raise Forbidden("These pages are for sellers. Buyers find leads on the market.")
-        return principal
-
-    dependency.__name__ = f"seller_page_{action.value}"
-    return dependency
+    return role_page(
+        action,
+        Role.SELLER,
+        "These pages are for sellers. Buyers find leads on the market.",
+        return_to=return_to,
+    )
 
 
 def _settings(request: Request) -> Settings:
@@ -462,7 +458,6 @@ def _typed(form: FormData, specs: Sequence[InputSpec]) -> dict[str, str]:
 
 _INTEGER = re.compile(r"^[+-]?\d{1,15}$", re.ASCII)
 _DECIMAL = re.compile(r"^[+-]?\d{1,15}(?:\.\d{1,6})?$", re.ASCII)
-_MONEY = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$", re.ASCII)
 
 
 def _whole_number(text: str) -> int | None:
@@ -544,15 +539,6 @@ def _is_minor(birth_date_text: str) -> bool:
     return False
 
 
-def _cents(text: str) -> tuple[int | None, str | None]:
-    cleaned = text.strip().replace(",", "").removeprefix("$").strip()
-    if not cleaned:
-        return None, None
-    if not _MONEY.match(cleaned):
-        return None, "Enter an amount in dollars, for example 12.50."
-    return int(Decimal(cleaned) * 100), None
-
-
 def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
     sale: dict[str, Any] = {"exclusive": _text(form, "sale.exclusive") != "no"}
@@ -561,7 +547,7 @@ def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         if value:
             sale[name] = value
     for form_name, api_name in _MONEY_FIELDS.items():
-        cents, message = _cents(_text(form, form_name))
+        cents, message = parse_dollars(_text(form, form_name))
         if message is not None:
             errors[form_name] = message
         elif cents is not None:
@@ -1125,24 +1111,17 @@ async def withdraw_consent(
 # Seller pages -----------------------------------------------------------------------------
 
 
-def _money(cents: int | None, currency: str) -> str:
-    if cents is None:
-        return "—"
-    symbol = "$" if currency == "USD" else "CA$"
-    return f"{symbol}{Decimal(cents) / 100:,.2f}"
-
-
 def sale_terms_text(lead: Lead) -> str:
     sale = service.sale_of(lead, show_reserve=True)
     parts: list[str] = []
     if sale.mode == SaleMode.AUCTION.value:
         parts.append(f"Auction, {sale.duration_minutes} min")
         if sale.reserve_cents is not None:
-            parts.append(f"reserve {_money(sale.reserve_cents, sale.currency)}")
+            parts.append(f"reserve {format_cents(sale.reserve_cents, sale.currency)}")
         if sale.buy_now_cents is not None:
-            parts.append(f"buy now {_money(sale.buy_now_cents, sale.currency)}")
+            parts.append(f"buy now {format_cents(sale.buy_now_cents, sale.currency)}")
     else:
-        parts.append(f"Fixed price {_money(sale.price_cents, sale.currency)}")
+        parts.append(f"Fixed price {format_cents(sale.price_cents, sale.currency)}")
     parts.append("exclusive" if sale.exclusive else f"shared by up to {sale.max_buyers} buyers")
     return ", ".join(parts)
 
