@@ -4,6 +4,7 @@
 from leadmarket.kit.db import Base
 from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSession, UserStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
+from leadmarket.models.campaign import Campaign, CampaignCapCounter, MatchingVersion
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -41,6 +42,8 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Campaign",
+    "CampaignCapCounter",
     "Consent",
     "ConsentText",
     "Deposit",
@@ -64,6 +67,7 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "MatchingVersion",
     "OutboundMail",
     "Role",
     "SaleMode",
