@@ -961,7 +961,7 @@ async def _import_row(
         if any(e.get("type") == MINOR_ERROR for e in raw):
             # L2: the row is refused whole; not even its other mistakes are recorded.
             return None, [FieldError("contact.birth_date", MINOR_MESSAGE)]
-        errors = validation_errors([_without_union_branches(e) for e in raw])
+        errors = validation_errors(raw)
         # The API would check the attributes next; the seller gets every mistake at once.
         return None, errors + validate_attributes(vertical, payload["attributes"])[1]
     try:
@@ -972,13 +972,6 @@ async def _import_row(
     except DomainError as exc:
         return None, exc.errors or [FieldError("row", exc.detail)]
     return created.lead.id, []
-
-
-def _without_union_branches(error: dict[str, Any]) -> dict[str, Any]:
-    """Pydantic names the branch of a union in an error's location (``consent.ip.lax-or-
-    strict[…]``); field names never hold brackets, so such parts are dropped."""
-    loc = [part for part in error.get("loc", ()) if not (isinstance(part, str) and "[" in part)]
-    return {**error, "loc": tuple(loc)}
 
 
 def _attribute_value(spec: FieldSpec, text: str) -> Any:
