@@ -1,7 +1,7 @@
 """Timed auctions: one state row per auctioned lead, and every bid (proxy maximums).
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-22 02:32:56.908184
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import leadmarket.kit.db
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

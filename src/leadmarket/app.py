@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from leadmarket import __version__
 from leadmarket.accounts.auth import ApiKeyPrincipals
 from leadmarket.accounts.service import AccountsKit
+from leadmarket.campaigns.matching import MatchingIndex
 from leadmarket.config import Settings, get_settings
 from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import PROBLEM_TYPES, NotFound, install_error_handlers
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.intake = IntakeBatcher(db, app.state.leads_kit)
     app.state.api_key_principals = ApiKeyPrincipals()
     app.state.broker = make_broker(settings.redis_url)
+    app.state.campaign_index = MatchingIndex(recheck_ms=settings.matching_recheck_ms)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.accounts import api as accounts_api
     from leadmarket.accounts import views as accounts_views
     from leadmarket.admin import api as admin_api
+    from leadmarket.campaigns import api as campaigns_api
+    from leadmarket.campaigns import views as campaigns_views
     from leadmarket.leads import api as leads_api
     from leadmarket.leads import uploads_api, uploads_views
     from leadmarket.leads import views as leads_views
@@ -112,6 +116,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, uploads_views.router)
     include_guarded(app, ledger_views.router)
     include_guarded(app, marketplace_views.router)
+    include_guarded(app, campaigns_api.router)
+    include_guarded(app, campaigns_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         default=10_000_000, ge=1, description="Largest single deposit, in cents."
     )
 
+    # Campaigns.
+    matching_recheck_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="How often the matching index reads the campaign version from the "
+        "database: 0 before every use; N at most every N ms (a new or resumed campaign may then "
+        "start bidding up to N ms late; a paused one never buys, the sale re-checks it).",
+    )
+
     # Sessions and accounts.
     session_hours: int = Field(default=12, ge=1, description="Lifetime of a normal session.")
     remember_days: int = Field(default=30, ge=1, description="Lifetime of a 'stay signed in' one.")

@@ -420,6 +420,26 @@ async def test_duplicates_within_the_file_are_refused_like_the_apis(
     assert (await counts(committed_db, Lead))["leads"] == 2
 
 
+@pytest.mark.committed
+async def test_a_file_is_not_a_burst_and_does_not_make_the_sellers_next_post_one(
+    live_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    """Velocity (issue 3 §7) is about a seller's pace through the API and forms; a file's rows
+    arrive together by nature, so neither they nor the posts after them are marked a burst."""
+    _, seller = await signed_in(live_client, "seller")
+    people = Consumers()
+    strict = settings.model_copy(update={"velocity_seller_per_minute": 2})
+    upload = await upload_and_process(
+        live_client, seller, committed_db, strict, csv_text([people.row() for _ in range(5)])
+    )
+    assert upload.rows_accepted == 5
+    async with committed_db.transaction() as session:
+        reasons = [
+            r["code"] for lead in await session.scalars(select(Lead)) for r in lead.quality_reasons
+        ]
+    assert "seller_burst" not in reasons
+
+
 # Whole-file failures -------------------------------------------------------------------------
 
 

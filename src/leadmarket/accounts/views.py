@@ -59,7 +59,7 @@ from leadmarket.kit.errors import (
 )
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
-from leadmarket.models import User
+from leadmarket.models import Role, User
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 Kit = Annotated[AccountsKit, Depends(get_kit)]
@@ -173,7 +173,7 @@ def _with_next(path: str, next_path: str) -> str:
     return f"{path}?{urlencode({'next': next_path})}"
 
 
-def _see_other(location: str) -> RedirectResponse:
+def see_other(location: str) -> RedirectResponse:
     return RedirectResponse(location, status_code=303)
 
 
@@ -201,6 +201,23 @@ def member_page(
         return principal
 
     dependency.__name__ = f"member_page_{action.value}"
+    return dependency
+
+
+def role_page(
+    action: Action, role: Role, refusal: str, *, return_to: str | None = None
+) -> Callable[..., Awaitable[Principal]]:
+    """Guard of the pages of one role (seller, buyer): :func:`member_page`, then the role; any
+    other member gets a 403 page saying ``refusal``."""
+    member = member_page(action, return_to=return_to)
+
+    @guard
+    async def dependency(request: Request, principal: Principal = Depends(member)) -> Principal:
+        if principal.user.role != role.value:
+            raise Forbidden(refusal)
+        return principal
+
+    dependency.__name__ = f"{role.value}_page_{action.value}"
     return dependency
 
 
@@ -248,7 +265,7 @@ async def signing_out(request: Request, session: Session) -> Principal | None:
 # Rendering --------------------------------------------------------------------------------
 
 
-def _render(
+def render_page(
     request: Request,
     template: str,
     context: Mapping[str, Any] | None = None,
@@ -279,7 +296,7 @@ def _render_visitor_form(
     and sets its cookie when the browser has none yet."""
     csrf = double_submit(request)
     issued = csrf.issue(request)
-    response = _render(
+    response = render_page(
         request,
         template,
         {**context, "csrf_token": issued.field_value},
@@ -306,7 +323,7 @@ def _problem_of(request: Request, exc: DomainError) -> dict[str, Any]:
 
 def _error_page(request: Request, exc: DomainError) -> Response:
     retry = _return_path(request) if exc.status == 403 else None
-    return _render(
+    return render_page(
         request,
         "error.html",
         {"problem": _problem_of(request, exc), "retry_path": retry},
@@ -327,9 +344,9 @@ class PageRoute(TransactionalRoute):
             try:
                 return await run_in_transaction(request)
             except Unauthenticated:
-                return _see_other(_with_next(SIGNIN, _return_path(request)))
+                return see_other(_with_next(SIGNIN, _return_path(request)))
             except ReauthRequired:
-                return _see_other(_with_next(REAUTH, _return_path(request)))
+                return see_other(_with_next(REAUTH, _return_path(request)))
             except DomainError as exc:
                 return _error_page(request, exc)
 
@@ -446,7 +463,7 @@ def _clear_session_cookie(response: Response, *, secure: bool) -> None:
 @router.get("/")
 async def home(request: Request, _: Principal | None = Depends(visitor_page())) -> Response:
     notice = NOTICES.get(request.query_params.get("done", ""))
-    return _render(request, "home.html", {"notice": notice})
+    return render_page(request, "home.html", {"notice": notice})
 
 
 @router.get("/members/{username}")
@@ -457,7 +474,7 @@ async def member_profile(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     member = await service.public_member(session, username)
-    return _render(
+    return render_page(
         request,
         "accounts/member.html",
         {"member": {"username": member.username, "role": member.role, "since": member.created_at}},
@@ -472,7 +489,7 @@ async def signup_form(
     request: Request, principal: Principal | None = Depends(visitor_page())
 ) -> Response:
     if principal is not None:
-        return _see_other(ACCOUNT)
+        return see_other(ACCOUNT)
     return _render_visitor_form(request, "accounts/signup.html", {"values": {}, "errors": {}})
 
 
@@ -510,7 +527,7 @@ async def signup(
     except (Conflict, ValidationFailed) as exc:
         await _discard(session)
         return again(_errors_of(exc), exc.status)
-    return _render(request, "accounts/signup_done.html", {"email": user.email}, status_code=201)
+    return render_page(request, "accounts/signup_done.html", {"email": user.email}, status_code=201)
 
 
 @router.get("/verify-email")
@@ -526,13 +543,13 @@ async def verify_email(
             raise service.InvalidLink("This verification link is incomplete.")
         await service.verify_email(session, kit, token)
     except service.InvalidLink as exc:
-        return _render(
+        return render_page(
             request,
             "accounts/link_invalid.html",
             {"message": exc.detail, "kind": "verify"},
             status_code=400,
         )
-    return _render(request, "accounts/verified.html")
+    return render_page(request, "accounts/verified.html")
 
 
 # Sign-in and sign-out ---------------------------------------------------------------------
@@ -544,7 +561,7 @@ async def signin_form(
 ) -> Response:
     next_path = safe_local_path(request.query_params.get("next"))
     if principal is not None:
-        return _see_other(next_path or ACCOUNT)
+        return see_other(next_path or ACCOUNT)
     return _render_visitor_form(
         request,
         "accounts/signin.html",
@@ -599,7 +616,7 @@ async def signin(
         return again({"form": "The email, username or password is wrong."}, 401)
     except TooManyRequests as exc:
         return again({"form": _throttled_message(exc)}, 429, exc.headers)
-    response = _see_other(next_path or ACCOUNT)
+    response = see_other(next_path or ACCOUNT)
     _set_session_cookie(
         response,
         token,
@@ -616,7 +633,7 @@ async def signout(
 ) -> Response:
     if principal is not None:
         await service.logout(session, principal)
-    response = _see_other(f"{HOME}?done=signed-out")
+    response = see_other(f"{HOME}?done=signed-out")
     _clear_session_cookie(response, secure=_settings(request).cookie_secure)
     return response
 
@@ -653,7 +670,7 @@ async def forgot_password(
         )
     await service.request_password_reset(session, kit, body.email)
     # The same page whether or not an account has this address.
-    return _render(request, "accounts/forgot_password.html", {"sent": True})
+    return render_page(request, "accounts/forgot_password.html", {"sent": True})
 
 
 @router.get("/reset-password")
@@ -662,7 +679,7 @@ async def reset_password_form(
 ) -> Response:
     token = request.query_params.get("token", "")
     if not token or len(token) > _MAX_LINK_TOKEN_LENGTH:
-        return _render(
+        return render_page(
             request,
             "accounts/link_invalid.html",
             {"message": "This password reset link is incomplete.", "kind": "reset"},
@@ -684,7 +701,7 @@ async def reset_password(
     token = _text(form, "token")
 
     def link_invalid(message: str) -> Response:
-        return _render(
+        return render_page(
             request,
             "accounts/link_invalid.html",
             {"message": message, "kind": "reset"},
@@ -718,7 +735,7 @@ async def reset_password(
             status_code=exc.status,
         )
     # Every session of the account was just signed out, this browser's included.
-    response = _render(request, "accounts/reset_done.html")
+    response = render_page(request, "accounts/reset_done.html")
     _clear_session_cookie(response, secure=_settings(request).cookie_secure)
     return response
 
@@ -734,7 +751,7 @@ def _reauth_page(
     status_code: int = 200,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _render(
+    return render_page(
         request,
         "accounts/reauth.html",
         {"next": next_path, "errors": errors or {}},
@@ -778,7 +795,7 @@ async def reauth(
             status_code=429,
             headers=exc.headers,
         )
-    return _see_other(next_path)
+    return see_other(next_path)
 
 
 # The account page -------------------------------------------------------------------------
@@ -808,7 +825,7 @@ async def _account_page(
     status_code: int = 200,
 ) -> Response:
     user = await service.read_own_account(session, principal, channel="web")
-    return _render(
+    return render_page(
         request,
         "accounts/account.html",
         {
@@ -853,7 +870,7 @@ async def update_profile(
     if any(typed[f"address.{p}"] != current[f"address.{p}"] for p in ADDRESS_PARTS):
         changes["address"] = _address_payload(form)
     if not changes:
-        return _see_other(f"{ACCOUNT}?done=unchanged")
+        return see_other(f"{ACCOUNT}?done=unchanged")
     try:
         patch = MePatch.model_validate(changes)
     except ValidationError as exc:
@@ -879,7 +896,7 @@ async def update_profile(
             typed=typed,
             status_code=exc.status,
         )
-    return _see_other(f"{ACCOUNT}?done=profile")
+    return see_other(f"{ACCOUNT}?done=profile")
 
 
 @router.post("/account/password")
@@ -916,7 +933,7 @@ async def change_password(
             errors=_errors_of(exc, default_field="new_password"),
             status_code=exc.status,
         )
-    return _see_other(f"{ACCOUNT}?done=password")
+    return see_other(f"{ACCOUNT}?done=password")
 
 
 @router.post("/account/verification-email")
@@ -926,7 +943,7 @@ async def resend_verification(
     principal: Principal = Depends(member_page(Action.RESEND_VERIFICATION, return_to=ACCOUNT)),
 ) -> Response:
     await service.send_verification_mail(session, kit, principal.user)
-    return _see_other(f"{ACCOUNT}?done=verification-sent")
+    return see_other(f"{ACCOUNT}?done=verification-sent")
 
 
 @router.post("/account/close")
@@ -946,7 +963,7 @@ async def close_account(
             status_code=422,
         )
     await service.close_account(session, principal)
-    response = _see_other(f"{HOME}?done=closed")
+    response = see_other(f"{HOME}?done=closed")
     _clear_session_cookie(response, secure=_settings(request).cookie_secure)
     return response
 
@@ -962,7 +979,7 @@ async def sessions_page(
 ) -> Response:
     items = await service.list_sessions(session, principal)
     current_id = principal.session.id if principal.session else None
-    return _render(
+    return render_page(
         request,
         "accounts/sessions.html",
         {
@@ -986,8 +1003,8 @@ async def revoke_session(
         check_allowed(principal, Action.MANAGE_SESSIONS, ())
     await service.revoke_session(session, principal, session_id)
     if not current:
-        return _see_other(f"{SESSIONS}?done=revoked")
-    response = _see_other(f"{HOME}?done=signed-out")
+        return see_other(f"{SESSIONS}?done=revoked")
+    response = see_other(f"{HOME}?done=signed-out")
     _clear_session_cookie(response, secure=_settings(request).cookie_secure)
     return response
 
@@ -1005,7 +1022,7 @@ async def _api_keys_page(
     status_code: int = 200,
 ) -> Response:
     keys = await service.list_api_keys(session, principal)
-    return _render(
+    return render_page(
         request,
         "accounts/api_keys.html",
         {
@@ -1042,7 +1059,7 @@ async def create_api_key(
             request, session, principal, errors=_invalid(exc), typed=typed, status_code=422
         )
     api_key, key = await service.create_api_key(session, principal, body.name)
-    return _render(
+    return render_page(
         request,
         "accounts/api_key_created.html",
         {"name": api_key.name, "prefix": api_key.prefix, "key": key},
@@ -1057,4 +1074,4 @@ async def revoke_api_key(
     principal: Principal = Depends(member_page(Action.MANAGE_API_KEYS, return_to=API_KEYS)),
 ) -> Response:
     await service.revoke_api_key(session, principal, key_id)
-    return _see_other(f"{API_KEYS}?done=key-revoked")
+    return see_other(f"{API_KEYS}?done=key-revoked")

@@ -98,6 +98,20 @@ def insert_ignoring_conflicts(
     raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
+def insert_or_update(
+    session: AsyncSession, table: Any, *, index_elements: list[Any], set_: dict[str, Any]
+) -> Any:
+    """``INSERT … ON CONFLICT (index_elements) DO UPDATE SET …`` in the session's dialect: one
+    atomic statement that creates a row or changes the one there (``set_`` may use the row's
+    own columns: ``{"n": table.c.n + 1}``)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_update(index_elements=index_elements, set_=set_)
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_update(index_elements=index_elements, set_=set_)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
 def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 

@@ -215,20 +215,23 @@ def _message(error: dict[str, Any]) -> str:
     return message
 
 
+def _is_branch_tag(part: object) -> bool:
+    """Pydantic names the branch of a union or a wrapped validator in an error's location
+    (``function-after[…]``, ``lax-or-strict[…]``); field names never hold brackets."""
+    return isinstance(part, str) and ("[" in part or part.startswith(("function-", "str-")))
+
+
 def validation_errors(raw: list[dict[str, Any]]) -> list[FieldError]:
-    """Pydantic's errors as field/message pairs. The offending input is never echoed back: it
-    may be personal data."""
-    seen: set[tuple[str, str]] = set()
-    out: list[FieldError] = []
+    """Pydantic's errors as field/message pairs, one per field (what the branches of a union
+    each said is joined in one message). The offending input is never echoed back: it may be
+    personal data."""
+    messages: dict[str, list[str]] = {}
     for error in raw:
-        loc = list(error.get("loc", ()))
-        # Union branches add the branch name to the location; keep the field path.
-        loc = [p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "str-")))]
-        item = (_field_name(loc), _message(error))
-        if item not in seen:
-            seen.add(item)
-            out.append(FieldError(*item))
-    return out
+        field = _field_name([p for p in error.get("loc", ()) if not _is_branch_tag(p)])
+        message = _message(error)
+        if message not in messages.setdefault(field, []):
+            messages[field].append(message)
+    return [FieldError(field, " ".join(found)) for field, found in messages.items()]
 
 
 # Pydantic error types that mean more than "invalid field": a validator raises

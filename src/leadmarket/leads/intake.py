@@ -521,7 +521,9 @@ def _capped_counts(counted: str, how_many: int) -> Any:
         recent: Any
         if counted == "seller":
             recent = select(Lead.id).where(
-                Lead.seller_id == key, Lead.created_at > bindparam("since")
+                Lead.seller_id == key,
+                Lead.created_at > bindparam("since"),
+                Lead.source != "csv",  # files are bursts by nature; see _score
             )
         else:
             recent = select(LeadBlindIndex.id).where(
@@ -572,8 +574,10 @@ async def _score(
         settings.velocity_ip_per_hour,
     )
     for prepared in accepted:
+        # A CSV file is a burst by nature: its rows are not judged by the seller's pace.
+        bulk = prepared.lead["source"] == "csv"
         signals = prepared.contact_signals + quality.velocity_signals(
-            seller_recent=seller_recent[prepared.seller_id],
+            seller_recent=0 if bulk else seller_recent[prepared.seller_id],
             seller_limit=settings.velocity_seller_per_minute,
             ip_recent=ip_recent[prepared.ip_digest],
             ip_limit=settings.velocity_ip_per_hour,

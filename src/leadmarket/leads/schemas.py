@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -105,10 +106,22 @@ class ContactIn(RequestModel):
         return normalize_consumer_phone(value, address.country if address else "US")
 
 
+def _ip_address(value: object) -> object:
+    """The consumer's address as IPv4 or IPv6, with one message for both failing."""
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("Give the address as text, for example 203.0.113.7.")
+    try:
+        return ip_address(value.strip())
+    except ValueError:
+        raise ValueError("Not an IPv4 or IPv6 address.") from None
+
+
 class ConsentIn(RequestModel):
     disclosure_text: Annotated[str, Field(min_length=20, max_length=10_000)]
     page_url: Annotated[str, Field(max_length=2000), AfterValidator(clean_page_url)]
-    ip: IPv4Address | IPv6Address
+    ip: Annotated[IPv4Address | IPv6Address, BeforeValidator(_ip_address)]
     user_agent: Annotated[str, Field(min_length=1, max_length=1000)]
     given_at: AwareDatetime
 

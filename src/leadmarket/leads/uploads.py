@@ -3,7 +3,7 @@
 A seller uploads one CSV file for one vertical, with sale terms for the whole file. Every data
 row ends up accepted (with its lead id) or rejected (with its line and each field's message);
 nothing is dropped silently. Each row becomes the same :class:`LeadIn` the API takes and goes
-through :func:`leads.intake.create_lead`, so every rule (children, duplicates, including
+through :func:`leads.intake.write_leads`, so every rule (children, duplicates, including
 duplicates within the file, validation, quality) is exactly the API's.
 
 Storage. The file holds personal data, so it is never kept in the clear, not even briefly on
@@ -72,7 +72,14 @@ from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
 from leadmarket.kit.logs import mask_personal_data
-from leadmarket.leads.intake import DuplicateLead, LeadsKit, create_lead
+from leadmarket.leads.intake import (
+    DuplicateLead,
+    LeadsKit,
+    PreparedLead,
+    Submission,
+    prepare_lead,
+    write_leads,
+)
 from leadmarket.leads.schemas import MINOR_ERROR, LeadIn, SaleIn
 from leadmarket.models import (
     LeadUpload,
@@ -902,12 +909,26 @@ async def _import_step(
     if session.get_bind().dialect.name == "sqlite":
         budget = min(budget, SQLITE_STEP_SECONDS)
     deadline = time.monotonic() + budget
-    report: list[dict[str, Any]] = []
-    done = 0
+    # Each row is checked and sealed on its own; the accepted ones are then written together,
+    # each still judged alone (duplicates, also within the file, and quality).
+    checked: list[tuple[Record, PreparedLead | None, list[FieldError]]] = []
     for record in batch.records:
-        if report and time.monotonic() > deadline:
+        if checked and time.monotonic() > deadline:
             break
-        lead_id, errors = await _import_row(session, kit, seller, upload, vertical, columns, record)
+        checked.append((record, *_check_row(kit, seller, upload, vertical, columns, record)))
+    prepared = [p for _, p, _ in checked if p is not None]
+    outcomes = iter(await write_leads(session, kit, [Submission(p) for p in prepared]))
+    report: list[dict[str, Any]] = []
+    for record, lead, errors in checked:
+        lead_id = None
+        if lead is not None:
+            outcome = next(outcomes)
+            if isinstance(outcome, DuplicateLead):
+                errors = [FieldError("contact", f"Duplicate: {outcome.detail}")]
+            elif isinstance(outcome, DomainError):
+                errors = outcome.errors or [FieldError("row", outcome.detail)]
+            else:
+                lead_id = lead.id
         report.append(
             {
                 "upload_id": upload.id,
@@ -917,7 +938,7 @@ async def _import_step(
                 "errors": [{"field": e.field, "message": _safe_message(e.message)} for e in errors],
             }
         )
-        done += 1
+    done = len(checked)
     if report:
         await session.execute(insert(LeadUploadRow), report)
     accepted = sum(1 for row in report if row["lead_id"])
@@ -934,15 +955,15 @@ def _safe_message(message: str) -> str:
     return mask_personal_data(message)[:_MAX_MESSAGE_CHARS]
 
 
-async def _import_row(
-    session: AsyncSession,
+def _check_row(
     kit: LeadsKit,
     seller: User,
     upload: LeadUpload,
     vertical: Vertical,
     columns: list[str],
     record: Record,
-) -> tuple[str | None, list[FieldError]]:
+) -> tuple[PreparedLead | None, list[FieldError]]:
+    """A row as a lead ready to write, or every mistake in it."""
     if record.cells is None:
         return None, [FieldError("row", record.problem or "Not valid CSV.")]
     if len(record.cells) != len(columns):
@@ -961,24 +982,16 @@ async def _import_row(
         if any(e.get("type") == MINOR_ERROR for e in raw):
             # L2: the row is refused whole; not even its other mistakes are recorded.
             return None, [FieldError("contact.birth_date", MINOR_MESSAGE)]
-        errors = validation_errors([_without_union_branches(e) for e in raw])
+        errors = validation_errors(raw)
         # The API would check the attributes next; the seller gets every mistake at once.
         return None, errors + validate_attributes(vertical, payload["attributes"])[1]
     try:
-        async with session.begin_nested():
-            created = await create_lead(session, kit, seller=seller, data=data, source="csv")
-    except DuplicateLead as exc:
-        return None, [FieldError("contact", f"Duplicate: {exc.detail}")]
+        prepared = prepare_lead(
+            kit, seller_id=seller.id, seller_username=seller.username, data=data, source="csv"
+        )
     except DomainError as exc:
         return None, exc.errors or [FieldError("row", exc.detail)]
-    return created.lead.id, []
-
-
-def _without_union_branches(error: dict[str, Any]) -> dict[str, Any]:
-    """Pydantic names the branch of a union in an error's location (``consent.ip.lax-or-
-    strict[…]``); field names never hold brackets, so such parts are dropped."""
-    loc = [part for part in error.get("loc", ()) if not (isinstance(part, str) and "[" in part)]
-    return {**error, "loc": tuple(loc)}
+    return prepared, []
 
 
 def _attribute_value(spec: FieldSpec, text: str) -> Any:

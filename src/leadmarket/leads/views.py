@@ -29,7 +29,7 @@ import binascii
 import datetime as dt
 import hmac
 import re
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
@@ -47,7 +47,7 @@ from leadmarket.accounts import repository as accounts_repository
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.deps import client_meta
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute, member_page, visitor_page
+from leadmarket.accounts.views import PageRoute, role_page, visitor_page
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.csrf import check_origin, double_submit, trusted_origins
@@ -55,7 +55,6 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import (
     DomainError,
     FieldError,
-    Forbidden,
     NotFound,
     ValidationFailed,
     validation_errors,
@@ -115,18 +114,14 @@ NOTICES = {
 
 def seller_page(
     action: Action, *, return_to: str | None = None
-) -> Callable[..., Coroutine[Any, Any, Principal]]:
+) -> Callable[..., Awaitable[Principal]]:
     """Guard of the seller pages: the member guard (sign-in, CSRF, A2), then the role."""
-    member = member_page(action, return_to=return_to)
-
-    @guard
-    async def dependency(request: Request, principal: Principal = Depends(member)) -> Principal:
-        if principal.user.role != Role.SELLER.value:
-            raise Forbidden("These pages are for sellers. Buyers find leads on the market.")
-        return principal
-
-    dependency.__name__ = f"seller_page_{action.value}"
-    return dependency
+    return role_page(
+        action,
+        Role.SELLER,
+        "These pages are for sellers. Buyers find leads on the market.",
+        return_to=return_to,
+    )
 
 
 def _settings(request: Request) -> Settings:

@@ -5,6 +5,7 @@ from leadmarket.kit.db import Base
 from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSession, UserStatus
 from leadmarket.models.auction import Auction, AuctionOutcome, Bid, BidStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
+from leadmarket.models.campaign import Campaign, CampaignCapCounter, MatchingVersion
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -46,6 +47,8 @@ __all__ = [
     "Base",
     "Bid",
     "BidStatus",
+    "Campaign",
+    "CampaignCapCounter",
     "Consent",
     "ConsentText",
     "Deposit",
@@ -69,6 +72,7 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "MatchingVersion",
     "OutboundMail",
     "Role",
     "SaleMode",

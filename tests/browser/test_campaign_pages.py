@@ -1,0 +1,59 @@
+"""A buyer in a real browser: signs in, finds Campaigns in the navigation, creates a campaign
+with filters of the vertical (a mistake first, shown beside its control), pauses and resumes
+it. The browser reports no script error or failed resource."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import LiveSite
+from tests.fixtures.accounts import member
+
+pytestmark = pytest.mark.browser
+
+
+def test_a_buyer_creates_pauses_and_resumes_a_campaign(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    account = member("buyer")
+    registered = httpx.post(live_site.url("/api/v1/auth/register"), json=account, timeout=30)
+    assert registered.status_code == 201, registered.text
+
+    page.goto(live_site.url("/signin"))
+    page.get_by_label("Email address or username").fill(account["username"])
+    page.get_by_label("Password", exact=True).fill(account["password"])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Campaigns").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your campaigns")
+
+    page.get_by_role("link", name="Create one").click()
+    page.get_by_label("Kind of service").select_option("auto-insurance")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("Campaign name").fill("Fresno Hondas")
+    page.get_by_label("Bid per lead").fill("25.00")
+    page.get_by_label("States and provinces").fill("CA, XX")
+    page.get_by_label("Honda").check()
+    page.get_by_label("Monday").check()
+    page.get_by_role("button", name="Create the campaign").click()
+
+    expect(page.get_by_role("heading", name="There is a problem")).to_be_visible()
+    regions = page.get_by_label("States and provinces")
+    expect(regions).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#filters-regions-error")).to_contain_text("two-letter code")
+    expect(page.get_by_label("Honda")).to_be_checked()  # what was chosen is kept
+
+    regions.fill("CA, NV")
+    page.get_by_role("button", name="Create the campaign").click()
+    expect(page.get_by_role("status")).to_contain_text("The campaign was created.")
+    row = page.get_by_role("row", name="Fresno Hondas")
+    expect(row).to_contain_text("Running")
+    expect(row).to_contain_text("$25.00")
+
+    row.get_by_role("button", name="Pause Fresno Hondas").click()
+    expect(page.get_by_role("status")).to_contain_text("paused")
+    expect(page.get_by_role("row", name="Fresno Hondas")).to_contain_text("Paused")
+    page.get_by_role("button", name="Resume Fresno Hondas").click()
+    expect(page.get_by_role("row", name="Fresno Hondas")).to_contain_text("Running")
+    assert complaints == []
