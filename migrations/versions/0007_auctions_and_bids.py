@@ -1,8 +1,9 @@
-"""Timed auctions: one state row per auctioned lead, and every bid (proxy maximums).
+"""Timed auctions: one state row per auctioned lead, every bid (proxy maximums), and an index
+for the auction sweeps.
 
 Revision ID: 0007
 Revises: 0005
-Create Date: 2026-11-22 02:32:56.908184
+Create Date: 2026-11-22 02:46:21.497091
 """
 
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("reserve_met", sa.Boolean(), nullable=False),
         sa.Column("bid_count", sa.Integer(), nullable=False),
         sa.Column("extensions", sa.Integer(), nullable=False),
+        sa.Column("campaigns_bid_at", leadmarket.kit.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("closed_at", leadmarket.kit.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("outcome", sa.String(length=20), nullable=True),
         sa.ForeignKeyConstraint(
@@ -48,6 +50,7 @@ def upgrade() -> None:
         sa.Column("lead_id", sa.String(length=40), nullable=False),
         sa.Column("buyer_id", sa.String(length=40), nullable=False),
         sa.Column("max_cents", sa.BigInteger(), nullable=False),
+        sa.Column("campaign_id", sa.String(length=40), nullable=True),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("status", sa.String(length=10), nullable=False),
         sa.Column("price_after_cents", sa.BigInteger(), nullable=False),
@@ -63,8 +66,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_bids_buyer_id"), ["buyer_id"], unique=False)
         batch_op.create_index("ix_bids_lead_created", ["lead_id", "created_at"], unique=False)
 
+    with op.batch_alter_table("leads", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_leads_mode_status_ends", ["sale_mode", "status", "auction_ends_at"], unique=False
+        )
+
 
 def downgrade() -> None:
+
+    with op.batch_alter_table("leads", schema=None) as batch_op:
+        batch_op.drop_index("ix_leads_mode_status_ends")
 
     with op.batch_alter_table("bids", schema=None) as batch_op:
         batch_op.drop_index("ix_bids_lead_created")

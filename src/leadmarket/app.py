@@ -56,7 +56,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             from leadmarket.kit.jobs import Worker
             from leadmarket.tasks import build_registry, build_services
 
-            worker = Worker(db, build_registry(), build_services(settings), settings)
+            worker = Worker(
+                db,
+                build_registry(),
+                build_services(settings, broker=app.state.broker),
+                settings,
+            )
             worker_task = asyncio.create_task(worker.run(stop))
         try:
             yield

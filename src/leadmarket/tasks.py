@@ -17,7 +17,9 @@ from leadmarket.kit.jobs import (
     purge_finished_jobs_handler,
     serve_worker,
 )
+from leadmarket.kit.realtime import Broker, make_broker
 from leadmarket.leads import tasks as leads_tasks
+from leadmarket.marketplace import tasks as marketplace_tasks
 from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
 
@@ -28,16 +30,24 @@ class JobServices:
 
     settings: Settings
     mail_backend: MailBackend
+    # Where live page updates go: the app's own broker when the worker runs in the server
+    # process, so its pages hear about auctions closing.
+    broker: Broker
 
 
-def build_services(settings: Settings) -> JobServices:
-    return JobServices(settings=settings, mail_backend=make_mail_backend(settings))
+def build_services(settings: Settings, *, broker: Broker | None = None) -> JobServices:
+    return JobServices(
+        settings=settings,
+        mail_backend=make_mail_backend(settings),
+        broker=broker or make_broker(settings.redis_url),
+    )
 
 
 def build_registry() -> JobRegistry[JobServices]:
     registry: JobRegistry[JobServices] = JobRegistry()
     registry.include(notifications_tasks.registry)
     registry.include(leads_tasks.registry)
+    registry.include(marketplace_tasks.registry)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
     )

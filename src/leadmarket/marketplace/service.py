@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.audit.service import Actor
+from leadmarket.campaigns.matching import LeadPreview, eligible_campaigns
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, Forbidden, NotFound
@@ -35,6 +37,7 @@ from leadmarket.leads.service import may_see
 from leadmarket.ledger.service import (
     InsufficientFunds,
     hold_funds,
+    hold_of,
     release_hold,
     wallet_summary,
 )
@@ -43,9 +46,11 @@ from leadmarket.models import (
     AuctionOutcome,
     Bid,
     BidStatus,
+    HoldStatus,
     Lead,
     LeadStatus,
     SaleMode,
+    SaleVia,
     User,
 )
 
@@ -204,6 +209,7 @@ async def place_bid(
     lead_id: str,
     buyer: User,
     amount_cents: int,
+    campaign_id: str | None = None,
 ) -> PlacedBid:
     """Judge ``buyer``'s bid of at most ``amount_cents`` (see the module's rules). Raises
     NotFound, OwnLead, NotAnAuction, AuctionClosed, BidTooLow or InsufficientFunds; then
@@ -296,6 +302,7 @@ async def place_bid(
             lead_id=lead.id,
             buyer_id=buyer.id,
             max_cents=amount_cents,
+            campaign_id=campaign_id,
             currency=lead.currency,
             status=(BidStatus.LEADING if leads else BidStatus.OUTBID).value,
             price_after_cents=price,
@@ -342,3 +349,251 @@ async def end_auction(
     await session.flush()
     publish_after_commit(session, broker, channel(lead.id), _view(auction, settings).as_message())
     return auction
+
+
+# Buyer campaigns bidding (issue 4 §2) -----------------------------------------------------
+
+
+async def bid_for_campaigns(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead: Lead,
+    *,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Let the buyer campaigns that want ``lead`` (its row locked by the caller) place their
+    proxy bids, once per auction: each buyer's best matching campaign bids its ``bid_cents``
+    as a maximum. A campaign whose buyer cannot cover it, or whose bid is already beaten,
+    simply does not bid. Caps and budget are claimed only if the campaign wins (at the close),
+    so a campaign never buys past them. The ids of the bids placed."""
+    now = now or utcnow()
+    auction = await _auction_of(session, lead)
+    auction.campaigns_bid_at = now
+    await session.flush()
+    shortlist = await eligible_campaigns(session, LeadPreview.of_lead(lead), now=now)
+    placed: list[str] = []
+    seen_buyers = {lead.seller_id}
+    for campaign in shortlist:  # highest bid first, so the others rarely need a hold
+        if campaign.buyer_id in seen_buyers or campaign.currency != lead.currency:
+            continue
+        seen_buyers.add(campaign.buyer_id)
+        buyer = await session.get(User, campaign.buyer_id)
+        if buyer is None:
+            continue
+        try:
+            async with session.begin_nested():
+                bid = await place_bid(
+                    session,
+                    settings,
+                    broker,
+                    lead_id=lead.id,
+                    buyer=buyer,
+                    amount_cents=campaign.bid_cents,
+                    campaign_id=campaign.id,
+                )
+        except DomainError:
+            continue  # too low by now, or the buyer's wallet cannot cover it
+        placed.append(bid.id)
+    return placed
+
+
+async def campaigns_bid_on_new_auctions(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    *,
+    now: dt.datetime | None = None,
+    limit: int = 50,
+) -> int:
+    """The sweep that brings campaigns to new auctions. Leads are claimed with ``FOR UPDATE
+    SKIP LOCKED``, so several workers share the work and no auction is bid on twice."""
+    now = now or utcnow()
+    leads = list(
+        await session.scalars(
+            select(Lead)
+            .outerjoin(Auction, Auction.lead_id == Lead.id)
+            .where(
+                Lead.sale_mode == SaleMode.AUCTION.value,
+                Lead.status == LeadStatus.OPEN.value,
+                Lead.auction_ends_at > now,
+                Auction.campaigns_bid_at.is_(None),
+            )
+            .order_by(Lead.auction_ends_at)
+            .limit(limit)
+            .with_for_update(of=Lead, skip_locked=True)
+        )
+    )
+    for lead in leads:
+        await bid_for_campaigns(session, settings, broker, lead, now=now)
+    return len(leads)
+
+
+# The close --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    buyer_id: str
+    max_cents: int
+    bid_id: str
+    campaign_id: str | None
+
+
+def _candidates(bids: list[Bid]) -> list[_Candidate]:
+    """Each buyer's standing maximum (their last bid: a buyer can only raise), best first; an
+    equal maximum ranks the earlier bid first."""
+    last: dict[str, Bid] = {}
+    for bid in bids:  # in the order they were judged
+        last[bid.buyer_id] = bid
+    ranked = sorted(last.values(), key=lambda b: (-b.max_cents, b.created_at, b.id))
+    return [_Candidate(b.buyer_id, b.max_cents, b.id, b.campaign_id) for b in ranked]
+
+
+def _price_for(rank: int, candidates: list[_Candidate], lead: Lead, settings: Settings) -> int:
+    """What the candidate at ``rank`` pays: one increment above the next maximum (or the
+    opening bid alone), at least the reserve, never above their own maximum."""
+    own = candidates[rank].max_cents
+    if rank + 1 < len(candidates):
+        price = candidates[rank + 1].max_cents + settings.auction_min_increment_cents
+    else:
+        price = settings.auction_opening_bid_cents
+    if lead.reserve_cents:
+        price = max(price, lead.reserve_cents)
+    return min(price, own)
+
+
+async def close_auction(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead: Lead,
+    *,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """End ``lead``'s auction (its row locked by the caller, its time up): sell to the best
+    maximums that reach the reserve, as many buyers as the lead has places left (one when
+    exclusive), each at one increment above the next maximum. A winner placed by a campaign
+    must still be able to buy (the campaign's caps and budget are claimed now); a winner who
+    cannot (a campaign exhausted meanwhile, funds gone) is passed over for the next. With no
+    winner the lead is unsold, and its personal data is destroyed 48 hours after the end
+    (L4). The ids of the orders made."""
+    from leadmarket.campaigns.matching import claim_campaign
+    from leadmarket.orders.service import sell
+
+    now = now or utcnow()
+    auction = await _auction_of(session, lead)
+    bids = list(
+        await session.scalars(
+            select(Bid).where(Bid.lead_id == lead.id).order_by(Bid.created_at, Bid.id)
+        )
+    )
+    candidates = _candidates(bids)
+    places = max(0, lead.max_buyers - lead.sold_count)
+    preview = LeadPreview.of_lead(lead)
+    orders: list[str] = []
+    winners: set[str] = set()
+    for rank, candidate in enumerate(candidates):
+        if len(orders) >= places:
+            break
+        if lead.reserve_cents and candidate.max_cents < lead.reserve_cents:
+            break  # the rest are lower still
+        price = _price_for(rank, candidates, lead, settings)
+        try:
+            async with session.begin_nested():
+                deliver_to = None
+                if candidate.campaign_id is not None:
+                    campaign = await claim_campaign(
+                        session, candidate.campaign_id, preview, price_cents=price, now=now
+                    )
+                    if campaign is None:
+                        continue  # paused, capped or out of budget since it bid
+                    deliver_to = campaign.webhook_url
+                if candidate.bid_id == auction.leader_bid_id:
+                    await release_hold(session, candidate.bid_id)  # the price is held anew
+                order = await sell(
+                    session,
+                    settings,
+                    lead_id=lead.id,
+                    buyer_id=candidate.buyer_id,
+                    price_cents=price,
+                    via=SaleVia.AUCTION,
+                    deliver_to=deliver_to,
+                    actor=Actor("system", "auction-close"),
+                )
+        except DomainError:
+            continue  # this winner cannot buy any more; the next one may
+        orders.append(order.id)
+        winners.add(candidate.bid_id)
+
+    if auction.leader_bid_id is not None and auction.leader_bid_id not in winners:
+        hold = await hold_of(session, auction.leader_bid_id)
+        if hold is not None and hold.status == HoldStatus.HELD.value:
+            await release_hold(session, auction.leader_bid_id)
+    await session.execute(
+        update(Bid)
+        .where(Bid.lead_id == lead.id, Bid.id.in_(winners))
+        .values(status=BidStatus.WON.value)
+    )
+    await session.execute(
+        update(Bid)
+        .where(Bid.lead_id == lead.id, Bid.status == BidStatus.LEADING.value)
+        .values(status=BidStatus.LOST.value)
+    )
+    await session.refresh(lead)
+    if lead.sold_count > 0:
+        lead.status = LeadStatus.SOLD.value  # an auctioned lead goes to its auction's winners
+    else:
+        lead.status = LeadStatus.UNSOLD.value
+        ended = lead.auction_ends_at or now
+        lead.pii_expires_at = ended + dt.timedelta(hours=settings.pii_retention_hours)
+    auction.closed_at = now
+    auction.outcome = (AuctionOutcome.SOLD if orders else AuctionOutcome.UNSOLD).value
+    await session.flush()
+    publish_after_commit(session, broker, channel(lead.id), _view(auction, settings).as_message())
+    return orders
+
+
+async def close_due_auctions(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    *,
+    now: dt.datetime | None = None,
+    limit: int = 50,
+) -> int:
+    """The sweep that ends auctions whose time is up, and closes the auctions of leads that
+    left the market meanwhile (bought outright, consent withdrawn), releasing their holds.
+    Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several workers share the work."""
+    now = now or utcnow()
+    due = list(
+        await session.scalars(
+            select(Lead)
+            .where(
+                Lead.sale_mode == SaleMode.AUCTION.value,
+                Lead.status == LeadStatus.OPEN.value,
+                Lead.auction_ends_at <= now,
+            )
+            .order_by(Lead.auction_ends_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for lead in due:
+        await close_auction(session, settings, broker, lead, now=now)
+    gone = list(
+        await session.scalars(
+            select(Lead)
+            .join(Auction, Auction.lead_id == Lead.id)
+            .where(Auction.closed_at.is_(None), Lead.status != LeadStatus.OPEN.value)
+            .limit(limit)
+            .with_for_update(of=Lead, skip_locked=True)
+        )
+    )
+    for lead in gone:
+        outcome = {
+            LeadStatus.SOLD.value: AuctionOutcome.BOUGHT_OUTRIGHT,
+            LeadStatus.WITHDRAWN.value: AuctionOutcome.WITHDRAWN,
+        }.get(lead.status, AuctionOutcome.UNSOLD)
+        await end_auction(session, settings, broker, lead, outcome, now=now)
+    return len(due) + len(gone)

@@ -50,6 +50,8 @@ class Auction(Base):
     reserve_met: Mapped[bool] = mapped_column(Boolean, default=False)
     bid_count: Mapped[int] = mapped_column(Integer, default=0)
     extensions: Mapped[int] = mapped_column(Integer, default=0)
+    # When the matching buyer campaigns placed their proxy bids (once per auction).
+    campaigns_bid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     outcome: Mapped[str | None] = mapped_column(String(20))
 
@@ -62,6 +64,8 @@ class Bid(Base):
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     buyer_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     max_cents: Mapped[int] = mapped_column(BigInteger)
+    # Placed by this buyer campaign, which must still be able to buy (caps, budget) to win.
+    campaign_id: Mapped[str | None] = mapped_column(String(40))
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(10))
     # The auction as this bid left it: the price, and whether this bid led.

@@ -46,6 +46,8 @@ class Lead(Base):
     __table_args__ = (
         Index("ix_leads_status_vertical_region", "status", "vertical", "region"),
         Index("ix_leads_seller_created", "seller_id", "created_at"),
+        # The auction sweeps: open auctions by their end.
+        Index("ix_leads_mode_status_ends", "sale_mode", "status", "auction_ends_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("lead"))
