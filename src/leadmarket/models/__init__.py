@@ -27,6 +27,16 @@ from leadmarket.models.ledger import (
     TransactionKind,
 )
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.order import (
+    DeliveryStatus,
+    Disclosure,
+    Order,
+    OrderStatus,
+    SaleVia,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -43,8 +53,10 @@ __all__ = [
     "Base",
     "Consent",
     "ConsentText",
+    "DeliveryStatus",
     "Deposit",
     "DepositStatus",
+    "Disclosure",
     "HoldStatus",
     "IdempotencyRecord",
     "Job",
@@ -64,13 +76,19 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "Order",
+    "OrderStatus",
     "OutboundMail",
     "Role",
     "SaleMode",
+    "SaleVia",
     "TransactionKind",
     "UploadRowStatus",
     "UploadStatus",
     "User",
     "UserSession",
     "UserStatus",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]
