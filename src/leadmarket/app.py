@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.ledger import api as ledger_api
     from leadmarket.ledger import views as ledger_views
     from leadmarket.notifications import views as notifications_views
+    from leadmarket.orders import api as orders_api
+    from leadmarket.orders import views as orders_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -111,6 +113,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, uploads_views.router)
     include_guarded(app, ledger_views.router)
     include_guarded(app, campaigns_views.router)
+    include_guarded(app, orders_api.router)
+    include_guarded(app, orders_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 
