@@ -2,7 +2,7 @@
 for the auction sweeps.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-22 02:46:21.497091
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import leadmarket.kit.db
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

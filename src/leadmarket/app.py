@@ -107,6 +107,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.marketplace import api as marketplace_api
     from leadmarket.marketplace import views as marketplace_views
     from leadmarket.notifications import views as notifications_views
+    from leadmarket.orders import api as orders_api
+    from leadmarket.orders import views as orders_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -123,6 +125,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, marketplace_views.router)
     include_guarded(app, campaigns_api.router)
     include_guarded(app, campaigns_views.router)
+    include_guarded(app, orders_api.router)
+    include_guarded(app, orders_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

@@ -137,6 +137,31 @@ class Settings(BaseSettings):
         "start bidding up to N ms late; a paused one never buys, the sale re-checks it).",
     )
 
+    # Orders and lead delivery.
+    return_window_hours: int = Field(
+        default=72,
+        ge=0,
+        le=24 * 60,
+        description="How long after a sale the buyer's funds stay held (the return window) "
+        "before they are paid to the seller.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Deadline of one webhook delivery attempt."
+    )
+    webhook_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=20,
+        description="Attempts of a webhook delivery (with exponential backoff) before it is "
+        "marked failed; the buyer can replay it from the delivery log.",
+    )
+    webhook_allow_private_networks: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback, private and link-local addresses and "
+        "plain http (development and tests only: otherwise a buyer could make the service "
+        "call into its own network).",
+    )
+
     # Sessions and accounts.
     session_hours: int = Field(default=12, ge=1, description="Lifetime of a normal session.")
     remember_days: int = Field(default=30, ge=1, description="Lifetime of a 'stay signed in' one.")

@@ -22,6 +22,7 @@ from leadmarket.leads import tasks as leads_tasks
 from leadmarket.marketplace import tasks as marketplace_tasks
 from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
+from leadmarket.orders import tasks as orders_tasks
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def build_registry() -> JobRegistry[JobServices]:
     registry.include(notifications_tasks.registry)
     registry.include(leads_tasks.registry)
     registry.include(marketplace_tasks.registry)
+    registry.include(orders_tasks.registry)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
     )

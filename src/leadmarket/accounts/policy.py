@@ -32,6 +32,9 @@ class Action(enum.StrEnum):
     CLOSE_ACCOUNT = "close_account"
     SELL_LEADS = "sell_leads"
     MANAGE_CAMPAIGNS = "manage_campaigns"
+    # Where bought leads (personal data) are sent: for a person who knows the password, not for
+    # a remembered session or an API key, which could otherwise redirect every future lead.
+    MANAGE_WEBHOOKS = "manage_webhooks"
     MOVE_MONEY = "move_money"
     ADMINISTER = "administer"
     READ_MEMBER_DATA = "read_member_data"
@@ -62,6 +65,7 @@ API_KEY_MAY_NOT = frozenset(
         Action.CHANGE_PASSWORD,
         Action.MANAGE_SESSIONS,
         Action.MANAGE_API_KEYS,
+        Action.MANAGE_WEBHOOKS,
         Action.CLOSE_ACCOUNT,
         Action.ADMINISTER,
         Action.READ_MEMBER_DATA,

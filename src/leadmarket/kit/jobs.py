@@ -68,7 +68,12 @@ _jitter = random.Random()  # noqa: S311
 @dataclass(frozen=True)
 class JobContext(Generic[S]):
     """What a handler gets. ``session`` is the transaction the handler's writes belong to: the
-    worker commits it together with the job's "done" mark, so handlers never commit."""
+    worker commits it together with the job's "done" mark, so handlers never commit.
+
+    ``database`` is for the rare handler that calls out (HTTP) and must not hold a transaction
+    open meanwhile: it reads in a short transaction of its own, calls out, then writes through
+    ``session``, which opens its connection (and, on SQLite, the write lock) only when first
+    used."""
 
     session: AsyncSession
     payload: Mapping[str, Any]
@@ -77,6 +82,7 @@ class JobContext(Generic[S]):
     attempt: int
     max_attempts: int
     services: S
+    database: Database
 
     @property
     def is_last_attempt(self) -> bool:
@@ -454,6 +460,7 @@ class Worker(Generic[S]):
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             services=self.services,
+            database=self.db,
         )
 
     async def _mark_done(self, session: AsyncSession, job: ClaimedJob) -> None:

@@ -20,15 +20,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
+from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Forbidden, NotFound
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
-from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Role
+from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Order, OrderStatus, Role
 
 
 class IndexKind(enum.StrEnum):
@@ -90,6 +91,29 @@ class Purpose(enum.StrEnum):
     """Why personal data is being opened. Each purpose names who may open it."""
 
     STAFF_SUPPORT = "staff_support"  # support / privacy staff, with a written reason
+    BUYER_ORDER = "buyer_order"  # the buyer of a live order of the lead (L6), while retained
+
+
+class PersonalDataDestroyed(NotFound):
+    slug = "personal-data-destroyed"
+    title = "The lead's personal data is destroyed"
+    explanation = (
+        "A lead's personal data is destroyed 48 hours after its sale (promise L4); nothing of "
+        "it can be shown or delivered any more."
+    )
+
+
+# Orders whose buyer may still see the lead: not cancelled, not refunded.
+LIVE_ORDER_STATUSES = (OrderStatus.HELD.value, OrderStatus.SETTLED.value)
+
+
+async def _buys_lead(session: AsyncSession, lead_id: str, buyer_id: str) -> bool:
+    live = exists().where(
+        Order.lead_id == lead_id,
+        Order.buyer_id == buyer_id,
+        Order.status.in_(LIVE_ORDER_STATUSES),
+    )
+    return bool(await session.scalar(select(live)))
 
 
 @dataclass(frozen=True)
@@ -112,15 +136,29 @@ async def reveal_personal_data(
     fields: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Decrypt a lead's personal data for ``reader``, if ``purpose`` entitles them to it, and
-    record the read. Buyers' access through their orders arrives with the marketplace."""
+    record the read.
+
+    * ``STAFF_SUPPORT``: support and privacy staff, with a written ``reason``.
+    * ``BUYER_ORDER``: only the buyer of a live (held or settled) order of this lead, and only
+      until the lead's ``pii_expires_at``: past it the data counts as destroyed even if the
+      retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing."""
     if purpose is Purpose.STAFF_SUPPORT and reader.role not in _STAFF:
         raise Forbidden("Only staff may open a lead's personal data for support.")
+    if purpose is Purpose.BUYER_ORDER and (
+        reader.role != Role.BUYER.value or not await _buys_lead(session, lead_id, reader.user_id)
+    ):
+        raise NotFound("No such order.")
     lead = await session.get(Lead, lead_id)
     if lead is None:
         raise NotFound("No such lead.")
+    if purpose is Purpose.BUYER_ORDER and (
+        lead.pii_destroyed_at is not None
+        or (lead.pii_expires_at is not None and lead.pii_expires_at <= utcnow())
+    ):
+        raise PersonalDataDestroyed("This lead's personal data has been destroyed.")
     vault = await session.get(LeadVault, lead_id)
     if vault is None:
-        raise NotFound("This lead's personal data has been destroyed.")
+        raise PersonalDataDestroyed("This lead's personal data has been destroyed.")
     values = _open(settings.keyring(), vault, fields)
     await record(
         session,

@@ -30,7 +30,7 @@ from leadmarket.audit.service import Actor
 from leadmarket.campaigns.matching import LeadPreview, eligible_campaigns
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
-from leadmarket.kit.errors import Conflict, DomainError, Forbidden, NotFound
+from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.realtime import Broker, publish_after_commit
 from leadmarket.leads.service import may_see
@@ -53,6 +53,7 @@ from leadmarket.models import (
     SaleVia,
     User,
 )
+from leadmarket.orders.service import OwnLead, sell
 
 
 class NotAnAuction(Conflict):
@@ -75,12 +76,6 @@ class BidTooLow(DomainError):
         "A first bid must reach the opening bid; later bids must beat the current price by the "
         "minimum increment. `minimum_bid_cents` is the lowest bid accepted now."
     )
-
-
-class OwnLead(Forbidden):
-    slug = "own-lead"
-    title = "Sellers cannot bid on their own leads"
-    explanation = "Shill bidding is not allowed: a seller may not bid on or buy their own lead."
 
 
 def channel(lead_id: str) -> str:
@@ -479,7 +474,6 @@ async def close_auction(
     winner the lead is unsold, and its personal data is destroyed 48 hours after the end
     (L4). The ids of the orders made."""
     from leadmarket.campaigns.matching import claim_campaign
-    from leadmarket.orders.service import sell
 
     now = now or utcnow()
     auction = await _auction_of(session, lead)

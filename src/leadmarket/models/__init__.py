@@ -29,6 +29,16 @@ from leadmarket.models.ledger import (
     TransactionKind,
 )
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.order import (
+    DeliveryStatus,
+    Disclosure,
+    Order,
+    OrderStatus,
+    SaleVia,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -51,8 +61,10 @@ __all__ = [
     "CampaignCapCounter",
     "Consent",
     "ConsentText",
+    "DeliveryStatus",
     "Deposit",
     "DepositStatus",
+    "Disclosure",
     "HoldStatus",
     "IdempotencyRecord",
     "Job",
@@ -73,13 +85,19 @@ __all__ = [
     "MailStatus",
     "MailSuppression",
     "MatchingVersion",
+    "Order",
+    "OrderStatus",
     "OutboundMail",
     "Role",
     "SaleMode",
+    "SaleVia",
     "TransactionKind",
     "UploadRowStatus",
     "UploadStatus",
     "User",
     "UserSession",
     "UserStatus",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -73,6 +73,8 @@ class Lead(Base):
     duration_minutes: Mapped[int | None] = mapped_column(Integer)
     exclusive: Mapped[bool] = mapped_column(Boolean, default=True)
     max_buyers: Mapped[int] = mapped_column(Integer, default=1)
+    # Sales made so far; a sale takes a slot only while it is below the cap (orders.service).
+    sold_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     auction_ends_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Retention (L4): set when the lead is sold or its auction ends unsold.

@@ -1,0 +1,382 @@
+"""Webhook endpoints and deliveries: where a buyer wants their leads sent, the signed HTTP
+delivery itself, retries with backoff through the durable job queue, and the delivery log.
+
+A delivery names a destination URL and a message type; what it carries is built by the
+message type's builder (:func:`payload_builder`) **at delivery time**, so personal data is never
+stored in the job queue or the delivery log (job payload: the delivery id only). A builder that
+raises :class:`PayloadGone` (the lead's personal data was destroyed) ends the delivery for good.
+
+Each attempt runs in three steps so that no lock is held while the buyer's server answers:
+read and build the payload in a short transaction of its own (the read of personal data is
+audited there), POST with a deadline and no transaction open, then record the attempt and, if
+it failed, enqueue the next attempt with exponential backoff — or mark the delivery failed after
+``webhook_max_attempts``. A buyer may replay any delivery: a new message (new ``webhook-id``)
+with the same content, built afresh."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.config import Settings
+from leadmarket.kit.crypto import derive_key
+from leadmarket.kit.db import Database, utcnow
+from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
+from leadmarket.kit.jobs import describe_error, enqueue, retry_delay
+from leadmarket.kit.keyring import open_sealed, seal
+from leadmarket.models import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from leadmarket.webhooks.signing import SECRET_PREFIX, generate_secret, signed_headers
+
+log = logging.getLogger("leadmarket.webhooks")
+
+DELIVER_JOB = "webhooks.deliver"
+MAX_URL_LENGTH = 2000
+USER_AGENT = "Leadmarket-Webhooks/1"
+
+
+class PayloadGone(Exception):
+    """The message's content no longer exists (e.g. the lead's personal data was destroyed):
+    the delivery ends for good."""
+
+
+class NoWebhookEndpoint(Conflict):
+    slug = "no-webhook-endpoint"
+    title = "No webhook endpoint"
+    explanation = "Set your webhook endpoint first (PUT /api/v1/me/webhook)."
+
+
+PayloadBuilder = Callable[[AsyncSession, Settings, WebhookDelivery], Awaitable[dict[str, Any]]]
+_BUILDERS: dict[str, PayloadBuilder] = {}
+
+
+def payload_builder(event_type: str) -> Callable[[PayloadBuilder], PayloadBuilder]:
+    """Register the function that builds the body of ``event_type`` messages."""
+
+    def register(func: PayloadBuilder) -> PayloadBuilder:
+        _BUILDERS[event_type] = func
+        return func
+
+    return register
+
+
+# Endpoints --------------------------------------------------------------------------------
+
+
+def _secret_key(settings: Settings) -> bytes:
+    return derive_key(settings.signing_key(), "webhook-endpoint-secret")
+
+
+def _context(endpoint_id: str) -> bytes:
+    return f"webhook-endpoint|{endpoint_id}".encode()
+
+
+def endpoint_secret(settings: Settings, endpoint: WebhookEndpoint) -> str:
+    return open_sealed(
+        _secret_key(settings), endpoint.secret_sealed, _context(endpoint.id)
+    ).decode()
+
+
+def check_url(url: str, settings: Settings) -> str:
+    """Refuse (422, field ``url``) what cannot be a buyer's public endpoint."""
+    message: str | None = None
+    url = url.strip()
+    parts = urlsplit(url) if len(url) <= MAX_URL_LENGTH else None
+    if parts is None:
+        message = f"Use at most {MAX_URL_LENGTH} characters."
+    elif parts.scheme not in ("https", "http") or not parts.hostname:
+        message = "Give a full https:// address."
+    elif parts.username or parts.password:
+        message = "Put no user name or password in the address; the signature authenticates us."
+    elif not settings.webhook_allow_private_networks:
+        if parts.scheme != "https":
+            message = "Use https: leads carry personal data (S1)."
+        elif _is_private_host(parts.hostname):
+            message = "This address is not on the public internet."
+    if message is not None:
+        raise ValidationFailed(message, errors=[FieldError("url", message)])
+    return url
+
+
+def _is_private_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return not ip.is_global
+
+
+def _is_private_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return _is_private_address(host)
+    except ValueError:
+        return False  # a name: checked when it is resolved, at delivery time
+
+
+async def get_endpoint(session: AsyncSession, owner_id: str) -> WebhookEndpoint | None:
+    endpoint: WebhookEndpoint | None = await session.scalar(
+        select(WebhookEndpoint).where(WebhookEndpoint.owner_id == owner_id)
+    )
+    return endpoint
+
+
+async def save_endpoint(
+    session: AsyncSession, settings: Settings, owner_id: str, *, url: str, new_secret: bool
+) -> tuple[WebhookEndpoint, str | None]:
+    """Set the owner's endpoint URL; a secret is generated the first time and whenever
+    ``new_secret`` asks. Returns the endpoint and the new secret (shown once), or None."""
+    url = check_url(url, settings)
+    endpoint = await get_endpoint(session, owner_id)
+    now = utcnow()
+    if endpoint is None:
+        endpoint = WebhookEndpoint(owner_id=owner_id, url=url, created_at=now, updated_at=now)
+        endpoint.secret_sealed = b""
+        endpoint.secret_prefix = ""
+        session.add(endpoint)
+        await session.flush()
+        new_secret = True
+    endpoint.url = url
+    endpoint.updated_at = now
+    secret: str | None = None
+    if new_secret:
+        secret = generate_secret()
+        endpoint.secret_sealed = seal(_secret_key(settings), secret.encode(), _context(endpoint.id))
+        endpoint.secret_prefix = secret[: len(SECRET_PREFIX) + 4]
+    await session.flush()
+    return endpoint, secret
+
+
+async def delete_endpoint(session: AsyncSession, owner_id: str) -> None:
+    endpoint = await get_endpoint(session, owner_id)
+    if endpoint is not None:
+        await session.delete(endpoint)
+        await session.flush()
+
+
+# Deliveries -------------------------------------------------------------------------------
+
+
+async def enqueue_delivery(
+    session: AsyncSession,
+    *,
+    order_id: str,
+    buyer_id: str,
+    url: str,
+    event_type: str,
+    replay_of: str | None = None,
+) -> WebhookDelivery:
+    """A delivery of ``event_type`` for the order to ``url`` (the buyer's endpoint, or a
+    campaign's own URL), queued in the caller's transaction. Signed with the buyer's secret."""
+    delivery = WebhookDelivery(
+        order_id=order_id,
+        buyer_id=buyer_id,
+        event_type=event_type,
+        url=url,
+        status=DeliveryStatus.PENDING.value,
+        attempts=0,
+        replay_of=replay_of,
+        created_at=utcnow(),
+    )
+    session.add(delivery)
+    await session.flush()
+    await enqueue(session, DELIVER_JOB, {"delivery_id": delivery.id})
+    return delivery
+
+
+async def replay_delivery(
+    session: AsyncSession, *, order_id: str, delivery_id: str, buyer_id: str
+) -> WebhookDelivery:
+    """Send a delivery's message again, as a new delivery to the buyer's current endpoint (or
+    the original URL when none is set). 404 unless it is the buyer's delivery of that order."""
+    original = await session.get(WebhookDelivery, delivery_id)
+    if original is None or original.order_id != order_id or original.buyer_id != buyer_id:
+        raise NotFound("No such delivery.")
+    endpoint = await get_endpoint(session, buyer_id)
+    if endpoint is None:
+        raise NoWebhookEndpoint("Set your webhook endpoint before replaying a delivery.")
+    return await enqueue_delivery(
+        session,
+        order_id=order_id,
+        buyer_id=buyer_id,
+        url=endpoint.url,
+        event_type=original.event_type,
+        replay_of=original.id,
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryLog:
+    delivery: WebhookDelivery
+    attempts: list[WebhookAttempt]
+
+
+async def deliveries_of(session: AsyncSession, order_id: str) -> list[DeliveryLog]:
+    deliveries = list(
+        await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.order_id == order_id)
+            .order_by(WebhookDelivery.id.desc())
+        )
+    )
+    attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
+    if deliveries:
+        for attempt in await session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+            .order_by(WebhookAttempt.delivery_id, WebhookAttempt.attempt)
+        ):
+            attempts[attempt.delivery_id].append(attempt)
+    return [DeliveryLog(d, attempts[d.id]) for d in deliveries]
+
+
+# Sending ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    url: str
+    secret: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    permanent: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def _prepare(
+    database: Database, settings: Settings, delivery_id: str
+) -> _Prepared | _Outcome | None:
+    """Step 1, in its own short transaction: None when there is nothing (more) to do."""
+    async with database.transaction() as session:
+        delivery = await session.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
+            return None
+        endpoint = await get_endpoint(session, delivery.buyer_id)
+        if endpoint is None:
+            return _Outcome(None, 0, "The buyer has no webhook endpoint (secret) any more.", True)
+        builder = _BUILDERS.get(delivery.event_type)
+        if builder is None:
+            return _Outcome(None, 0, f"Unknown message type {delivery.event_type}.", True)
+        try:
+            payload = await builder(session, settings, delivery)
+        except PayloadGone as gone:
+            return _Outcome(None, 0, str(gone), True)
+        body = json.dumps(
+            {"type": delivery.event_type, "timestamp": utcnow().isoformat(), "data": payload},
+            separators=(",", ":"),
+        ).encode()
+        return _Prepared(url=delivery.url, secret=endpoint_secret(settings, endpoint), body=body)
+
+
+async def _resolves_to_private(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if _is_private_host(host):
+        return True
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # the POST reports the failure to resolve
+    return any(_is_private_address(str(info[4][0])) for info in infos)
+
+
+async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _Outcome:
+    """Step 2, with no transaction open."""
+    if not settings.webhook_allow_private_networks and await _resolves_to_private(prepared.url):
+        return _Outcome(None, 0, "The endpoint's address is not on the public internet.", True)
+    headers = {
+        **signed_headers(prepared.secret, delivery_id, prepared.body, timestamp=int(time.time())),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+    started = time.monotonic()
+    try:
+        async with httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
+        ) as client:
+            response = await client.post(prepared.url, content=prepared.body, headers=headers)
+    except httpx.HTTPError as exc:
+        elapsed = int((time.monotonic() - started) * 1000)
+        return _Outcome(None, elapsed, describe_error(exc)[:300])
+    elapsed = int((time.monotonic() - started) * 1000)
+    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+    return _Outcome(response.status_code, elapsed, error)
+
+
+async def _record(
+    session: AsyncSession, settings: Settings, delivery_id: str, outcome: _Outcome
+) -> None:
+    """Step 3, in the job's transaction: the attempt, then success, the next try or the end."""
+    delivery = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
+        return
+    now = utcnow()
+    delivery.attempts += 1
+    attempt = WebhookAttempt(
+        delivery_id=delivery.id,
+        attempt=delivery.attempts,
+        at=now,
+        status_code=outcome.status_code,
+        duration_ms=outcome.duration_ms,
+        error=outcome.error,
+    )
+    if outcome.ok:
+        delivery.status = DeliveryStatus.SUCCEEDED.value
+        delivery.finished_at = now
+    elif outcome.permanent or delivery.attempts >= settings.webhook_max_attempts:
+        delivery.status = DeliveryStatus.FAILED.value
+        delivery.finished_at = now
+    else:
+        attempt.next_attempt_at = now + retry_delay(delivery.attempts)
+        await enqueue(
+            session, DELIVER_JOB, {"delivery_id": delivery.id}, run_at=attempt.next_attempt_at
+        )
+    session.add(attempt)
+    await session.flush()
+    log.info(
+        "webhook attempt",
+        extra={
+            "delivery_id": delivery.id,
+            "order_id": delivery.order_id,
+            "attempt": attempt.attempt,
+            "status_code": outcome.status_code,
+            "duration_ms": outcome.duration_ms,
+            "error": outcome.error,
+            "delivery_status": delivery.status,
+        },
+    )
+
+
+async def deliver(
+    database: Database, session: AsyncSession, settings: Settings, delivery_id: str
+) -> None:
+    """One attempt of a delivery (the job handler's body)."""
+    prepared = await _prepare(database, settings, delivery_id)
+    if prepared is None:
+        return
+    outcome = (
+        prepared if isinstance(prepared, _Outcome) else await _post(settings, delivery_id, prepared)
+    )
+    await _record(session, settings, delivery_id, outcome)

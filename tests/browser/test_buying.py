@@ -1,0 +1,60 @@
+"""Buying a lead in a real browser (issue 4 §8): from the navigation to the market, the Buy
+button, the confirm step, then the order page with the consumer's contact (L6). No JavaScript
+is needed; the browser reports no complaint."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import PASSWORD, LiveSite, register_member, sign_in_at_account
+from tests.fixtures.leads import lead_body
+
+pytestmark = pytest.mark.browser
+
+
+def _token(site: LiveSite, username: str) -> dict[str, str]:
+    response = httpx.post(
+        site.url("/api/v1/auth/login"),
+        json={"login": username, "password": PASSWORD, "remember": False},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def test_a_buyer_buys_a_lead_and_sees_its_contact(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller = register_member(live_site, "seller", "quotehound", "Quote Hound LLC")
+    body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
+    posted = httpx.post(
+        live_site.url("/api/v1/leads"), json=body, headers=_token(live_site, seller), timeout=10
+    )
+    assert posted.status_code == 201, posted.text
+    buyer = register_member(live_site, "buyer", "leadhunter", "Lead Hunter Inc")
+    deposit = httpx.post(
+        live_site.url("/api/v1/wallet/deposits"),
+        json={"amount_cents": 10_000},
+        headers=_token(live_site, buyer),
+        timeout=10,
+    )
+    assert deposit.status_code == 201, deposit.text
+
+    sign_in_at_account(page, live_site, buyer)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Market").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Market")
+    expect(page.get_by_text(body["contact"]["email"])).to_have_count(0)
+    page.get_by_role("link", name=re.compile(r"^Buy the .* for \$25\.00$")).first.click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Buy a lead")
+    page.get_by_role("button", name="Confirm: buy for $25.00").click()
+
+    expect(page.get_by_role("status")).to_contain_text("You bought this lead")
+    expect(page.get_by_test_id("contact")).to_contain_text(body["contact"]["email"])
+    expect(page.get_by_test_id("order-status")).to_have_text("held")
+    page.get_by_role("link", name="Your orders").click()
+    expect(page.get_by_role("row")).to_have_count(2)
+    assert complaints == []
