@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
+from leadmarket.kit.errors import NotFound
 from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
@@ -109,7 +111,7 @@ async def test_a_shared_lead_goes_to_as_many_winners_as_it_has_places(
     ana, ben, cy = await funded(session), await funded(session), await funded(session)
     await bid(session, settings, lead, ana, 4_000)
     await bid(session, settings, lead, ben, 3_000)
-    await bid(session, settings, lead, cy, 1_000)
+    await bid(session, settings, lead, cy, 1_000)  # below the price, still in the running
     await end_now(session, lead)
     await close(session, settings)
 
@@ -152,4 +154,27 @@ async def test_campaigns_bid_by_themselves_and_win_within_their_caps(
     (order,) = await orders_of(session, second)
     assert order.buyer_id == small.id
     assert order.price_cents == settings.auction_opening_bid_cents  # alone once big is out
+    assert (await verify_ledger(session)).ok
+
+
+async def test_buying_outright_ends_the_auction_and_frees_the_bidders_funds(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    from leadmarket.orders.service import purchase
+
+    lead, _ = await auction_lead(client, session, buy_now_cents=6_000)
+    ana, ben = await funded(session), await funded(session)
+    await bid(session, settings, lead, ana, 3_000)
+    assert (await wallet_summary(session, ana.id, "USD")).held_cents == 3_000
+
+    await purchase(session, settings, lead_id=lead.id, buyer=ben, idempotency_key=None)
+    with pytest.raises(NotFound):  # sold leads are off the market for other buyers (L6)
+        await bid(session, settings, lead, ana, 4_000)
+    assert await close(session, settings) == 1  # the sweep notices the lead left the market
+
+    assert (await wallet_summary(session, ana.id, "USD")).held_cents == 0
+    auction = await session.get(Auction, lead.id, populate_existing=True)
+    assert auction is not None and auction.outcome == "bought_outright"
+    (order,) = await orders_of(session, lead)
+    assert order.buyer_id == ben.id and order.price_cents == 6_000
     assert (await verify_ledger(session)).ok

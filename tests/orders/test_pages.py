@@ -34,13 +34,15 @@ async def test_a_buyer_buys_through_the_pages(
 ) -> None:
     seller = await make_member(session, "seller")
     lead, email = await make_lead(session, settings, seller, price_cents=3000)
-    await make_lead(session, settings, seller, mode="auction", buy_now_cents=None)
+    auction_only, _ = await make_lead(session, settings, seller, mode="auction", buy_now_cents=None)
     await web_buyer(client, session, 5000)
 
     market = await client.get("/market")
     assert market.status_code == 200
     assert f'href="/market/leads/{lead.id}"' in market.text
-    assert "Auction only" in market.text
+    # An auction without a buy-now price is bid on, not bought.
+    assert f'href="/auctions/{auction_only.id}"' in market.text
+    assert f'href="/market/leads/{auction_only.id}"' not in market.text
     assert email not in market.text
     filtered = await client.get("/market", params={"vertical": "home-services-nope"})
     assert lead.id not in filtered.text

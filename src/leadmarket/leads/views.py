@@ -1155,6 +1155,7 @@ class LeadRow:
     status: str
     source: str
     sale_terms: str
+    auction: bool
     ends_at: dt.datetime | None
     score: int
     reasons: tuple[str, ...]
@@ -1173,6 +1174,7 @@ def lead_row(lead: Lead) -> LeadRow:
         status=lead.status,
         source=lead.source,
         sale_terms=sale_terms_text(lead),
+        auction=lead.sale_mode == SaleMode.AUCTION.value,
         ends_at=lead.auction_ends_at,
         score=lead.quality_score,
         reasons=tuple(str(reason.get("message", "")) for reason in lead.quality_reasons),

@@ -119,24 +119,35 @@ class PlacedBid:
     ends_at: dt.datetime
 
 
-def _minimum_bid(auction: Auction, settings: Settings) -> int:
-    if auction.current_price_cents is None:
+def _minimum_bid(auction: Auction, settings: Settings, lead: Lead) -> int:
+    """The lowest bid a newcomer may place now. A shared lead has places below the top one,
+    so any bid from the opening up may win one (the close sells to the best maximums)."""
+    if auction.current_price_cents is None or lead.max_buyers - lead.sold_count > 1:
         return settings.auction_opening_bid_cents
     return auction.current_price_cents + settings.auction_min_increment_cents
 
 
-def _view(auction: Auction, settings: Settings) -> AuctionView:
+def _view(auction: Auction, settings: Settings, lead: Lead) -> AuctionView:
     closed = auction.closed_at is not None
     return AuctionView(
         lead_id=auction.lead_id,
         currency=auction.currency,
         current_price_cents=auction.current_price_cents,
-        minimum_bid_cents=None if closed else _minimum_bid(auction, settings),
+        minimum_bid_cents=None if closed else _minimum_bid(auction, settings, lead),
         bid_count=auction.bid_count,
         ends_at=auction.ends_at,
         reserve_met=auction.reserve_met,
         closed=closed,
         outcome=auction.outcome,
+    )
+
+
+def _publish(
+    session: AsyncSession, broker: Broker, auction: Auction, settings: Settings, lead: Lead
+) -> None:
+    """Tell the auction's pages, once this transaction has committed."""
+    publish_after_commit(
+        session, broker, channel(lead.id), _view(auction, settings, lead).as_message()
     )
 
 
@@ -193,7 +204,7 @@ async def auction_view(
             ),
             False,
         )
-    return _view(auction, settings), auction.leader_id == viewer.id
+    return _view(auction, settings, lead), auction.leader_id == viewer.id
 
 
 async def place_bid(
@@ -224,11 +235,10 @@ async def place_bid(
         raise AuctionClosed(f"This auction ended at {auction.ends_at.isoformat()}.")
 
     raising = auction.leader_id == buyer.id
-    minimum = (
-        (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
-        if raising
-        else _minimum_bid(auction, settings)
-    )
+    if raising:
+        minimum = (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
+    else:
+        minimum = _minimum_bid(auction, settings, lead)
     if amount_cents < minimum:
         raise BidTooLow(
             f"The lowest bid accepted now is {minimum} cents"
@@ -306,12 +316,12 @@ async def place_bid(
         )
     )
     await session.flush()
-    publish_after_commit(session, broker, channel(lead.id), _view(auction, settings).as_message())
+    _publish(session, broker, auction, settings, lead)
     return PlacedBid(
         id=bid_id,
         leading=leads,
         current_price_cents=price,
-        minimum_bid_cents=_minimum_bid(auction, settings),
+        minimum_bid_cents=_minimum_bid(auction, settings, lead),
         ends_at=auction.ends_at,
     )
 
@@ -342,7 +352,7 @@ async def end_auction(
     auction.closed_at = now
     auction.outcome = outcome.value
     await session.flush()
-    publish_after_commit(session, broker, channel(lead.id), _view(auction, settings).as_message())
+    _publish(session, broker, auction, settings, lead)
     return auction
 
 
@@ -544,7 +554,7 @@ async def close_auction(
     auction.closed_at = now
     auction.outcome = (AuctionOutcome.SOLD if orders else AuctionOutcome.UNSOLD).value
     await session.flush()
-    publish_after_commit(session, broker, channel(lead.id), _view(auction, settings).as_message())
+    _publish(session, broker, auction, settings, lead)
     return orders
 
 
