@@ -16,7 +16,7 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/leadmarket demo
-	$(BIN)/leadmarket serve
+	LEADMARKET_DEMO_MARKET=true $(BIN)/leadmarket serve
 
 # The suite runs against LEADMARKET_TEST_DATABASE_URL (default: a scratch SQLite file).
 test: install chromium

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         description="Anti-sniping: a bid in an auction's last N minutes moves its end to N "
         "minutes after the bid (0: never extend).",
     )
+    demo_market: bool = Field(
+        default=False,
+        description="Keep the demo market living: a new demo lead every minute (make run).",
+    )
     redis_url: str | None = Field(
         default=None,
         description="Redis for live page updates across server processes (e.g. "

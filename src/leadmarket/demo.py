@@ -1,5 +1,10 @@
-"""Demo data: a small, believable marketplace of lead sellers, buyers and staff. Loading twice
-changes nothing. Later issues add leads, auctions and orders here."""
+"""Demo data: a small, believable marketplace of lead sellers, buyers and staff, with leads in
+every vertical (auctions ending over the next minutes to a day, fixed-price leads), buyers with
+money in their wallets and campaigns that bid by themselves. Loading twice changes nothing.
+
+With ``LEADMARKET_DEMO_MARKET=true`` (``make run`` sets it) the market keeps living: a new demo
+lead arrives every minute, campaigns bid on it, auctions end and sell (the auction sweeps of
+:mod:`leadmarket.marketplace.tasks`)."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
+from leadmarket.kit.jobs import JobContext
 from leadmarket.leads.intake import LeadsKit, create_lead
 from leadmarket.leads.schemas import LeadIn
-from leadmarket.models import Lead, Role, User
+from leadmarket.models import Campaign, Lead, Role, User
 from leadmarket.verticals.registry import Vertical, all_verticals
 
 DEMO_PASSWORD = "lead-exchange-demo-2026"
@@ -84,6 +90,14 @@ DEMO_LAST_NAMES = (
 )  # fmt: skip
 DEMO_STREETS = ("Oak", "Maple", "Cedar", "Elm", "Willow", "Sycamore")
 DEMO_LEADS_PER_VERTICAL = 6
+DEMO_WALLET_CENTS = 250_000  # each demo buyer starts with $2,500
+# What each demo buyer's campaigns buy: (vertical, bid in cents, daily cap).
+DEMO_CAMPAIGNS = {
+    "pacific_mutual_agency": (("auto-insurance", 2_600, 20), ("home-insurance", 2_200, 10)),
+    "lakeside_mortgage": (("mortgage", 3_400, 15),),
+    "evergreen_insurance": (("life-insurance", 2_400, 10), ("health-insurance", 1_900, 10)),
+    "brightpath_loans": (("personal-loan", 2_100, 25), ("auto-insurance", 1_700, 5)),
+}
 
 
 def _demo_attributes(vertical: Vertical, rng: random.Random) -> dict[str, Any]:
@@ -103,7 +117,14 @@ def _demo_attributes(vertical: Vertical, rng: random.Random) -> dict[str, Any]:
     return values
 
 
-def _demo_lead(seller: User, vertical: Vertical, n: int, rng: random.Random) -> LeadIn:
+def _demo_lead(
+    seller: User,
+    vertical: Vertical,
+    n: int,
+    rng: random.Random,
+    *,
+    durations: tuple[int, ...] = (5, 15, 30, 60, 180, 1440),
+) -> LeadIn:
     city, state, zip_code, area = rng.choice(DEMO_PLACES)
     first, last = rng.choice(DEMO_FIRST_NAMES), rng.choice(DEMO_LAST_NAMES)
     now = utcnow()
@@ -113,7 +134,7 @@ def _demo_lead(seller: User, vertical: Vertical, n: int, rng: random.Random) -> 
             "mode": "auction",
             "reserve_cents": rng.choice([800, 1200, 1500, 2500]),
             "buy_now_cents": rng.choice([None, 4000, 6500]),
-            "duration_minutes": rng.choice([30, 60, 180, 1440]),
+            "duration_minutes": rng.choice(durations),
             "exclusive": n % 4 != 0,
         }
         if auction
@@ -177,6 +198,79 @@ async def _load_demo_leads(session: AsyncSession, settings: Settings) -> int:
     return created
 
 
+async def _load_demo_money_and_campaigns(session: AsyncSession, settings: Settings) -> int:
+    """Money in each demo buyer's wallet and their campaigns, once."""
+    from leadmarket.campaigns.schemas import CampaignIn
+    from leadmarket.campaigns.service import create_campaign
+    from leadmarket.ledger.service import deposit
+    from leadmarket.payments.processor import SandboxProcessor
+
+    if await session.scalar(select(func.count()).select_from(Campaign)):
+        return 0
+    made = 0
+    for username, campaigns in DEMO_CAMPAIGNS.items():
+        buyer = await repository.user_by_username(session, username)
+        if buyer is None:
+            continue
+        await deposit(
+            session,
+            SandboxProcessor(),
+            member_id=buyer.id,
+            amount_cents=DEMO_WALLET_CENTS,
+            currency="USD",
+        )
+        for vertical, bid_cents, daily_cap in campaigns:
+            await create_campaign(
+                session,
+                buyer,
+                CampaignIn.model_validate(
+                    {
+                        "name": f"{vertical.replace('-', ' ').capitalize()} (demo)",
+                        "vertical": vertical,
+                        "bid_cents": bid_cents,
+                        "daily_cap": daily_cap,
+                        "timezone": "America/Chicago",
+                    }
+                ),
+            )
+            made += 1
+    return made
+
+
+async def post_demo_lead(session: AsyncSession, settings: Settings) -> str | None:
+    """One more demo lead, as if a consumer had just filled in a demo seller's form: a short
+    auction most of the time, so the market keeps turning over. None if there is no demo."""
+    sellers = [
+        user
+        for m in DEMO_MEMBERS
+        if m.role == Role.SELLER
+        and (user := await repository.user_by_username(session, m.username))
+    ]
+    if not sellers:
+        return None
+    rng = random.Random()  # noqa: S311 - demo content, not a secret
+    vertical = rng.choice(all_verticals())
+    seller = rng.choice(sellers)
+    data = _demo_lead(seller, vertical, rng.randrange(1_000_000), rng, durations=(5, 10, 15))
+    try:
+        async with session.begin_nested():
+            created = await create_lead(
+                session, LeadsKit(settings), seller=seller, data=data, source="form"
+            )
+    except DomainError:
+        return None
+    return created.lead.id
+
+
+NEW_DEMO_LEAD_JOB = "demo.new_lead"
+
+
+async def new_demo_lead_job(ctx: JobContext[Any]) -> None:
+    """Every minute, with ``LEADMARKET_DEMO_MARKET=true``: one more demo lead."""
+    if ctx.services.settings.demo_market:
+        await post_demo_lead(ctx.session, ctx.services.settings)
+
+
 async def load_demo_data(settings: Settings) -> str:
     kit = AccountsKit(settings)
     password_hash = kit.passwords.hash(DEMO_PASSWORD)
@@ -217,11 +311,13 @@ async def load_demo_data(settings: Settings) -> str:
                 created += 1
         async with db.transaction() as session:
             leads = await _load_demo_leads(session, settings)
+        async with db.transaction() as session:
+            campaigns = await _load_demo_money_and_campaigns(session, settings)
     finally:
         await db.dispose()
     names = ", ".join(m.username for m in DEMO_MEMBERS)
     return (
-        f"Demo data ready ({created} members and {leads} leads added). "
+        f"Demo data ready ({created} members, {leads} leads and {campaigns} campaigns added). "
         f"Sign in as any of: {names}\n"
         f"Password for every demo account: {DEMO_PASSWORD}"
     )

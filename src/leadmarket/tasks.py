@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
+from leadmarket import demo
 from leadmarket.config import Settings
 from leadmarket.kit import idempotency
 from leadmarket.kit.db import Database, make_engine
@@ -50,6 +51,7 @@ def build_registry() -> JobRegistry[JobServices]:
     registry.include(leads_tasks.registry)
     registry.include(marketplace_tasks.registry)
     registry.include(orders_tasks.registry)
+    registry.periodic(demo.NEW_DEMO_LEAD_JOB, every=dt.timedelta(minutes=1))(demo.new_demo_lead_job)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
     )
