@@ -207,6 +207,43 @@ async def auction_view(
     return _view(auction, settings, lead), auction.leader_id == viewer.id
 
 
+def _judge(
+    lead: Lead | None,
+    auction: Auction | None,
+    buyer: User,
+    amount_cents: int,
+    settings: Settings,
+    now: dt.datetime,
+) -> bool:
+    """Refuse the bid if the lead and its auction (None: no bid yet) say so; whether the buyer
+    is raising their own leading maximum."""
+    if lead is None or not may_see(lead, buyer):
+        raise NotFound("No such lead.")
+    if lead.seller_id == buyer.id:
+        raise OwnLead("This is your own lead.")
+    if lead.sale_mode != SaleMode.AUCTION.value or lead.auction_ends_at is None:
+        raise NotAnAuction("This lead is sold at a fixed price; buy it instead.")
+    if lead.status != LeadStatus.OPEN.value or (auction is not None and auction.closed_at):
+        raise AuctionClosed("This auction is over.")
+    ends_at = auction.ends_at if auction is not None else lead.auction_ends_at
+    if now >= ends_at:
+        raise AuctionClosed(f"This auction ended at {ends_at.isoformat()}.")
+    raising = auction is not None and auction.leader_id == buyer.id
+    if auction is not None and raising:
+        minimum = (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
+    elif auction is not None:
+        minimum = _minimum_bid(auction, settings, lead)
+    else:
+        minimum = settings.auction_opening_bid_cents
+    if amount_cents < minimum:
+        raise BidTooLow(
+            f"The lowest bid accepted now is {minimum} cents"
+            + (" (above your own maximum)." if raising else "."),
+            extra={"minimum_bid_cents": minimum},
+        )
+    return raising
+
+
 async def place_bid(
     session: AsyncSession,
     settings: Settings,
@@ -220,31 +257,23 @@ async def place_bid(
     """Judge ``buyer``'s bid of at most ``amount_cents`` (see the module's rules). Raises
     NotFound, OwnLead, NotAnAuction, AuctionClosed, BidTooLow or InsufficientFunds; then
     nothing has changed."""
+    # A first look without the lock. A price only rises and an auction only closes, so a bid
+    # refused now would be refused under the lock too: in a busy auction most bids end here
+    # without queueing for the lead's row.
+    _judge(
+        await session.get(Lead, lead_id),
+        await session.get(Auction, lead_id),
+        buyer,
+        amount_cents,
+        settings,
+        utcnow(),
+    )
     lead = await _locked_lead(session, lead_id)
     now = utcnow()  # taken under the lock: bids' times follow the order they were judged in
-    if lead is None or not may_see(lead, buyer):
-        raise NotFound("No such lead.")
-    if lead.seller_id == buyer.id:
-        raise OwnLead("This is your own lead.")
-    if lead.sale_mode != SaleMode.AUCTION.value or lead.auction_ends_at is None:
-        raise NotAnAuction("This lead is sold at a fixed price; buy it instead.")
-    auction = await _auction_of(session, lead)
-    if lead.status != LeadStatus.OPEN.value or auction.closed_at is not None:
-        raise AuctionClosed("This auction is over.")
-    if now >= auction.ends_at:
-        raise AuctionClosed(f"This auction ended at {auction.ends_at.isoformat()}.")
-
-    raising = auction.leader_id == buyer.id
-    if raising:
-        minimum = (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
-    else:
-        minimum = _minimum_bid(auction, settings, lead)
-    if amount_cents < minimum:
-        raise BidTooLow(
-            f"The lowest bid accepted now is {minimum} cents"
-            + (" (above your own maximum)." if raising else "."),
-            extra={"minimum_bid_cents": minimum},
-        )
+    existing = await session.get(Auction, lead_id, populate_existing=True)
+    raising = _judge(lead, existing, buyer, amount_cents, settings, now)
+    assert lead is not None
+    auction = existing or await _auction_of(session, lead)
 
     bid_id = new_id("bid")
     increment = settings.auction_min_increment_cents
