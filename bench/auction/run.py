@@ -45,6 +45,7 @@ from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace.service import close_due_auctions
 from leadmarket.models import Auction, Bid, HoldStatus, Lead, LedgerHold, Order, User
 from leadmarket.payments.processor import SandboxProcessor
+from tests.fixtures.auctions import open_auction
 from tests.marketplace.test_bid_concurrency import replay
 
 FUNDS_CENTS = 10_000_000
@@ -84,23 +85,7 @@ async def prepare(scratch: Scratch, buyers: int) -> tuple[str, list[tuple[str, s
     try:
         async with db.transaction() as session:
             seller = await _member(session, "seller", 0)
-            lead = Lead(
-                seller_id=seller.id,
-                vertical="auto-insurance",
-                source="api",
-                country="US",
-                region="CA",
-                city="Fresno",
-                postal_prefix="936",
-                age_band="45-54",
-                preview_attributes={},
-                quality_score=100,
-                quality_reasons=[],
-                sale_mode="auction",
-                duration_minutes=60,
-                auction_ends_at=utcnow() + dt.timedelta(hours=1),
-            )
-            session.add(lead)
+            lead = await open_auction(session, seller.id)
             keys = []
             for n in range(buyers):
                 buyer = await _member(session, "buyer", n)

@@ -11,13 +11,14 @@ import random
 from sqlalchemy import select
 
 from leadmarket.config import Settings
-from leadmarket.kit.db import Database, make_engine, utcnow
+from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import DomainError
 from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace import service
-from leadmarket.models import Auction, Bid, HoldStatus, Lead, LedgerHold, User
+from leadmarket.models import Auction, Bid, HoldStatus, LedgerHold, User
+from tests.fixtures.auctions import open_auction
 from tests.fixtures.ledger import fund, make_member
 
 BIDS = 300
@@ -32,24 +33,7 @@ async def make_auction(db: Database) -> tuple[str, list[str]]:
         buyers = [await make_member(session) for _ in range(BUYERS)]
         for buyer in buyers:
             await fund(session, buyer, FUNDS)
-        lead = Lead(
-            seller_id=seller.id,
-            vertical="auto-insurance",
-            source="api",
-            country="US",
-            region="CA",
-            city="Fresno",
-            postal_prefix="936",
-            age_band="45-54",
-            preview_attributes={},
-            quality_score=100,
-            quality_reasons=[],
-            sale_mode="auction",
-            duration_minutes=60,
-            auction_ends_at=utcnow().replace(year=utcnow().year + 1),
-        )
-        session.add(lead)
-        await session.flush()
+        lead = await open_auction(session, seller.id)
         return lead.id, [b.id for b in buyers]
 
 
