@@ -129,6 +129,7 @@ def build_rows(
             "created_at": now,
             "pii_expires_at": None,
             "pii_destroyed_at": None,
+            "sold_count": 0,
         }
         fields = {name: _fake_ciphertext(_dig(body, path)) for name, path in SEALED_FIELDS}
         if sealed:
