@@ -29,6 +29,7 @@ from leadmarket.kit.http import (
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
 from leadmarket.leads.intake import IntakeBatcher, LeadsKit
+from leadmarket.pingpost.service import PingKit
 
 log = logging.getLogger("leadmarket.app")
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             stop.set()
             if worker_task is not None:
                 await worker_task
+            await app.state.pingpost.aclose()
             if database is None:
                 await db.dispose()
 
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.intake = IntakeBatcher(db, app.state.leads_kit)
     app.state.api_key_principals = ApiKeyPrincipals()
     app.state.campaign_index = MatchingIndex(recheck_ms=settings.matching_recheck_ms)
+    app.state.pingpost = PingKit(settings, db, app.state.campaign_index)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -99,6 +102,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.notifications import views as notifications_views
     from leadmarket.orders import api as orders_api
     from leadmarket.orders import views as orders_views
+    from leadmarket.pingpost import api as pingpost_api
+    from leadmarket.pingpost import views as pingpost_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -115,6 +120,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, campaigns_views.router)
     include_guarded(app, orders_api.router)
     include_guarded(app, orders_views.router)
+    include_guarded(app, pingpost_api.router)
+    include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

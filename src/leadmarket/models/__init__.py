@@ -38,6 +38,7 @@ from leadmarket.models.order import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from leadmarket.models.ping import Ping, PingFingerprint, PingOutcome
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -83,6 +84,9 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OutboundMail",
+    "Ping",
+    "PingFingerprint",
+    "PingOutcome",
     "Role",
     "SaleMode",
     "SaleVia",
