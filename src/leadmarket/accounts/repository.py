@@ -123,15 +123,17 @@ async def recheck_api_keys(
     marks the others used (at most once a minute per key, like a request-by-request sign-in)."""
     if not key_ids:
         return {}
-    live = dict(
-        (
-            await session.execute(
-                select(ApiKey.id, User.status)
-                .join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None))
-            )
-        ).all()
+    rows = await session.execute(
+        select(ApiKey.id, User.status, ApiKey.last_used_at)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None))
     )
+    live: dict[str, str] = {}
+    stale: set[str] = set()
+    for key_id, user_status, last_used_at in rows:
+        live[key_id] = user_status
+        if last_used_at is None or last_used_at < now - dt.timedelta(minutes=1):
+            stale.add(key_id)
     refusals: dict[str, DomainError] = {}
     for key_id in key_ids:
         status = live.get(key_id)
@@ -139,13 +141,12 @@ async def recheck_api_keys(
             refusals[key_id] = Unauthenticated("The token is unknown, expired or revoked.")
         elif status != UserStatus.ACTIVE:
             refusals[key_id] = Forbidden(f"This account is {status}.")
-    await session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.id.in_(key_ids),
-            (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < now - dt.timedelta(minutes=1)),
+    if stale:
+        # Only when a minute has passed: a busy key costs no write per batch.
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id.in_(stale))
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
     return refusals

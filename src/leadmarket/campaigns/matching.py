@@ -494,16 +494,17 @@ class MatchingIndex:
         self._snapshot: CampaignIndex | None = None
         self._checked_at = 0.0
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._checking = False
         self.rebuilds = 0
 
     def _fresh(self) -> CampaignIndex | None:
         """The snapshot, if ``recheck_ms`` lets it be used without reading the stamp."""
         snapshot = self._snapshot
-        if (
-            snapshot is not None
-            and self.recheck_seconds > 0
-            and time.monotonic() - self._checked_at < self.recheck_seconds
-        ):
+        if snapshot is None or self.recheck_seconds <= 0:
+            return None
+        # While one request reads the stamp, the others keep using the snapshot: with
+        # recheck_ms > 0 a few more milliseconds of age are within what the setting allows.
+        if self._checking or time.monotonic() - self._checked_at < self.recheck_seconds:
             return snapshot
         return None
 
@@ -520,7 +521,11 @@ class MatchingIndex:
         clock = time.monotonic()
         # The stamp first, then the campaigns: a commit in between makes the snapshot look
         # older than it is (one extra rebuild), never newer.
-        stamp = await service.matching_stamp(session)
+        self._checking = True
+        try:
+            stamp = await service.matching_stamp(session)
+        finally:
+            self._checking = False
         snapshot = self._snapshot
         if snapshot is not None and snapshot.stamp == stamp:
             self._checked_at = clock
