@@ -35,7 +35,7 @@ def wrk_binary() -> str:
     return found
 
 
-def _run(
+def run_wrk(
     command: list[str], *, markers: list[Path] | None, max_seconds: float, log: Path
 ) -> WrkResult:
     started = time.time()
@@ -99,7 +99,7 @@ def post_leads(
         str(marker_prefix),
         *map(str, shard_sizes),
     ]
-    return _run(command, markers=markers, max_seconds=max_seconds, log=workdir / f"{name}.log")
+    return run_wrk(command, markers=markers, max_seconds=max_seconds, log=workdir / f"{name}.log")
 
 
 def get_path(
@@ -116,4 +116,4 @@ def get_path(
         "--",
         "get",
     ]
-    return _run(command, markers=None, max_seconds=seconds + 30, log=workdir / f"{name}.log")
+    return run_wrk(command, markers=None, max_seconds=seconds + 30, log=workdir / f"{name}.log")

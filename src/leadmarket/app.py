@@ -30,6 +30,7 @@ from leadmarket.kit.realtime import make_broker
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
 from leadmarket.leads.intake import IntakeBatcher, LeadsKit
+from leadmarket.pingpost.service import PingKit
 
 log = logging.getLogger("leadmarket.app")
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             if worker_task is not None:
                 await worker_task
             await app.state.broker.close()
+            await app.state.pingpost.aclose()
             if database is None:
                 await db.dispose()
 
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.api_key_principals = ApiKeyPrincipals()
     app.state.broker = make_broker(settings.redis_url)
     app.state.campaign_index = MatchingIndex(recheck_ms=settings.matching_recheck_ms)
+    app.state.pingpost = PingKit(settings, db, app.state.campaign_index)
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
@@ -109,9 +112,14 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.notifications import views as notifications_views
     from leadmarket.orders import api as orders_api
     from leadmarket.orders import views as orders_views
+    from leadmarket.pingpost import api as pingpost_api
+    from leadmarket.pingpost import views as pingpost_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
+    # The hottest API routes first: FastAPI tries the routes in order, and a ping (thousands a
+    # second) should not walk past every page route to find its own.
+    include_guarded(app, pingpost_api.router)
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
     include_guarded(app, verticals_api.router)
@@ -127,6 +135,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, campaigns_views.router)
     include_guarded(app, orders_api.router)
     include_guarded(app, orders_views.router)
+    include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
 

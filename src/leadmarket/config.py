@@ -141,6 +141,45 @@ class Settings(BaseSettings):
         "start bidding up to N ms late; a paused one never buys, the sale re-checks it).",
     )
 
+    # Ping/post (real-time selling).
+    ping_price_rule: Literal["first", "second"] = Field(
+        default="second",
+        description="What the winner of a ping pays: `first` its own bid; `second` the next "
+        "best bid plus one cent (at least the ping's floor), never more than its own bid.",
+    )
+    ping_expiry_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="How long a ping's price holds: the post must arrive within this time.",
+    )
+    ping_duplicate_window_minutes: int = Field(
+        default=10,
+        ge=0,
+        le=24 * 60,
+        description="The same ping (same seller, same fields) within this many minutes is "
+        "refused with 409 naming the earlier ping (0: never).",
+    )
+    ping_deadline_ms: int = Field(
+        default=200,
+        ge=10,
+        le=5000,
+        description="The longest a ping waits for buyers' own endpoints before answering.",
+    )
+    ping_buyer_timeout_ms: int = Field(
+        default=150,
+        ge=5,
+        le=5000,
+        description="The longest one buyer's endpoint is waited for (within the deadline).",
+    )
+    ping_batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=50,
+        description="When busy, how long the ping recorder waits to gather more pings into one "
+        "transaction (an idle server writes each ping at once).",
+    )
+
     # Orders and lead delivery.
     return_window_hours: int = Field(
         default=72,

@@ -24,6 +24,7 @@ from leadmarket.marketplace import tasks as marketplace_tasks
 from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
 from leadmarket.orders import tasks as orders_tasks
+from leadmarket.pingpost import service as pingpost
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def build_registry() -> JobRegistry[JobServices]:
     )
     registry.periodic(idempotency.PURGE_JOB_KIND, every=dt.timedelta(hours=1))(
         idempotency.purge_expired_records_handler
+    )
+    registry.periodic(pingpost.PURGE_FINGERPRINTS_JOB, every=dt.timedelta(hours=1))(
+        pingpost.purge_expired_fingerprints_handler
     )
     return registry
 

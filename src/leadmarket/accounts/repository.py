@@ -7,7 +7,8 @@ import datetime as dt
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadmarket.models import ApiKey, LoginFailure, User, UserSession
+from leadmarket.kit.errors import DomainError, Forbidden, Unauthenticated
+from leadmarket.models import ApiKey, LoginFailure, User, UserSession, UserStatus
 
 
 async def user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -111,3 +112,41 @@ async def forget_failures(session: AsyncSession, scope: str, key_hash: str) -> N
 
 async def purge_old_failures(session: AsyncSession, before: dt.datetime) -> None:
     await session.execute(delete(LoginFailure).where(LoginFailure.at < before))
+
+
+async def recheck_api_keys(
+    session: AsyncSession, key_ids: set[str], now: dt.datetime
+) -> dict[str, DomainError]:
+    """For writers that took an API key's principal from a short-lived cache
+    (``auth.ApiKeyPrincipals``): check the keys again inside the writing transaction. Returns
+    the refusal of each key that was revoked, or whose account is no longer active, meanwhile;
+    marks the others used (at most once a minute per key, like a request-by-request sign-in)."""
+    if not key_ids:
+        return {}
+    rows = await session.execute(
+        select(ApiKey.id, User.status, ApiKey.last_used_at)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None))
+    )
+    live: dict[str, str] = {}
+    stale: set[str] = set()
+    for key_id, user_status, last_used_at in rows:
+        live[key_id] = user_status
+        if last_used_at is None or last_used_at < now - dt.timedelta(minutes=1):
+            stale.add(key_id)
+    refusals: dict[str, DomainError] = {}
+    for key_id in key_ids:
+        status = live.get(key_id)
+        if status is None:
+            refusals[key_id] = Unauthenticated("The token is unknown, expired or revoked.")
+        elif status != UserStatus.ACTIVE:
+            refusals[key_id] = Forbidden(f"This account is {status}.")
+    if stale:
+        # Only when a minute has passed: a busy key costs no write per batch.
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id.in_(stale))
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return refusals

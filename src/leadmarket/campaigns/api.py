@@ -45,6 +45,7 @@ async def campaign_outs(session: AsyncSession, campaigns: list[Campaign]) -> lis
             exclusive_only=c.exclusive_only,
             active=c.active,
             webhook_url=c.webhook_url,
+            ping_url=c.ping_url,
             delivered_today=counts[c.id][0],
             delivered_this_month=counts[c.id][1],
             created_at=c.created_at,

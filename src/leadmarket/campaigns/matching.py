@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import AGE_CEILING, DAYS
-from leadmarket.kit.db import utcnow
+from leadmarket.kit.db import Database, utcnow
 from leadmarket.leads.previews import AGE_BANDS
 from leadmarket.models import Campaign, Lead
 
@@ -158,6 +158,7 @@ class CompiledCampaign:
         "id",
         "min_quality",
         "order_key",
+        "ping_url",
         "postal_prefixes",
         "range_filters",
         "regions",
@@ -175,6 +176,8 @@ class CompiledCampaign:
         self.currency: str = row.currency
         self.timezone: str = row.timezone
         self.exclusive_only: bool = bool(row.exclusive_only)
+        # The buyer's own bidding endpoint for pings (rows made without the column have none).
+        self.ping_url: str | None = getattr(row, "ping_url", None)
         self.schedule: int | None = schedule_mask(row.schedule)
         self.regions: frozenset[str] | None = frozenset(filters.get("regions") or ()) or None
         self.postal_prefixes: frozenset[str] | None = (
@@ -480,36 +483,77 @@ def linear_scan(
 
 class MatchingIndex:
     """One process's index, kept fresh against the database's matching stamp (see the module
-    docstring). ``recheck_ms`` 0 reads the stamp on every use."""
+    docstring). ``recheck_ms`` 0 reads the stamp on every use.
+
+    Concurrent users that find the snapshot stale rebuild it once between them (the others
+    wait for that rebuild), so a campaign change under load costs one build, not one per
+    request in flight."""
 
     def __init__(self, *, recheck_ms: int = 0) -> None:
         self.recheck_seconds = recheck_ms / 1000
         self._snapshot: CampaignIndex | None = None
         self._checked_at = 0.0
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._checking = False
         self.rebuilds = 0
 
-    async def current(self, session: AsyncSession) -> CampaignIndex:
+    def _fresh(self) -> CampaignIndex | None:
+        """The snapshot, if ``recheck_ms`` lets it be used without reading the stamp."""
         snapshot = self._snapshot
-        clock = time.monotonic()
-        if (
-            snapshot is not None
-            and self.recheck_seconds > 0
-            and clock - self._checked_at < self.recheck_seconds
-        ):
+        if snapshot is None or self.recheck_seconds <= 0:
+            return None
+        # While one request reads the stamp, the others keep using the snapshot: with
+        # recheck_ms > 0 a few more milliseconds of age are within what the setting allows.
+        if self._checking or time.monotonic() - self._checked_at < self.recheck_seconds:
             return snapshot
+        return None
+
+    def _rebuild_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
+
+    async def current(self, session: AsyncSession) -> CampaignIndex:
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        clock = time.monotonic()
         # The stamp first, then the campaigns: a commit in between makes the snapshot look
         # older than it is (one extra rebuild), never newer.
-        stamp = await service.matching_stamp(session)
-        self._checked_at = clock
+        self._checking = True
+        try:
+            stamp = await service.matching_stamp(session)
+        finally:
+            self._checking = False
+        snapshot = self._snapshot
         if snapshot is not None and snapshot.stamp == stamp:
+            self._checked_at = clock
             return snapshot
-        rows = await service.active_campaign_rows(session)
-        # Compiling 10,000 campaigns takes most of a second on a busy small machine: in a
-        # thread, so the event loop keeps serving other requests meanwhile.
-        snapshot = await asyncio.to_thread(build_index, rows, stamp)
-        self._snapshot = snapshot
-        self.rebuilds += 1
-        return snapshot
+        async with self._rebuild_lock():
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.stamp == stamp:
+                return snapshot  # rebuilt by another request while this one waited
+            rows = await service.active_campaign_rows(session)
+            # Compiling 10,000 campaigns takes most of a second on a busy small machine: in a
+            # thread, so the event loop keeps serving other requests meanwhile.
+            snapshot = await asyncio.to_thread(build_index, rows, stamp)
+            self._snapshot = snapshot
+            self._checked_at = clock
+            self.rebuilds += 1
+            return snapshot
+
+    async def current_from(self, db: Database) -> CampaignIndex:
+        """Like :meth:`current`, for a caller that holds no session: one is opened only when
+        the stamp must be read."""
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        session = db.new_session()
+        try:
+            return await self.current(session)
+        finally:
+            await session.close()
 
 
 # Per engine, for callers that hold no index of their own (the app keeps one in its state).

@@ -198,6 +198,13 @@ class CampaignIn(RequestModel):
     webhook_url: WebhookUrl | None = Field(
         default=None, description="Where bought leads are delivered; none: pick up by API."
     )
+    ping_url: WebhookUrl | None = Field(
+        default=None,
+        description="The buyer's own real-time bidding endpoint: each ping the campaign matches "
+        'is POSTed there (no contact data) and its answer `{"bid_cents": n}` (at most '
+        "bid_cents) is the campaign's bid; no answer within the deadline: no bid. None: the "
+        "campaign bids bid_cents on every ping it matches.",
+    )
 
 
 class CampaignPatch(RequestModel):
@@ -218,6 +225,7 @@ class CampaignPatch(RequestModel):
     exclusive_only: bool | None = None
     active: bool | None = None
     webhook_url: str | None = None
+    ping_url: str | None = None
 
 
 class CampaignOut(BaseModel):
@@ -236,6 +244,7 @@ class CampaignOut(BaseModel):
     exclusive_only: bool
     active: bool
     webhook_url: str | None
+    ping_url: str | None = None
     delivered_today: int = Field(description="Leads delivered today, in the campaign's zone.")
     delivered_this_month: int
     created_at: dt.datetime

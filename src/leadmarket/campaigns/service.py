@@ -58,6 +58,7 @@ _PLAIN_FIELDS = (
     "exclusive_only",
     "active",
     "webhook_url",
+    "ping_url",
 )
 
 
@@ -342,6 +343,7 @@ MATCHING_COLUMNS = (
     Campaign.timezone,
     Campaign.schedule,
     Campaign.exclusive_only,
+    Campaign.ping_url,
 )
 
 

@@ -85,17 +85,22 @@ async def run_after_commit(session: AsyncSession) -> None:
         await action()
 
 
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """``INSERT`` in the dialect of the session's database, for its ``ON CONFLICT`` clauses."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(table)
+    if dialect == "sqlite":
+        return sqlite_insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
 def insert_ignoring_conflicts(
     session: AsyncSession, table: Any, *, index_elements: list[Any] | None = None
 ) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` in the dialect of the session's database. A duplicate
     is skipped without an error, so the caller's transaction stays usable on PostgreSQL."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing(index_elements=index_elements)
-    if dialect == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing(index_elements=index_elements)
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return dialect_insert(session, table).on_conflict_do_nothing(index_elements=index_elements)
 
 
 def insert_or_update(
@@ -104,12 +109,9 @@ def insert_or_update(
     """``INSERT … ON CONFLICT (index_elements) DO UPDATE SET …`` in the session's dialect: one
     atomic statement that creates a row or changes the one there (``set_`` may use the row's
     own columns: ``{"n": table.c.n + 1}``)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return pg_insert(table).on_conflict_do_update(index_elements=index_elements, set_=set_)
-    if dialect == "sqlite":
-        return sqlite_insert(table).on_conflict_do_update(index_elements=index_elements, set_=set_)
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    return dialect_insert(session, table).on_conflict_do_update(
+        index_elements=index_elements, set_=set_
+    )
 
 
 def is_sqlite_url(url: str) -> bool:

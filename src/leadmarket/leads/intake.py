@@ -19,7 +19,6 @@ same dozen statements whether it carries one lead or a hundred."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import hashlib
@@ -36,10 +35,10 @@ from sqlalchemy import (
     select,
     text,
     union_all,
-    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.accounts.repository import recheck_api_keys
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
@@ -47,11 +46,10 @@ from leadmarket.kit.errors import (
     Conflict,
     DomainError,
     FieldError,
-    Forbidden,
-    Unauthenticated,
     ValidationFailed,
     register_validation_problem,
 )
+from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import IdempotencyKeyReused
 from leadmarket.kit.ids import new_id
 from leadmarket.leads import quality
@@ -60,7 +58,6 @@ from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import MINIMUM_AGE, MINOR_ERROR, LeadCreatedOut, LeadIn, age_on
 from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
 from leadmarket.models import (
-    ApiKey,
     Consent,
     ConsentText,
     IdempotencyRecord,
@@ -70,7 +67,6 @@ from leadmarket.models import (
     LeadVault,
     SaleMode,
     User,
-    UserStatus,
 )
 from leadmarket.verticals.registry import Vertical, get_vertical, validate_attributes
 
@@ -405,33 +401,10 @@ async def _check_credentials(session: AsyncSession, batch: _Batch, now: dt.datet
     key_ids = {s.api_key_id for _, s in batch.pending() if s.api_key_id is not None}
     if not key_ids:
         return
-    live = dict(
-        (
-            await session.execute(
-                select(ApiKey.id, User.status)
-                .join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None))
-            )
-        ).all()
-    )
+    refusals = await recheck_api_keys(session, key_ids, now)
     for i, submission in batch.pending():
-        if submission.api_key_id is None:
-            continue
-        status = live.get(submission.api_key_id)
-        if status is None:
-            batch.outcomes[i] = Unauthenticated("The token is unknown, expired or revoked.")
-        elif status != UserStatus.ACTIVE:
-            batch.outcomes[i] = Forbidden(f"This account is {status}.")
-    # Written at most once a minute per key, like a request-by-request sign-in would.
-    await session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.id.in_(key_ids),
-            (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < now - dt.timedelta(minutes=1)),
-        )
-        .values(last_used_at=now)
-        .execution_options(synchronize_session=False)
-    )
+        if submission.api_key_id is not None and submission.api_key_id in refusals:
+            batch.outcomes[i] = refusals[submission.api_key_id]
 
 
 async def _replay_or_claim_keys(session: AsyncSession, batch: _Batch) -> None:
@@ -655,79 +628,17 @@ async def create_lead(
 # Group commit for the API --------------------------------------------------------------------
 
 
-class IntakeBatcher:
-    """Writes the leads of concurrent API requests together, one transaction per batch.
-
-    A request calls :meth:`submit` and waits. If no batch is being written, a writer task starts
-    at once with what is queued; while it waits on the database, more requests queue up and go
-    in the next batch, which also waits ``intake_batch_wait_ms`` for stragglers. So an idle
-    server writes each lead alone, with no added delay, and a busy one writes them by the dozen.
-    A request is answered only after its batch committed. The writer task ends when the queue
-    is empty: nothing lingers between bursts."""
+class IntakeBatcher(GroupCommit[Submission, Written]):
+    """Writes the leads of concurrent API requests together, one transaction per batch
+    (:class:`~leadmarket.kit.groupcommit.GroupCommit` of :func:`write_leads`), waiting
+    ``intake_batch_wait_ms`` for stragglers once busy. A request is answered only after its
+    batch committed."""
 
     def __init__(self, db: Database, kit: LeadsKit, *, max_batch: int = 100) -> None:
-        self.db = db
+        async def write(session: AsyncSession, batch: Sequence[Submission]) -> list[Outcome]:
+            return await write_leads(session, kit, batch)
+
+        super().__init__(
+            db, write, wait_ms=lambda: kit.settings.intake_batch_wait_ms, max_batch=max_batch
+        )
         self.kit = kit
-        self.max_batch = max_batch
-        self._queue: list[tuple[Submission, asyncio.Future[Outcome]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        # For the operator (and the tests): how much the batching actually batches.
-        self.batches_written = 0
-        self.largest_batch = 0
-
-    async def submit(self, submission: Submission) -> Written:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((submission, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
-        outcome = await future
-        if isinstance(outcome, DomainError):
-            raise outcome
-        return outcome
-
-    async def _drain(self) -> None:
-        wait = self.kit.settings.intake_batch_wait_ms / 1000
-        busy = False
-        try:
-            while self._queue:
-                if busy and wait and len(self._queue) < self.max_batch:
-                    # More requests are on their way: a little patience makes the next batch
-                    # bigger, and each batch costs about the same whatever its size.
-                    await asyncio.sleep(wait)
-                busy = True
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                await self._write(batch)
-        finally:
-            self._writer = None
-
-    async def _write(self, batch: list[tuple[Submission, asyncio.Future[Outcome]]]) -> None:
-        try:
-            async with self.db.transaction() as session:
-                outcomes = await write_leads(session, self.kit, [s for s, _ in batch])
-        except Exception as exc:
-            if len(batch) > 1:
-                # Something no check foresaw (a lost connection, a constraint): write each lead
-                # on its own so that one cannot take the others down with it.
-                for item in batch:
-                    await self._write([item])
-                return
-            _answer(batch[0][1], exc)
-            return
-        except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
-            for _, future in batch:
-                _answer(future, exc)
-            raise
-        self.batches_written += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            _answer(future, outcome)
-
-
-def _answer(future: asyncio.Future[Outcome], outcome: Outcome | BaseException) -> None:
-    if future.done():  # the client went away; its lead is written all the same
-        return
-    if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)

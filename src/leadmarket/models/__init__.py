@@ -39,6 +39,7 @@ from leadmarket.models.order import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from leadmarket.models.ping import Ping, PingFingerprint, PingOutcome
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -88,6 +89,9 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OutboundMail",
+    "Ping",
+    "PingFingerprint",
+    "PingOutcome",
     "Role",
     "SaleMode",
     "SaleVia",

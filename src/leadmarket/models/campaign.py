@@ -48,6 +48,9 @@ class Campaign(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # None: the buyer picks leads up through the API.
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    # The buyer's own real-time bidding endpoint for pings (ping/post), asked in parallel with
+    # a deadline; None: the campaign bids its bid_cents on every ping it matches.
+    ping_url: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Deleted campaigns are kept (orders and ledger entries will name them) but never shown

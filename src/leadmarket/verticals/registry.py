@@ -439,17 +439,31 @@ def _check_bounds(spec: FieldSpec, value: float) -> tuple[object, str | None]:
 
 
 def validate_attributes(
-    vertical: Vertical, data: object
+    vertical: Vertical, data: object, *, preview_only: bool = False
 ) -> tuple[dict[str, Any], list[FieldError]]:
     """Check a lead's ``attributes`` against the vertical. Returns the cleaned attributes (only
     declared keys, free text stripped, blank optional text left out) and the errors, each named
-    ``attributes.<field>``; the cleaned dict is only meaningful when there are no errors."""
+    ``attributes.<field>``; the cleaned dict is only meaningful when there are no errors.
+
+    ``preview_only``: the attributes of a ping, which buyers (and their own endpoints) see
+    before buying: only the preview attributes, the required ones required; any other attribute
+    is refused, as it may be sent only with the lead itself (L6)."""
     if not isinstance(data, dict):
         return {}, [FieldError("attributes", "Must be an object of this vertical's attributes.")]
     cleaned: dict[str, Any] = {}
     errors: list[FieldError] = []
     for spec in vertical.fields:
         path = f"attributes.{spec.name}"
+        if preview_only and not spec.preview:
+            if spec.name in data:
+                errors.append(
+                    FieldError(
+                        path,
+                        "Not part of a ping: buyers see a ping before buying, so this answer "
+                        "is sent with the post.",
+                    )
+                )
+            continue
         if spec.name not in data:
             if spec.required:
                 errors.append(FieldError(path, "This field is required."))

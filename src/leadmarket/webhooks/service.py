@@ -291,7 +291,7 @@ async def _prepare(
         return _Prepared(url=delivery.url, secret=endpoint_secret(settings, endpoint), body=body)
 
 
-async def _resolves_to_private(url: str) -> bool:
+async def resolves_to_private(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if _is_private_host(host):
         return True
@@ -304,7 +304,7 @@ async def _resolves_to_private(url: str) -> bool:
 
 async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _Outcome:
     """Step 2, with no transaction open."""
-    if not settings.webhook_allow_private_networks and await _resolves_to_private(prepared.url):
+    if not settings.webhook_allow_private_networks and await resolves_to_private(prepared.url):
         return _Outcome(None, 0, "The endpoint's address is not on the public internet.", True)
     headers = {
         **signed_headers(prepared.secret, delivery_id, prepared.body, timestamp=int(time.time())),

@@ -1,0 +1,697 @@
+"""Ping/post (issue 4, item 4; promises M1, L2, L3, L6): a seller pings a lead without its
+contact data, the campaigns that want it bid at once (or through their own endpoint, within a
+deadline), the seller learns the price; the post then sends the contact and consent, the lead is
+created through intake and sold to the winner, all in one transaction.
+
+**The ping is fast because it holds no transaction of its own.** The seller's API key comes from
+the per-process cache (``accounts.auth.requires_rechecked``) and is checked again where the ping
+is written; the campaigns come from the in-memory matching index
+(``campaigns.matching.MatchingIndex``, re-read at most every ``LEADMARKET_MATCHING_RECHECK_MS``);
+the ping record is written by :class:`PingRecorder`, one transaction per batch of concurrent
+pings (group commit). A stale index is safe: the post re-checks the campaign in the database.
+
+**What a ping cannot know.** It has no birth date and no contact, so no age band and no quality
+score. Campaigns filtering on age do not bid on pings (their filter admits no unknown age); the
+quality is taken as 100 for the ping (a campaign with a minimum quality bids), and the post
+re-checks every filter, the minimum quality included, against the lead as written: a winner the
+real lead does not satisfy does not buy, and the next campaign of the ping's ranking may.
+
+**Duplicates.** The same seller pinging the same lead again (same vertical, place and
+attributes; the sale terms do not count) within ``LEADMARKET_PING_DUPLICATE_WINDOW_MINUTES`` is
+refused with 409 naming the earlier ping. Each content has one :class:`PingFingerprint` row
+(a keyed digest, so the row says nothing of the lead); a ping claims it with ``INSERT … ON
+CONFLICT DO UPDATE … WHERE expires_at <= now``: the database, not a process, decides, so two
+processes cannot both accept the same ping.
+
+**The post** claims its ping exactly once with a conditional UPDATE (``posted_at IS NULL AND
+expires_at > now``), creates the lead through intake (``leads.intake.write_leads``: every rule
+of a lead applies), then sells it: ``claim_campaign`` re-checks the winner under lock and claims
+its caps and budget, ``orders.service.sell`` takes the lead's slot, holds the funds, records the
+disclosure and queues the delivery. If the winner can no longer buy (paused, capped, out of
+budget or funds, or the real lead fails its filters), the next campaign of the ping's ranking
+buys at its own bid, never above the ping's price; if none can, the answer is ``sold: false``
+and nothing of the lead is kept (its rows are rolled back): the consumer's data was given for
+this sale, and the seller may still post the lead to the marketplace with ``POST
+/api/v1/leads``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import httpx
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.accounts.repository import recheck_api_keys
+from leadmarket.campaigns.matching import (
+    CompiledCampaign,
+    LeadPreview,
+    MatchingIndex,
+    claim_campaign,
+)
+from leadmarket.config import Settings
+from leadmarket.kit.crypto import derive_key, keyed_hash
+from leadmarket.kit.db import Database, dialect_insert, utcnow
+from leadmarket.kit.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    ValidationFailed,
+)
+from leadmarket.kit.groupcommit import GroupCommit
+from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
+from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import JobContext
+from leadmarket.leads import intake
+from leadmarket.leads.reference import check_postal_code, region_name
+from leadmarket.leads.schemas import LeadIn, SaleIn
+from leadmarket.models import Ping, PingFingerprint, PingOutcome, SaleVia, User
+from leadmarket.orders import service as orders
+from leadmarket.pingpost.schemas import PingIn, PingOut, PostIn, PostOut
+from leadmarket.verticals.registry import get_vertical, validate_attributes
+from leadmarket.webhooks.service import resolves_to_private
+
+# A ping has no birth date: its preview's age band is unknown, which no age filter admits.
+UNKNOWN_AGE_BAND = ""
+# Nor a contact to judge: quality is assumed full at the ping and re-checked at the post.
+PING_QUALITY = 100
+# How many campaigns a ping keeps in its ranking (the winner and those that may buy instead).
+RANKED_KEPT = 10
+# How many buyers' own endpoints one ping asks (the highest bidding ones).
+EXTERNAL_ASKED = 10
+USER_AGENT = "Leadmarket-Ping/1"
+
+_PINGS = cast(Table, Ping.__table__)
+_FINGERPRINTS = cast(Table, PingFingerprint.__table__)
+
+
+# Errors -------------------------------------------------------------------------------------
+
+
+class DuplicatePing(Conflict):
+    slug = "duplicate-ping"
+    title = "Duplicate ping"
+    explanation = (
+        "You pinged the same lead (same vertical, place and attributes) a few minutes ago; the "
+        "earlier ping is named in `duplicate_of`."
+    )
+
+
+class PingExpired(Conflict):
+    slug = "ping-expired"
+    title = "The ping has expired"
+    explanation = "A post must arrive before its ping's `expires_at`; ping the lead again."
+
+
+class PingAlreadyPosted(Conflict):
+    slug = "ping-already-posted"
+    title = "The ping was posted already"
+    explanation = "Each ping is posted at most once."
+
+
+class PingNotAccepted(Conflict):
+    slug = "ping-not-accepted"
+    title = "Nobody bid on this ping"
+    explanation = (
+        "The ping's answer was `accepted: false`, so there is nobody to sell the lead to; post "
+        "it to the marketplace with POST /api/v1/leads instead."
+    )
+
+
+# Per-process state --------------------------------------------------------------------------
+
+
+class PingKit:
+    """What pings need, built once per process: the settings, the database, the matching
+    index, the recorder, the keys of the digests, and one HTTP client for buyers' endpoints."""
+
+    def __init__(self, settings: Settings, db: Database, index: MatchingIndex) -> None:
+        self.settings = settings
+        self.db = db
+        self.index = index
+        root = settings.signing_key()
+        self._postal_key = derive_key(root, "ping:postal-code")
+        self._fingerprint_key = derive_key(root, "ping:fingerprint")
+        self.recorder = PingRecorder(self)
+        self._client: httpx.AsyncClient | None = None
+
+    def postal_digest(self, country: str, postal_code: str) -> str:
+        return keyed_hash(self._postal_key, f"{country}|{postal_code}")
+
+    def fingerprint(self, seller_id: str, content: dict[str, Any]) -> str:
+        text = json.dumps([seller_id, content], sort_keys=True, separators=(",", ":"))
+        return keyed_hash(self._fingerprint_key, text)
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                headers={"user-agent": USER_AGENT, "content-type": "application/json"},
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+# The ping -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedPing:
+    vertical: str
+    attributes: dict[str, Any]
+    postal_code: str
+
+
+def check_ping(data: PingIn) -> CheckedPing:
+    """What the request model cannot check: the vertical, its preview attributes, the region
+    and the postal code against it. Raises :class:`ValidationFailed` naming every bad field."""
+    vertical = get_vertical(data.vertical)
+    if vertical is None:
+        raise ValidationFailed(
+            "Unknown vertical.",
+            errors=[FieldError("vertical", "No such vertical; GET /api/v1/verticals lists them.")],
+        )
+    attributes, errors = validate_attributes(vertical, data.attributes, preview_only=True)
+    postal: str | None = None
+    if region_name(data.country, data.region) is None:
+        errors.append(FieldError("region", "Not a state or province of this country."))
+    else:
+        postal, problem = check_postal_code(data.country, data.region, data.postal_code)
+        if problem is not None:
+            errors.append(FieldError("postal_code", problem))
+    if errors:
+        raise ValidationFailed(
+            "; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors
+        )
+    assert postal is not None
+    return CheckedPing(vertical=vertical.slug, attributes=attributes, postal_code=postal)
+
+
+@dataclass(frozen=True)
+class Bid:
+    campaign: CompiledCampaign
+    cents: int
+
+
+def ranking(bids: Sequence[Bid], *, rule: Literal["first", "second"], floor: int) -> list[Bid]:
+    """The bids at or above ``floor``, best first (ties: the campaign's own order, oldest
+    first), each at the price it would pay: the winner per ``rule`` (first: its bid; second:
+    the next best bid plus one cent, at least ``floor``, never above its own bid), the others,
+    who buy only if the winner cannot, at their own bid but never above the winner's price."""
+    ranked = sorted(
+        (b for b in bids if b.cents >= floor), key=lambda b: (-b.cents, b.campaign.order_key)
+    )[:RANKED_KEPT]
+    if not ranked:
+        return []
+    top = ranked[0].cents
+    if rule == "first":
+        price = top
+    elif len(ranked) > 1:
+        price = min(top, max(floor, ranked[1].cents + 1))
+    else:
+        price = min(top, floor)
+    return [Bid(b.campaign, min(b.cents, price)) for b in ranked]
+
+
+def _external_body(ping_id: str, preview: LeadPreview, data: PingIn, campaign_id: str) -> bytes:
+    """What a buyer's endpoint is told: the preview only, never contact data (L6)."""
+    return json.dumps(
+        {
+            "ping_id": ping_id,
+            "campaign_id": campaign_id,
+            "vertical": preview.vertical,
+            "country": preview.country,
+            "region": preview.region,
+            "postal_prefix": preview.postal_prefix,
+            "attributes": dict(preview.attributes),
+            "exclusive": preview.exclusive,
+            "currency": data.currency,
+        }
+    ).encode()
+
+
+async def _ask_buyer(kit: PingKit, campaign: CompiledCampaign, body: bytes) -> int | None:
+    """The bid of the campaign's own endpoint (at most the campaign's bid), or None: no
+    answer, an error, a refusal, or an address that is not on the public internet."""
+    url = campaign.ping_url
+    assert url is not None
+    if not kit.settings.webhook_allow_private_networks and await resolves_to_private(url):
+        return None
+    try:
+        response = await kit.client().post(url, content=body)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    bid = answer.get("bid_cents") if isinstance(answer, dict) else None
+    if not isinstance(bid, int) or isinstance(bid, bool) or bid < 1:
+        return None
+    return min(bid, campaign.bid_cents)
+
+
+async def _external_bids(
+    kit: PingKit,
+    campaigns: Sequence[CompiledCampaign],
+    ping_id: str,
+    preview: LeadPreview,
+    data: PingIn,
+    started: float,
+) -> list[Bid]:
+    """Ask every endpoint at once; each gets ``ping_buyer_timeout_ms``, all of them together
+    no more than what is left of ``ping_deadline_ms``. Whoever has not answered by then is
+    cancelled and does not bid."""
+    settings = kit.settings
+    per_buyer = settings.ping_buyer_timeout_ms / 1000
+
+    async def ask(campaign: CompiledCampaign) -> int | None:
+        body = _external_body(ping_id, preview, data, campaign.id)
+        try:
+            return await asyncio.wait_for(_ask_buyer(kit, campaign, body), per_buyer)
+        except TimeoutError:
+            return None
+
+    tasks = [asyncio.create_task(ask(c)) for c in campaigns]
+    left = settings.ping_deadline_ms / 1000 - (time.monotonic() - started)
+    done, pending = await asyncio.wait(tasks, timeout=max(0.0, left))
+    for task in pending:
+        task.cancel()
+    bids = []
+    for campaign, task in zip(campaigns, tasks, strict=True):
+        if task in done and not task.cancelled() and task.exception() is None:
+            cents = task.result()
+            if cents is not None:
+                bids.append(Bid(campaign, cents))
+    return bids
+
+
+@dataclass(frozen=True)
+class PingRecord:
+    """A ping ready to write: its row, and what its request must still prove when written."""
+
+    row: dict[str, Any]
+    api_key_id: str | None
+    answer: PingOut
+
+
+async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: PingIn) -> PingOut:
+    """Price a lead for ``seller`` (``POST /api/v1/ping``) and record the ping. Raises
+    :class:`ValidationFailed` (bad vertical, attributes, region, postal code) or
+    :class:`DuplicatePing`."""
+    started = time.monotonic()
+    checked = check_ping(data)
+    now = utcnow()
+    ping_id = new_id("png")
+    preview = LeadPreview(
+        vertical=checked.vertical,
+        region=data.region,
+        postal_prefix=checked.postal_code[:3],
+        age_band=UNKNOWN_AGE_BAND,
+        quality_score=PING_QUALITY,
+        exclusive=data.exclusive,
+        attributes=checked.attributes,
+        country=data.country,
+    )
+    index = await kit.index.current_from(kit.db)
+    matched = [c for c in index.match(preview, now) if c.currency == data.currency]
+    bids = [Bid(c, c.bid_cents) for c in matched if c.ping_url is None]
+    external = [c for c in matched if c.ping_url is not None][:EXTERNAL_ASKED]
+    if external:
+        bids += await _external_bids(kit, external, ping_id, preview, data, started)
+    ranked = ranking(bids, rule=kit.settings.ping_price_rule, floor=data.min_price_cents)
+    price = ranked[0].cents if ranked else 0
+    expires_at = now + dt.timedelta(seconds=kit.settings.ping_expiry_seconds)
+    answer = PingOut(
+        ping_id=ping_id,
+        accepted=bool(ranked),
+        price_cents=price,
+        currency=data.currency,
+        expires_at=expires_at,
+    )
+    content = {
+        "vertical": checked.vertical,
+        "country": data.country,
+        "region": data.region,
+        "postal_code": checked.postal_code,
+        "attributes": checked.attributes,
+    }
+    row = {
+        "id": ping_id,
+        "seller_id": seller.id,
+        "vertical": checked.vertical,
+        "country": data.country,
+        "region": data.region,
+        "postal_prefix": preview.postal_prefix,
+        "postal_digest": kit.postal_digest(data.country, checked.postal_code),
+        "preview_attributes": checked.attributes,
+        "exclusive": data.exclusive,
+        "currency": data.currency,
+        "accepted": bool(ranked),
+        "price_cents": price,
+        "campaign_id": ranked[0].campaign.id if ranked else None,
+        "ranked": [[b.campaign.id, b.cents] for b in ranked],
+        "fingerprint": kit.fingerprint(seller.id, content),
+        "created_at": now,
+        "expires_at": expires_at,
+        "posted_at": None,
+        "outcome": None,
+        "lead_id": None,
+        "order_id": None,
+        "sold_price_cents": None,
+    }
+    return await kit.recorder.submit(PingRecord(row, api_key_id, answer))
+
+
+class PingRecorder(GroupCommit[PingRecord, PingOut]):
+    """Writes the pings of concurrent requests together (group commit), waiting
+    ``ping_batch_wait_ms`` for stragglers once busy; a ping is answered after its batch
+    committed, so an answered ping can always be posted."""
+
+    def __init__(self, kit: PingKit, *, max_batch: int = 200) -> None:
+        async def write(session: AsyncSession, batch: Sequence[PingRecord]) -> list[Any]:
+            return await write_pings(session, kit.settings, batch)
+
+        super().__init__(
+            kit.db, write, wait_ms=lambda: kit.settings.ping_batch_wait_ms, max_batch=max_batch
+        )
+
+
+async def write_pings(
+    session: AsyncSession, settings: Settings, records: Sequence[PingRecord]
+) -> list[PingOut | DomainError]:
+    """Write ``records`` in the session's transaction; one outcome per record, in order: its
+    answer, or the refusal (a key revoked meanwhile, a duplicate) of that record alone."""
+    now = utcnow()
+    outcomes: list[PingOut | DomainError | None] = [None] * len(records)
+    refusals = await recheck_api_keys(
+        session, {r.api_key_id for r in records if r.api_key_id is not None}, now
+    )
+    for i, record in enumerate(records):
+        if record.api_key_id is not None and record.api_key_id in refusals:
+            outcomes[i] = refusals[record.api_key_id]
+    if settings.ping_duplicate_window_minutes:
+        await _refuse_duplicates(session, settings, records, outcomes, now)
+    accepted = [(i, r) for i, r in enumerate(records) if outcomes[i] is None]
+    if accepted:
+        await session.execute(_PINGS.insert(), [r.row for _, r in accepted])
+        for i, record in accepted:
+            outcomes[i] = record.answer
+    return [o for o in outcomes if o is not None]
+
+
+def _duplicate(earlier: str) -> DuplicatePing:
+    return DuplicatePing(
+        f"You pinged this lead a few minutes ago as {earlier}.", extra={"duplicate_of": earlier}
+    )
+
+
+async def _refuse_duplicates(
+    session: AsyncSession,
+    settings: Settings,
+    records: Sequence[PingRecord],
+    outcomes: list[PingOut | DomainError | None],
+    now: dt.datetime,
+) -> None:
+    """The first ping of each content in this batch claims the content's fingerprint row,
+    unless a live one (younger than the window) holds it: one upsert for the batch, its rows
+    in key order so two batches cannot deadlock. Every other ping of that content, in this
+    batch or not, is a duplicate of the ping that holds the row afterwards."""
+    firsts: dict[str, str] = {}
+    for i, record in enumerate(records):
+        if outcomes[i] is None:
+            firsts.setdefault(record.row["fingerprint"], record.row["id"])
+    if not firsts:
+        return
+    until = now + dt.timedelta(minutes=settings.ping_duplicate_window_minutes)
+    insert = dialect_insert(session, _FINGERPRINTS).values(
+        [{"fingerprint": f, "ping_id": firsts[f], "expires_at": until} for f in sorted(firsts)]
+    )
+    claim = insert.on_conflict_do_update(
+        index_elements=[_FINGERPRINTS.c.fingerprint],
+        set_={"ping_id": insert.excluded.ping_id, "expires_at": insert.excluded.expires_at},
+        where=_FINGERPRINTS.c.expires_at <= now,
+    ).returning(_FINGERPRINTS.c.fingerprint)
+    won = set((await session.scalars(claim)).all())
+    holders = {f: firsts[f] for f in won}
+    lost = set(firsts) - won
+    if lost:
+        rows = await session.execute(
+            select(PingFingerprint.fingerprint, PingFingerprint.ping_id).where(
+                PingFingerprint.fingerprint.in_(lost)
+            )
+        )
+        holders.update({str(f): str(p) for f, p in rows.all()})
+    for i, record in enumerate(records):
+        holder = holders.get(record.row["fingerprint"], "")
+        if outcomes[i] is None and holder != record.row["id"]:
+            outcomes[i] = _duplicate(holder)
+
+
+PURGE_FINGERPRINTS_JOB = "pingpost.purge_expired_fingerprints"
+
+
+async def purge_expired_fingerprints(session: AsyncSession, *, now: dt.datetime) -> int:
+    """Fingerprints past their window refuse nothing any more (a new ping takes the row over
+    anyway); deleting them keeps the table to the last few minutes of pings."""
+    result = await session.execute(_FINGERPRINTS.delete().where(_FINGERPRINTS.c.expires_at <= now))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def purge_expired_fingerprints_handler(ctx: JobContext[Any]) -> None:
+    await purge_expired_fingerprints(ctx.session, now=utcnow())
+
+
+# The post -----------------------------------------------------------------------------------
+
+
+def _lead_of(kit: PingKit, ping: Ping, data: PostIn) -> LeadIn:
+    """The lead the post makes: the ping's fields, the post's contact, consent and remaining
+    attributes, sold at the ping's price. Raises :class:`ValidationFailed` when the contact's
+    place is not the ping's, or the post changes an attribute the ping gave."""
+    address = data.contact.address
+    errors: list[FieldError] = []
+    if address.country != ping.country:
+        errors.append(FieldError("contact.address.country", "Not the country of the ping."))
+    elif address.region != ping.region:
+        errors.append(FieldError("contact.address.region", "Not the region of the ping."))
+    else:
+        postal, _ = check_postal_code(address.country, address.region, address.postal_code)
+        if postal is not None and kit.postal_digest(ping.country, postal) != ping.postal_digest:
+            errors.append(
+                FieldError("contact.address.postal_code", "Not the postal code of the ping.")
+            )
+    for name, value in data.attributes.items():
+        if name in ping.preview_attributes and ping.preview_attributes[name] != value:
+            errors.append(
+                FieldError(f"attributes.{name}", "Given with the ping; it cannot change.")
+            )
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
+    return LeadIn(
+        vertical=ping.vertical,
+        contact=data.contact,
+        attributes={**data.attributes, **ping.preview_attributes},
+        consent=data.consent,
+        sale=SaleIn(
+            mode="fixed",
+            currency=cast(Literal["USD", "CAD"], ping.currency),
+            price_cents=ping.price_cents,
+            exclusive=ping.exclusive,
+        ),
+    )
+
+
+def _why_not_posted(ping: Ping | None, seller: User, now: dt.datetime) -> DomainError:
+    if ping is None or ping.seller_id != seller.id:
+        return NotFound("None of your pings has this id.")
+    if ping.posted_at is not None:
+        return PingAlreadyPosted(f"Ping {ping.id} was posted already.")
+    if ping.expires_at <= now:
+        return PingExpired(f"Ping {ping.id} expired at {ping.expires_at.isoformat()}.")
+    return PingNotAccepted(f"Nobody bid on ping {ping.id}.")
+
+
+class _NobodyBuys(Exception):
+    """Raised inside the lead's SAVEPOINT to undo it when no campaign can buy."""
+
+
+@dataclass(frozen=True)
+class _Sale:
+    order_id: str
+    campaign_id: str
+    price_cents: int
+
+
+async def _sell_to_first_able(
+    session: AsyncSession,
+    settings: Settings,
+    ping: Ping,
+    lead_id: str,
+    preview: LeadPreview,
+    now: dt.datetime,
+) -> _Sale | None:
+    """Down the ping's ranking: the first campaign that may still buy (re-checked and claimed
+    in the database) and whose buyer can pay gets the lead. Each try is a SAVEPOINT: a refusal
+    gives back the campaign's claim."""
+    for campaign_id, price_cents in ping.ranked:
+        try:
+            async with session.begin_nested():
+                campaign = await claim_campaign(
+                    session, campaign_id, preview, price_cents=price_cents, now=now
+                )
+                if campaign is None:
+                    raise _NobodyBuys
+                order = await orders.sell(
+                    session,
+                    settings,
+                    lead_id=lead_id,
+                    buyer_id=campaign.buyer_id,
+                    price_cents=price_cents,
+                    via=SaleVia.PING_POST,
+                    deliver_to=campaign.webhook_url,
+                )
+        except (_NobodyBuys, DomainError):
+            continue
+        return _Sale(order.id, campaign_id, price_cents)
+    return None
+
+
+async def post(
+    session: AsyncSession,
+    kit: PingKit,
+    leads_kit: intake.LeadsKit,
+    *,
+    seller: User,
+    data: PostIn,
+    idempotency_key: str | None,
+) -> tuple[int, dict[str, Any]]:
+    """Post a pinged lead (``POST /api/v1/post``): ``(201, PostOut as JSON)``. Raises NotFound
+    (no such ping of this seller), :class:`PingAlreadyPosted`, :class:`PingExpired`,
+    :class:`PingNotAccepted`, :class:`ValidationFailed` or any refusal of intake (a duplicate
+    lead); then nothing is changed, and the ping may still be posted while it lives."""
+    fingerprint = request_fingerprint({"pingpost.post": data.model_dump(mode="json")})
+    if idempotency_key is not None:
+        earlier = await previous_answer(session, seller.id, idempotency_key, fingerprint)
+        if earlier is not None:
+            return earlier.status_code, dict(earlier.response)
+    now = utcnow()
+    ping = await session.get(Ping, data.ping_id)
+    if (
+        ping is None
+        or ping.seller_id != seller.id
+        or ping.posted_at is not None
+        or ping.expires_at <= now
+        or not ping.accepted
+    ):
+        raise _why_not_posted(ping, seller, now)
+    prepared = intake.prepare_lead(
+        leads_kit,
+        seller_id=seller.id,
+        seller_username=seller.username,
+        data=_lead_of(kit, ping, data),
+        source="ping",
+        now=now,
+    )
+    # Exactly once, however many posts of this ping race: the first UPDATE wins, the others
+    # (waiting for its row lock on PostgreSQL, or for the write lock on SQLite) find it posted.
+    claimed = await session.execute(
+        update(Ping)
+        .where(
+            Ping.id == ping.id,
+            Ping.seller_id == seller.id,
+            Ping.posted_at.is_(None),
+            Ping.expires_at > now,
+        )
+        .values(posted_at=now)
+        .returning(Ping.id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.one_or_none() is None:
+        raise _why_not_posted(
+            await session.get(Ping, data.ping_id, populate_existing=True), seller, now
+        )
+    sale: _Sale | None = None
+    lead_id: str | None = None
+    try:
+        async with session.begin_nested():
+            (outcome,) = await intake.write_leads(session, leads_kit, [intake.Submission(prepared)])
+            if isinstance(outcome, DomainError):
+                raise outcome
+            assert outcome.created is not None
+            lead = outcome.created.lead
+            sale = await _sell_to_first_able(
+                session, kit.settings, ping, lead.id, LeadPreview.of_lead(lead), now
+            )
+            if sale is None:
+                raise _NobodyBuys
+            lead_id = lead.id
+    except _NobodyBuys:
+        sale = None
+    await session.execute(
+        update(Ping)
+        .where(Ping.id == ping.id)
+        .values(
+            outcome=(PingOutcome.SOLD if sale else PingOutcome.UNSOLD).value,
+            lead_id=lead_id,
+            order_id=sale.order_id if sale else None,
+            sold_price_cents=sale.price_cents if sale else None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    answer = PostOut(
+        sold=sale is not None,
+        order_id=sale.order_id if sale else None,
+        price_cents=sale.price_cents if sale else 0,
+        currency=ping.currency,
+        lead_id=lead_id,
+    ).model_dump(mode="json")
+    if idempotency_key is not None:
+        # The answer names ids and a price only: no contact data in that table.
+        await remember_answer(session, seller.id, idempotency_key, fingerprint, 201, answer)
+    return 201, answer
+
+
+# Reading ----------------------------------------------------------------------------------
+
+
+async def recent_pings(
+    session: AsyncSession, seller: User, *, limit: int, before_id: str | None = None
+) -> list[Ping]:
+    """A seller's pings, newest first (``limit`` + 1 rows)."""
+    query = (
+        select(Ping).where(Ping.seller_id == seller.id).order_by(Ping.id.desc()).limit(limit + 1)
+    )
+    if before_id is not None:
+        query = query.where(Ping.id < before_id)
+    return list(await session.scalars(query))
+
+
+async def ping_counts(session: AsyncSession, seller: User) -> dict[str, int]:
+    """How many of the seller's pings were accepted, posted and sold."""
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.count().filter(Ping.accepted.is_(True)),
+                func.count().filter(Ping.posted_at.is_not(None)),
+                func.count().filter(Ping.outcome == PingOutcome.SOLD.value),
+            ).where(Ping.seller_id == seller.id)
+        )
+    ).one()
+    return {"pings": row[0], "accepted": row[1], "posted": row[2], "sold": row[3]}

@@ -1,0 +1,199 @@
+"""The ping (issue 4 §4): the best campaign's price without any contact data, within the
+deadline; bad fields named; the same ping twice within the window refused."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.config import Settings
+from leadmarket.models import Ping
+from tests.fixtures.accounts import signed_in
+from tests.fixtures.pingpost import bidding_buyer, bidding_endpoint, ping_body
+
+
+async def pings_stored(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Ping)) or 0)
+
+
+async def test_second_price_is_the_next_bid_plus_a_cent(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=3000)
+    await bidding_buyer(session, bid_cents=2000)
+    await bidding_buyer(session, bid_cents=1000)
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["accepted"], body["price_cents"], body["currency"]) == (True, 2001, "USD")
+    assert body["ping_id"].startswith("png_") and body["expires_at"]
+
+
+async def test_first_price_is_the_winners_bid(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    app.state.settings.ping_price_rule = "first"
+    await bidding_buyer(session, bid_cents=3000)
+    await bidding_buyer(session, bid_cents=2000)
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.json()["price_cents"] == 3000
+
+
+async def test_a_lone_bidder_pays_the_sellers_floor_under_second_price(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=3000)
+    await bidding_buyer(session, bid_cents=900)  # below the floor: does not count
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(min_price_cents=1500), headers=seller)
+    assert (answer.json()["accepted"], answer.json()["price_cents"]) == (True, 1500)
+
+
+async def test_nobody_wanting_the_lead_is_accepted_false_at_no_price(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=3000, filters={"regions": ["NY"]})
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.status_code == 200
+    assert (answer.json()["accepted"], answer.json()["price_cents"]) == (False, 0)
+
+
+async def test_campaigns_filtering_on_age_do_not_bid_on_pings(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    """A ping has no birth date, so no age band: an age filter admits no ping."""
+    await bidding_buyer(session, bid_cents=5000, filters={"age_min": 25, "age_max": 64})
+    await bidding_buyer(session, bid_cents=1000)
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.json()["price_cents"] == 1  # the lone bidder at the default floor
+
+
+@pytest.mark.parametrize(
+    "field", ["contact", "email", "phone", "first_name", "birth_date", "address", "consent"]
+)
+async def test_a_ping_carries_no_contact_data(
+    client: httpx.AsyncClient, session: AsyncSession, field: str
+) -> None:
+    _, seller = await signed_in(client, "seller")
+    body = ping_body()
+    body[field] = {"email": "ana@example.com"} if field in ("contact", "consent") else "x"
+    answer = await client.post("/api/v1/ping", json=body, headers=seller)
+    assert answer.status_code == 422
+    assert [e["field"] for e in answer.json()["errors"]] == [field]
+    assert "ana@example.com" not in answer.text
+    assert await pings_stored(session) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"vertical": "space-tourism"}, "vertical"),
+        ({"region": "ZZ"}, "region"),
+        ({"postal_code": "10001"}, "postal_code"),  # a New York ZIP for California
+        ({"postal_code": "abc"}, "postal_code"),
+        ({"attributes": {"vehicle_make": "honda"}}, "attributes.vehicle_year"),  # required
+        ({"country": "FR"}, "country"),
+    ],
+)
+async def test_bad_fields_are_named(
+    client: httpx.AsyncClient, session: AsyncSession, change: dict[str, object], field: str
+) -> None:
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(**change), headers=seller)
+    assert answer.status_code == 422, answer.text
+    assert field in [e["field"] for e in answer.json()["errors"]]
+    assert await pings_stored(session) == 0
+
+
+async def test_attributes_a_buyer_may_not_see_before_buying_are_not_pinged(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    _, seller = await signed_in(client, "seller")
+    body = ping_body()
+    body["attributes"]["gender"] = "female"  # a protected characteristic, sent with the post
+    answer = await client.post("/api/v1/ping", json=body, headers=seller)
+    assert answer.status_code == 422
+    assert [e["field"] for e in answer.json()["errors"]] == ["attributes.gender"]
+
+
+async def test_the_same_ping_again_is_refused_naming_the_first(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=2000)
+    _, seller = await signed_in(client, "seller")
+    first = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    again = await client.post("/api/v1/ping", json=ping_body(exclusive=False), headers=seller)
+    assert again.status_code == 409
+    assert again.json()["type"].endswith("/duplicate-ping")
+    assert again.json()["duplicate_of"] == first.json()["ping_id"]
+    other = await client.post("/api/v1/ping", json=ping_body(postal_code="93651"), headers=seller)
+    assert other.status_code == 200, other.text
+    assert await pings_stored(session) == 2
+    # Another seller pinging the same lead is not a duplicate of this one's.
+    _, rival = await signed_in(client, "seller")
+    assert (await client.post("/api/v1/ping", json=ping_body(), headers=rival)).status_code == 200
+
+
+async def test_buyers_only_may_not_ping(client: httpx.AsyncClient) -> None:
+    _, buyer = await signed_in(client, "buyer")
+    answer = await client.post("/api/v1/ping", json=ping_body(), headers=buyer)
+    assert answer.status_code == 403
+
+
+async def test_an_external_endpoint_bids_for_its_campaign(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    with bidding_endpoint(2500) as endpoint:
+        await bidding_buyer(session, bid_cents=4000, ping_url=endpoint.url)
+        await bidding_buyer(session, bid_cents=1000)
+        _, seller = await signed_in(client, "seller")
+        answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.json()["price_cents"] == 1001  # the endpoint's 2500 won, second price
+    (asked,) = endpoint.received
+    assert asked["ping_id"] == answer.json()["ping_id"]
+    assert asked["postal_prefix"] == "936" and "postal_code" not in asked
+    assert set(asked["attributes"]) == set(ping_body()["attributes"])
+
+
+async def test_an_endpoint_bidding_above_its_campaigns_bid_is_capped(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    app.state.settings.ping_price_rule = "first"
+    with bidding_endpoint(9999) as endpoint:
+        await bidding_buyer(session, bid_cents=1800, ping_url=endpoint.url)
+        await bidding_buyer(session, bid_cents=1700)
+        _, seller = await signed_in(client, "seller")
+        answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+    assert answer.json()["price_cents"] == 1800
+
+
+async def test_a_slow_buyer_never_delays_the_answer_past_the_deadline(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    deadline = settings.ping_deadline_ms / 1000
+    with (
+        bidding_endpoint(9000, delay_seconds=3) as slow,
+        bidding_endpoint(2500) as quick,
+        bidding_endpoint(None) as declining,
+    ):
+        await bidding_buyer(session, bid_cents=9000, ping_url=slow.url)
+        await bidding_buyer(session, bid_cents=3000, ping_url=quick.url)
+        await bidding_buyer(session, bid_cents=3000, ping_url=declining.url)
+        await bidding_buyer(session, bid_cents=1000)
+        _, seller = await signed_in(client, "seller")
+        started = time.monotonic()
+        answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
+        took = time.monotonic() - started
+    assert answer.status_code == 200
+    assert answer.json()["price_cents"] == 1001  # the slow 9000 was not waited for
+    assert len(slow.received) == 1
+    assert took < deadline + 1.0, took
