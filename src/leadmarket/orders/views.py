@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute, Viewer
+from leadmarket.accounts.views import PageRoute, render_page
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import DomainError, NotFound
@@ -25,7 +25,6 @@ from leadmarket.kit.idempotency import check_key
 from leadmarket.kit.money import format_money
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
-from leadmarket.kit.templating import templates_of
 from leadmarket.leads import service as leads_service
 from leadmarket.leads.views import lead_row, seller_page
 from leadmarket.ledger.service import wallet_summary
@@ -58,19 +57,11 @@ def _settings(request: Request) -> Settings:
 def _render(
     request: Request, template: str, context: dict[str, Any], *, status_code: int = 200
 ) -> Response:
-    viewer: Viewer | None = getattr(request.state, "viewer", None)
-    full = {
-        "viewer": viewer,
-        "csrf_token": viewer.csrf_token if viewer else "",
-        "money": format_money,
-        **context,
-    }
-    response = templates_of(request).TemplateResponse(
-        request, template, full, status_code=status_code
+    """A page with the money formatter; :func:`render_page` keeps it out of every cache (order
+    pages show contact data and one-time keys)."""
+    return render_page(
+        request, template, {"money": format_money, **context}, status_code=status_code
     )
-    # Order pages show contact data and one-time keys: no cache may keep them.
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _price(lead: Lead) -> int | None:

@@ -11,11 +11,11 @@ from starlette.responses import Response
 
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute
+from leadmarket.accounts.views import PageRoute, render_page
+from leadmarket.kit.money import format_money
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
 from leadmarket.leads.views import seller_page
-from leadmarket.orders.views import _render
 from leadmarket.pingpost import service
 from leadmarket.pingpost.api import ping_row
 
@@ -39,10 +39,11 @@ async def pings(
     rows = await service.recent_pings(session, principal.user, limit=PER_PAGE, before_id=before)
     more = len(rows) > PER_PAGE
     rows = rows[:PER_PAGE]
-    return _render(
+    return render_page(
         request,
         "pingpost/pings.html",
         {
+            "money": format_money,
             "counts": await service.ping_counts(session, principal.user),
             "pings": [ping_row(p) for p in rows],
             "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
