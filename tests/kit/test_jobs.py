@@ -349,6 +349,25 @@ async def test_periodic_sweep_runs_once_per_slot_whatever_the_number_of_workers(
     assert len(await committed_effects(jobs_db)) == 2
 
 
+async def test_sweeps_finish_quietly_and_other_jobs_say_they_are_done(
+    jobs_db: Database, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep runs every few seconds: its success is not news at INFO (the `make run` console
+    would fill with it); a queued job's is."""
+    registry = Registry()
+    registry.periodic("test.sweep", every=dt.timedelta(seconds=10))(record_effect)
+    registry.handler("test.effect")(record_effect)
+    worker = make_worker(jobs_db, registry, settings, "w1")
+    await worker.schedule_periodic()
+    await enqueue_committed(jobs_db, "test.effect")
+
+    with caplog.at_level(logging.INFO, logger="leadmarket.jobs"):
+        assert await worker.run_once() == 2
+    done = [r for r in caplog.records if r.getMessage() == "job done" and r.levelno >= logging.INFO]
+    assert [getattr(r, "kind", None) for r in done] == ["test.effect"]
+    assert len(await committed_effects(jobs_db)) == 2
+
+
 def test_periodic_interval_must_be_positive_and_shorter_than_job_retention() -> None:
     registry = Registry()
     with pytest.raises(ValueError, match="positive"):

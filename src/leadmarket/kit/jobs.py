@@ -449,7 +449,9 @@ class Worker(Generic[S]):
         except Exception as exc:
             await self._record_failure(job, job_kind, describe_error(exc), exc=exc)
         else:
-            log.info("job done", extra=self._log_extra(job))
+            # A sweep runs every few seconds; only its failures are news.
+            level = logging.DEBUG if job_kind.every is not None else logging.INFO
+            log.log(level, "job done", extra=self._log_extra(job))
 
     def _context(self, session: AsyncSession, job: ClaimedJob) -> JobContext[S]:
         return JobContext(
