@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse
@@ -21,13 +21,12 @@ from starlette.responses import Response
 
 from leadmarket.accounts.auth import Principal, authenticate, check_allowed
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute, Viewer, member_page, visitor_page
+from leadmarket.accounts.views import PageRoute, Viewer, member_page, render_page, visitor_page
 from leadmarket.config import Settings
 from leadmarket.kit.csrf import CSRF_FIELD, CsrfFailed, check_origin, trusted_origins
 from leadmarket.kit.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session, guard
-from leadmarket.kit.templating import templates_of
 from leadmarket.leads import uploads
 from leadmarket.models import Role, UploadRowStatus, UploadStatus
 from leadmarket.verticals.registry import all_verticals, get_vertical
@@ -110,23 +109,6 @@ def _errors_of(exc: ValidationFailed) -> dict[str, str]:
     return errors or {"form": exc.detail}
 
 
-def _render(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any],
-    *,
-    status_code: int = 200,
-) -> Response:
-    viewer: Viewer | None = getattr(request.state, "viewer", None)
-    full: dict[str, Any] = {"viewer": viewer, "csrf_token": viewer.csrf_token if viewer else ""}
-    full.update(context)
-    response = templates_of(request).TemplateResponse(
-        request, template, full, status_code=status_code
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 async def _uploads_page(
     request: Request,
     session: AsyncSession,
@@ -143,7 +125,7 @@ async def _uploads_page(
     )
     more = len(items) > UPLOADS_PER_PAGE
     items = items[:UPLOADS_PER_PAGE]
-    return _render(
+    return render_page(
         request,
         "leads/uploads/index.html",
         {
@@ -243,7 +225,7 @@ async def upload_report(
     rows = rows[:ROWS_PER_PAGE]
     vertical = get_vertical(upload.vertical)
     in_progress = upload.status in (UploadStatus.QUEUED, UploadStatus.PROCESSING)
-    response = _render(
+    response = render_page(
         request,
         "leads/uploads/report.html",
         {

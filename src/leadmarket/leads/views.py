@@ -36,7 +36,6 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,7 +46,7 @@ from leadmarket.accounts import repository as accounts_repository
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.deps import client_meta
 from leadmarket.accounts.policy import Action
-from leadmarket.accounts.views import PageRoute, role_page, visitor_page
+from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other, visitor_page
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.csrf import check_origin, double_submit, trusted_origins
@@ -62,7 +61,6 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.money import format_money, parse_dollars
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
-from leadmarket.kit.templating import templates_of
 from leadmarket.leads import intake, previews, service
 from leadmarket.leads.api import Kit
 from leadmarket.leads.intake import DuplicateLead, MinorRefused
@@ -130,30 +128,6 @@ def _settings(request: Request) -> Settings:
 
 
 # Rendering --------------------------------------------------------------------------------
-
-
-def _render(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any] | None = None,
-    *,
-    status_code: int = 200,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    viewer = getattr(request.state, "viewer", None)
-    full: dict[str, Any] = {"viewer": viewer, "csrf_token": viewer.csrf_token if viewer else ""}
-    full.update(context or {})
-    response = templates_of(request).TemplateResponse(
-        request, template, full, status_code=status_code, headers=headers
-    )
-    # Forms carry tokens, thank-you pages certificates, seller pages their business: no cache
-    # may keep any of them.
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _see_other(location: str) -> RedirectResponse:
-    return RedirectResponse(location, status_code=303)
 
 
 # Form fields ------------------------------------------------------------------------------
@@ -814,7 +788,7 @@ class EmbeddedFormRoute(TransactionalRoute):
             try:
                 return await run_in_transaction(request)
             except DomainError as exc:
-                return _render(
+                return render_page(
                     request,
                     "leads/form_problem.html",
                     {"title": exc.title, "detail": exc.detail, "status": exc.status},
@@ -870,7 +844,7 @@ def _consumer_form(
         vertical.slug, seller.id, now=utcnow(), embedded_in=embedded_in
     )
     inputs = attribute_inputs(vertical)
-    return _render(
+    return render_page(
         request,
         "leads/consumer_form.html",
         {
@@ -991,7 +965,7 @@ async def consumer_form_submit(
         return minor_page()
     except DuplicateLead:
         await session.rollback()
-        return _render(
+        return render_page(
             request,
             "leads/consumer_duplicate.html",
             {"vertical": vertical, "seller_username": seller.username},
@@ -1009,7 +983,7 @@ async def consumer_form_submit(
             errors=errors or {"form": exc.detail},
             status_code=422,
         )
-    return _render(
+    return render_page(
         request,
         "leads/consumer_thanks.html",
         {
@@ -1039,7 +1013,7 @@ async def _consent_page(
     vertical = get_vertical(consent.vertical)
     csrf = double_submit(request)
     issued = csrf.issue(request)
-    response = _render(
+    response = render_page(
         request,
         "leads/consent.html",
         {
@@ -1105,7 +1079,7 @@ async def withdraw_consent(
             errors={"form": "This consent was not given with that email address or phone."},
             status_code=404,
         )
-    return _see_other(f"/consents/{quote(certificate)}?done=withdrawn")
+    return see_other(f"/consents/{quote(certificate)}?done=withdrawn")
 
 
 # Seller pages -----------------------------------------------------------------------------
@@ -1213,7 +1187,7 @@ async def seller_leads(
     more = len(rows) > LEADS_PER_PAGE
     rows = rows[:LEADS_PER_PAGE]
     summary = await service.seller_quality_summary(session, principal.user.id)
-    return _render(
+    return render_page(
         request,
         "leads/seller_leads.html",
         {
@@ -1251,7 +1225,7 @@ def _new_lead_page(
     status_code: int = 200,
 ) -> Response:
     inputs = attribute_inputs(vertical) if vertical else ()
-    return _render(
+    return render_page(
         request,
         "leads/seller_new.html",
         {
@@ -1346,7 +1320,7 @@ async def post_lead_by_hand(
         return minor_page()
     except DuplicateLead:
         await session.rollback()
-        return _render(
+        return render_page(
             request, "leads/seller_duplicate.html", {"vertical": vertical}, status_code=409
         )
     except ValidationFailed as exc:
@@ -1360,7 +1334,7 @@ async def post_lead_by_hand(
             errors=errors or {"form": exc.detail},
             status_code=422,
         )
-    return _see_other(f"{SELLER_LEADS}?done=posted")
+    return see_other(f"{SELLER_LEADS}?done=posted")
 
 
 @dataclass(frozen=True)
@@ -1394,4 +1368,4 @@ async def seller_forms(
     for vertical in all_verticals():
         url = base + form_path(vertical, principal.user.username)
         forms.append(HostedForm(vertical, url, iframe_snippet(url, vertical)))
-    return _render(request, "leads/seller_forms.html", {"forms": forms})
+    return render_page(request, "leads/seller_forms.html", {"forms": forms})

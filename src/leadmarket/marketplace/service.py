@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
-from leadmarket.campaigns.matching import LeadPreview, eligible_campaigns
+from leadmarket.campaigns.matching import LeadPreview, claim_campaign, eligible_campaigns
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
@@ -512,8 +512,6 @@ async def close_auction(
     cannot (a campaign exhausted meanwhile, funds gone) is passed over for the next. With no
     winner the lead is unsold, and its personal data is destroyed 48 hours after the end
     (L4). The ids of the orders made."""
-    from leadmarket.campaigns.matching import claim_campaign
-
     now = now or utcnow()
     auction = await _auction_of(session, lead)
     bids = list(
