@@ -92,6 +92,9 @@ class Purpose(enum.StrEnum):
 
     STAFF_SUPPORT = "staff_support"  # support / privacy staff, with a written reason
     BUYER_ORDER = "buyer_order"  # the buyer of a live order of the lead (L6), while retained
+    # The privacy engine itself, answering a verified consumer rights request (P1, P3, P4):
+    # no person reads through it; the reason names the request.
+    RIGHTS_REQUEST = "rights_request"
 
 
 class PersonalDataDestroyed(NotFound):
@@ -116,10 +119,18 @@ async def _buys_lead(session: AsyncSession, lead_id: str, buyer_id: str) -> bool
     return bool(await session.scalar(select(live)))
 
 
+SYSTEM_ROLE = "system"
+
+
 @dataclass(frozen=True)
 class Reader:
     user_id: str
     role: str
+
+    @classmethod
+    def privacy_engine(cls) -> Reader:
+        """The platform answering a verified rights request: a system actor, not a member."""
+        return cls("privacy-engine", SYSTEM_ROLE)
 
 
 _STAFF = {Role.ADMIN.value, Role.SUPPORT.value, Role.PRIVACY_OFFICER.value}
@@ -141,9 +152,14 @@ async def reveal_personal_data(
     * ``STAFF_SUPPORT``: support and privacy staff, with a written ``reason``.
     * ``BUYER_ORDER``: only the buyer of a live (held or settled) order of this lead, and only
       until the lead's ``pii_expires_at``: past it the data counts as destroyed even if the
-      retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing."""
+      retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing.
+    * ``RIGHTS_REQUEST``: only the privacy engine (:meth:`Reader.privacy_engine`), with the
+      request id as ``reason``; recorded as a system read. The consumer's own data is opened
+      for as long as it is still held, even past ``pii_expires_at``."""
     if purpose is Purpose.STAFF_SUPPORT and reader.role not in _STAFF:
         raise Forbidden("Only staff may open a lead's personal data for support.")
+    if purpose is Purpose.RIGHTS_REQUEST and (reader.role != SYSTEM_ROLE or not reason.strip()):
+        raise Forbidden("Only the privacy engine opens personal data for a rights request.")
     if purpose is Purpose.BUYER_ORDER and (
         reader.role != Role.BUYER.value or not await _buys_lead(session, lead_id, reader.user_id)
     ):
@@ -162,7 +178,7 @@ async def reveal_personal_data(
     values = _open(settings.keyring(), vault, fields)
     await record(
         session,
-        actor=Actor("user", reader.user_id),
+        actor=Actor.system() if reader.role == SYSTEM_ROLE else Actor("user", reader.user_id),
         action="pii.read",
         subject_type="lead",
         subject_id=lead_id,
