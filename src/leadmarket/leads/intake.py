@@ -8,9 +8,10 @@ Intake is two steps:
    (AES-256-GCM under a fresh data key). A consumer under 14 never gets this far: the request
    model refuses them, so nothing of theirs exists to store (L2).
 2. :func:`write_leads` writes any number of prepared leads in the caller's transaction, each
-   judged on its own: credentials still live, ``Idempotency-Key`` replays, duplicates of the
-   same consumer (in the database or earlier in the same batch), velocity signals and quality,
-   then a handful of multi-row statements for the whole batch.
+   judged on its own: credentials still live, ``Idempotency-Key`` replays, consumers who opted
+   out of sale (P9), duplicates of the same consumer (in the database or earlier in the same
+   batch), velocity signals and quality, then a handful of multi-row statements for the whole
+   batch.
 
 :class:`IntakeBatcher` is what makes the API fast: concurrent ``POST /api/v1/leads`` requests of
 one process hand their prepared leads to it, and it writes whatever has queued up in one
@@ -60,6 +61,7 @@ from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
 from leadmarket.models import (
     Consent,
     ConsentText,
+    ConsumerOptOut,
     IdempotencyRecord,
     Lead,
     LeadBlindIndex,
@@ -90,6 +92,16 @@ class DuplicateLead(Conflict):
     explanation = (
         "The same consumer asked for the same service recently; the earlier lead is named in "
         "`duplicate_of`."
+    )
+
+
+class ConsumerOptedOut(Conflict):
+    slug = "consumer-opted-out"
+    title = "The consumer opted out of the sale of their data"
+    explanation = (
+        "This consumer asked Leadmarket not to sell or share their personal data (promise P9), "
+        "so no lead of theirs is taken, whatever consent a new form recorded. Nothing of the "
+        "request was stored."
     )
 
 
@@ -363,6 +375,7 @@ async def write_leads(
     await _lock(session, kit, submissions)
     await _check_credentials(session, batch, now)
     await _replay_or_claim_keys(session, batch)
+    await _refuse_opted_out(session, batch)
     await _refuse_duplicates(session, kit, batch, now)
     accepted = batch.pending()
     await _score(session, kit, [s.prepared for _, s in accepted], now)
@@ -440,6 +453,33 @@ async def _replay_or_claim_keys(session: AsyncSession, batch: _Batch) -> None:
             )
         else:
             in_this_batch.add((claim.principal, claim.key))
+
+
+async def _refuse_opted_out(session: AsyncSession, batch: _Batch) -> None:
+    """One lookup for the whole batch in the opt-out registry (P9), by the same digests the
+    duplicate check uses; a consumer found there is refused and nothing of the lead is written.
+    A fresh consent on a new form does not lift the opt-out: a seller's form is not proof that
+    the consumer changed their mind (see ``privacy.consumer_data.opt_out_consumer``)."""
+    pending = batch.pending()
+    if not pending:
+        return
+    digests = {d for _, s in pending for d in (s.prepared.email_digest, s.prepared.phone_digest)}
+    rows = await session.execute(
+        select(ConsumerOptOut.digest, ConsumerOptOut.kind).where(ConsumerOptOut.digest.in_(digests))
+    )
+    opted_out = {(str(kind), str(digest)) for digest, kind in rows}
+    if not opted_out:
+        return
+    for i, submission in pending:
+        prepared = submission.prepared
+        if (IndexKind.EMAIL.value, prepared.email_digest) in opted_out or (
+            IndexKind.PHONE.value,
+            prepared.phone_digest,
+        ) in opted_out:
+            batch.outcomes[i] = ConsumerOptedOut(
+                "This consumer opted out of the sale and sharing of their personal data; "
+                "the lead was not taken and nothing of it was stored."
+            )
 
 
 async def _refuse_duplicates(

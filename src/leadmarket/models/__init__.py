@@ -29,6 +29,7 @@ from leadmarket.models.ledger import (
     TransactionKind,
 )
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.opt_out import ConsumerOptOut
 from leadmarket.models.order import (
     DeliveryStatus,
     Disclosure,
@@ -62,6 +63,7 @@ __all__ = [
     "CampaignCapCounter",
     "Consent",
     "ConsentText",
+    "ConsumerOptOut",
     "DeliveryStatus",
     "Deposit",
     "DepositStatus",
