@@ -25,6 +25,7 @@ from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
 from leadmarket.orders import tasks as orders_tasks
 from leadmarket.pingpost import service as pingpost
+from leadmarket.privacy import consumer_data  # noqa: F401  (registers lead.erased/lead.corrected)
 
 
 @dataclass(frozen=True)
