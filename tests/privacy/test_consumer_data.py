@@ -46,6 +46,7 @@ from tests.fixtures.accounts import mails_to, signed_in
 from tests.fixtures.leads import fresh_phone, lead_body
 from tests.fixtures.ledger import fund
 from tests.fixtures.orders import BuyerEndpoint, buyer_endpoint
+from tests.leads.test_views import consumer_answers, submit
 
 REQUEST_ID = "prq_test_0001"
 
@@ -615,3 +616,26 @@ async def test_opt_out_withdraws_open_leads_and_intake_refuses_the_next(
     # Everyone else still gets in.
     accepted = await client.post("/api/v1/leads", json=lead_body("life-insurance"), headers=seller)
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_the_consumer_form_tells_an_opted_out_consumer_and_stores_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings, kit: LeadsKit
+) -> None:
+    account, _ = await signed_in(client, "seller")
+    answers = consumer_answers()
+    await consumer_data.opt_out_consumer(
+        session,
+        settings,
+        consumer_from(kit, email=answers["contact.email"], phone=None),
+        request_id=REQUEST_ID,
+        now=utcnow(),
+    )
+    tables = (Lead, LeadVault, LeadBlindIndex, Consent)
+    before = {t: await count(session, t) for t in tables}
+
+    page = await submit(client, account["username"], answers)
+
+    assert page.status_code == 409
+    assert "You asked us not to sell your information" in page.text
+    assert answers["contact.email"] not in page.text
+    assert {t: await count(session, t) for t in tables} == before

@@ -63,7 +63,7 @@ from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.leads import intake, previews, service
 from leadmarket.leads.api import Kit
-from leadmarket.leads.intake import DuplicateLead, MinorRefused
+from leadmarket.leads.intake import ConsumerOptedOut, DuplicateLead, MinorRefused
 from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.leads.schemas import (
     MINOR_ERROR,
@@ -968,6 +968,14 @@ async def consumer_form_submit(
         return render_page(
             request,
             "leads/consumer_duplicate.html",
+            {"vertical": vertical, "seller_username": seller.username},
+            status_code=409,
+        )
+    except ConsumerOptedOut:
+        await session.rollback()
+        return render_page(
+            request,
+            "leads/consumer_opted_out.html",
             {"vertical": vertical, "seller_username": seller.username},
             status_code=409,
         )
