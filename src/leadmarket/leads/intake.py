@@ -372,7 +372,7 @@ async def write_leads(
     others. The caller commits."""
     batch = _Batch(submissions)
     now = utcnow()
-    await _lock(session, kit, submissions)
+    await _lock(session, submissions)
     await _check_credentials(session, batch, now)
     await _replay_or_claim_keys(session, batch)
     await _refuse_opted_out(session, batch)
@@ -389,7 +389,7 @@ async def write_leads(
     return outcomes
 
 
-async def _lock(session: AsyncSession, kit: LeadsKit, submissions: Sequence[Submission]) -> None:
+async def _lock(session: AsyncSession, submissions: Sequence[Submission]) -> None:
     """On PostgreSQL, serialise writers of the same consumer and of the same Idempotency-Key, so
     two concurrent transactions cannot both pass the checks below; different consumers never
     wait for each other. All keys are taken in one statement, in ascending order, so two
@@ -398,9 +398,10 @@ async def _lock(session: AsyncSession, kit: LeadsKit, submissions: Sequence[Subm
         return
     keys: set[int] = set()
     for submission in submissions:
-        if kit.settings.duplicate_window_days:
-            keys.add(_lock_key(submission.prepared.email_digest))
-            keys.add(_lock_key(submission.prepared.phone_digest))
+        # The consumer's digests: the duplicate check and the opt-out registry are judged
+        # per consumer (``lock_consumer`` takes the same keys).
+        keys.add(_lock_key(submission.prepared.email_digest))
+        keys.add(_lock_key(submission.prepared.phone_digest))
         if (claim := submission.idempotency) is not None:
             keys.add(_lock_key(f"idempotency\0{claim.principal}\0{claim.key}"))
     if keys:
@@ -408,6 +409,18 @@ async def _lock(session: AsyncSession, kit: LeadsKit, submissions: Sequence[Subm
             text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
             {"keys": sorted(keys)},
         )
+
+
+async def lock_consumer(session: AsyncSession, digests: Sequence[str]) -> None:
+    """Take the same per-consumer locks :func:`write_leads` takes (PostgreSQL), so a change to
+    what intake checks for this consumer (an opt-out) and a batch carrying one of their leads
+    happen one after the other, never interleaved."""
+    if session.get_bind().dialect.name != "postgresql" or not digests:
+        return
+    await session.execute(
+        text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
+        {"keys": sorted({_lock_key(d) for d in digests})},
+    )
 
 
 async def _check_credentials(session: AsyncSession, batch: _Batch, now: dt.datetime) -> None:

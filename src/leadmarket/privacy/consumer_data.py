@@ -38,7 +38,7 @@ from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import FieldError, ValidationFailed
-from leadmarket.leads.intake import LeadsKit
+from leadmarket.leads.intake import LeadsKit, lock_consumer
 from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import age_on, check_birth_date, normalize_consumer_phone
@@ -1070,6 +1070,9 @@ async def opt_out_consumer(
     outcome = OptOutOutcome()
     if not keys:
         return outcome
+    # Serialised with intake batches of this consumer: a batch in flight commits its lead
+    # first (and it is withdrawn below), or waits and finds the registry entry.
+    await lock_consumer(session, [digest for _, digest in keys])
     await session.execute(
         insert_ignoring_conflicts(session, ConsumerOptOut),
         [
