@@ -639,3 +639,49 @@ async def test_the_consumer_form_tells_an_opted_out_consumer_and_stores_nothing(
     assert "You asked us not to sell your information" in page.text
     assert answers["contact.email"] not in page.text
     assert {t: await count(session, t) for t in tables} == before
+
+
+async def test_answers_are_corrected_in_the_vault_and_in_the_preview(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    settings: Settings,
+    kit: LeadsKit,
+    seller: dict[str, str],
+) -> None:
+    ana = person("ana")
+    auto = await post_lead(client, seller, ana, "auto-insurance")
+    home = await post_lead(client, seller, ana, "home-insurance")
+    consumer = consumer_from(kit, email=ana.email, phone=None)
+
+    outcome = await consumer_data.correct_consumer(
+        session,
+        settings,
+        consumer,
+        # vehicle_year is shown in the preview, vehicle_model is sealed: both are of the
+        # auto-insurance lead only.
+        {"attributes.vehicle_year": "2016", "attributes.vehicle_model": " Corolla "},
+        request_id=REQUEST_ID,
+    )
+
+    # The home-insurance lead has no such answers: it is left alone.
+    assert outcome.corrected_lead_ids == [auto["id"]]
+    lead = await session.get(Lead, auto["id"], populate_existing=True)
+    assert lead is not None and lead.preview_attributes["vehicle_year"] == 2016
+    values = await reveal_personal_data(
+        session,
+        settings,
+        auto["id"],
+        reader=Reader.privacy_engine(),
+        purpose=Purpose.RIGHTS_REQUEST,
+        reason=REQUEST_ID,
+    )
+    assert values["attributes"]["vehicle_model"] == "Corolla"
+    assert "vehicle_year" not in values["attributes"]
+    untouched = await session.get(Lead, home["id"], populate_existing=True)
+    assert untouched is not None and "vehicle_year" not in untouched.preview_attributes
+
+    with pytest.raises(ValidationFailed) as refused:
+        await consumer_data.correct_consumer(
+            session, settings, consumer, {"attributes.vehicle_year": "1850"}, request_id="x"
+        )
+    assert [e.field for e in refused.value.errors] == ["attributes.vehicle_year"]

@@ -68,7 +68,12 @@ from leadmarket.models import (
 )
 from leadmarket.notifications.service import queue_mail
 from leadmarket.orders.service import LEAD_DELIVERED
-from leadmarket.verticals.registry import PI_CATEGORIES, get_vertical, validate_attributes
+from leadmarket.verticals.registry import (
+    PI_CATEGORIES,
+    FieldSpec,
+    get_vertical,
+    validate_attributes,
+)
 from leadmarket.webhooks import service as webhooks
 from leadmarket.webhooks.service import PayloadGone, payload_builder
 
@@ -881,11 +886,32 @@ def _check_corrections(corrections: Mapping[str, str]) -> tuple[dict[str, Any], 
     return values, attributes
 
 
+def _typed(spec: FieldSpec, value: str) -> object:
+    """A correction arrives as text; read it as the field's type so that the vertical's own
+    check judges it (a value that does not read is passed on as text and refused there)."""
+    text = value.strip()
+    with contextlib.suppress(ValueError):
+        if spec.type == "integer":
+            return int(text)
+        if spec.type == "number":
+            return float(text)
+    if spec.type == "boolean" and text.lower() in ("true", "yes", "false", "no"):
+        return text.lower() in ("true", "yes")
+    return value
+
+
 @dataclass
 class _Planned:
     lead: Lead
     sealed: dict[str, Any]
     lead_changes: dict[str, Any]
+    held: dict[str, Any]
+
+    @property
+    def changed(self) -> bool:
+        return self.sealed != self.held or any(
+            getattr(self.lead, name) != value for name, value in self.lead_changes.items()
+        )
 
 
 def _plan(
@@ -931,7 +957,11 @@ def _plan(
     if attributes:
         vertical = get_vertical(lead.vertical)
         if vertical is not None:
-            mine = {name: v for name, v in attributes.items() if vertical.field(name) is not None}
+            mine = {
+                name: _typed(spec, v)
+                for name, v in attributes.items()
+                if (spec := vertical.field(name)) is not None
+            }
             if mine:
                 current = {**lead.preview_attributes, **(held.get("attributes") or {})}
                 cleaned, problems = validate_attributes(vertical, {**current, **mine})
@@ -943,7 +973,7 @@ def _plan(
                     n: v for n, v in cleaned.items() if n not in preview
                 } or None
                 lead_changes["preview_attributes"] = preview
-    return _Planned(lead, sealed, lead_changes)
+    return _Planned(lead, sealed, lead_changes, held)
 
 
 async def correct_consumer(
@@ -994,7 +1024,9 @@ async def correct_consumer(
         )
     indexer = LeadsKit(settings).indexer
     keyring = settings.keyring()
-    for plan in planned:
+    # A lead the correction does not change (the value was already right, or the attribute is
+    # not of its vertical) keeps its vault and its buyers hear nothing.
+    for plan in [p for p in planned if p.changed]:
         lead = plan.lead
         fresh = seal_personal_data(keyring, lead.id, plan.sealed)
         vault = await session.get(LeadVault, lead.id)
