@@ -194,7 +194,8 @@ async def _leads(
         return []
     query = select(Lead).where(Lead.id.in_(wanted)).order_by(Lead.id)
     if lock:
-        query = query.with_for_update()
+        # Read afresh under the lock: a copy already in the session may predate a sale.
+        query = query.with_for_update().execution_options(populate_existing=True)
     return list(await session.scalars(query))
 
 
