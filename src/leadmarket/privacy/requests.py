@@ -895,7 +895,7 @@ async def _answer_report(
     }
     request.report_sealed = _seal(settings.keyring(), request, "report", report)
     request.report_available_until = now + dt.timedelta(days=settings.privacy_report_days)
-    request.outcome = {"report": True, "specific_pieces": include_pieces}
+    request.outcome = {"specific_pieces": include_pieces}
     status = (
         RequestStatus.FULFILLED
         if include_pieces or request.type == "know"
@@ -1277,6 +1277,10 @@ async def sweep_requests(
     ).all()
     for request in stale_reports:
         request.report_sealed = None
+        request.outcome = {
+            **(request.outcome or {}),
+            "report_deleted_after_days": settings.privacy_report_days,
+        }
         _log_event(
             session,
             request,
