@@ -255,6 +255,13 @@ async def submit_request(
             payload["details"] = corrections
         else:
             payload["details"] = typed["details"]
+    # Said here too, so a form refused for another reason still names every missing part.
+    if not typed["type"]:
+        errors["type"] = "Choose what you would like us to do."
+    if not typed["email"] and not typed["phone"]:
+        errors["email"] = errors["phone"] = (
+            "Give your email address or your phone number (or both)."
+        )
     document, problem = await _proof_document(form)
     if problem:
         errors["proof_document"] = problem
