@@ -570,3 +570,26 @@ async def test_the_officer_pages_show_the_queue_masked_and_act_on_a_request(
         "/signin", data={"csrf_token": token, "login": other["username"], "password": PASSWORD}
     )
     assert (await client.get("/privacy/queue")).status_code == 403
+
+
+async def test_master_key_rotation_rewraps_request_keys(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings, fake: FakeConsumerData
+) -> None:
+    """Requests live 24 months, longer than a master key: rotation re-wraps their data keys,
+    and counts their key versions as in use until then."""
+    from leadmarket.kit.keyring import Keyring
+    from leadmarket.privacy import requests as service
+
+    created = (await submit(client, type="know", email=KNOWN)).json()
+    old = settings.keyring()
+    row = await session.get(PrivacyRequest, created["id"])
+    assert row is not None
+    assert await service.request_key_versions_in_use(session) == {old.current}
+    new_version = old.current + 1
+    new_key = new_data_key()
+    both = Keyring({**{v: old._keys[v] for v in old.versions}, new_version: new_key}, new_version)
+    assert await service.rewrap_request_keys(session, both) == 1
+    assert row.key_version == new_version
+    assert await service.request_key_versions_in_use(session) == {new_version}
+    only_new = Keyring({new_version: new_key}, new_version)
+    assert service._open(only_new, row, "email") == KNOWN

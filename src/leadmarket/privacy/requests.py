@@ -1311,3 +1311,38 @@ async def sweep_requests(
     if result.expired or result.reports_deleted or result.purged:
         log.info("privacy requests swept", extra=vars(result))
     return result
+
+
+# Master key rotation -----------------------------------------------------------------------------
+
+
+async def rewrap_request_keys(
+    session: AsyncSession, keyring: Keyring, *, batch_size: int = 500
+) -> int:
+    """Re-wrap every request's data key under the current master key (``leadmarket keys
+    rotate``), as ``leads.vault.rewrap_all`` does for leads: requests are kept 24 months, far
+    longer than a master key may live. A request locked right now is skipped and keeps its
+    version in use."""
+    done = 0
+    while True:
+        found = (
+            await session.scalars(
+                select(PrivacyRequest)
+                .where(PrivacyRequest.key_version != keyring.current)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not found:
+            return done
+        for request in found:
+            wrapped = keyring.rewrap(
+                WrappedKey(request.key_version, request.wrapped_key), request.id
+            )
+            request.key_version, request.wrapped_key = wrapped.version, wrapped.wrapped
+        await session.flush()
+        done += len(found)
+
+
+async def request_key_versions_in_use(session: AsyncSession) -> set[int]:
+    return set(await session.scalars(select(PrivacyRequest.key_version).distinct()))
