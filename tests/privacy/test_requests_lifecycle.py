@@ -565,3 +565,36 @@ async def test_no_plaintext_email_phone_or_details_in_the_request_rows(
             dumped = repr({c.key: getattr(row, c.key) for c in model.__table__.columns})
             for secret in secrets_given:
                 assert secret.lower() not in dumped.lower(), (model.__tablename__, secret)
+
+
+async def test_a_failing_fulfilment_is_retried_and_its_giving_up_is_logged(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    db: Database,
+    settings: Settings,
+    fake: FakeConsumerData,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's transaction rolls back on failure: nothing half done, the request stays
+    pending; after the last attempt the event log says so for the officer."""
+    from leadmarket.privacy import consumer_data
+
+    async def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise RuntimeError("database of leads unavailable")
+
+    monkeypatch.setattr(consumer_data, "find_consumer_leads", broken)
+    created = await _verified(client, session, type="delete", email=KNOWN)
+    one_try = settings.model_copy(update={"job_max_attempts": 1})
+    await run_jobs(db, one_try)
+    row = await session.get(PrivacyRequest, created["id"])
+    assert row is not None
+    await session.refresh(row)
+    assert row.status == "pending"
+    actions = list(
+        await session.scalars(
+            select(PrivacyRequestEvent.action).where(
+                PrivacyRequestEvent.request_id == created["id"]
+            )
+        )
+    )
+    assert "started" not in actions and actions[-1] == "fulfilment_failed"

@@ -839,6 +839,22 @@ async def fulfil_request(
         )
 
 
+async def record_fulfilment_failure(session: AsyncSession, request_id: str) -> None:
+    """The fulfilment job gave up (its last attempt failed): say so in the request's event log,
+    where the privacy officer sees it; the request stays pending and keeps its deadline."""
+    request = await session.get(PrivacyRequest, request_id)
+    if request is None or request.status != RequestStatus.PENDING.value:
+        return
+    _log_event(
+        session,
+        request,
+        Who.system(),
+        "fulfilment_failed",
+        reason="the answer could not be produced; see the dead job in the job queue",
+    )
+    log.error("privacy request fulfilment failed for good", extra={"request_id": request_id})
+
+
 async def _answer_report(
     session: AsyncSession,
     settings: Settings,

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.jobs import JobContext, JobRegistry
-from leadmarket.privacy.requests import FULFIL_JOB, SWEEP_JOB, fulfil_request, sweep_requests
+from leadmarket.privacy.requests import (
+    FULFIL_JOB,
+    SWEEP_JOB,
+    fulfil_request,
+    record_fulfilment_failure,
+    sweep_requests,
+)
 
 if TYPE_CHECKING:
     from leadmarket.tasks import JobServices
@@ -17,7 +23,11 @@ if TYPE_CHECKING:
 registry: JobRegistry[JobServices] = JobRegistry()
 
 
-@registry.handler(FULFIL_JOB)
+async def _fulfilment_failed_for_good(ctx: JobContext[JobServices]) -> None:
+    await record_fulfilment_failure(ctx.session, str(ctx.payload["request_id"]))
+
+
+@registry.handler(FULFIL_JOB, on_dead=_fulfilment_failed_for_good)
 async def fulfil_privacy_request(ctx: JobContext[JobServices]) -> None:
     await fulfil_request(ctx.session, ctx.services.settings, str(ctx.payload["request_id"]))
 
