@@ -114,6 +114,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.orders import views as orders_views
     from leadmarket.pingpost import api as pingpost_api
     from leadmarket.pingpost import views as pingpost_views
+    from leadmarket.privacy import api as privacy_api
+    from leadmarket.privacy import views as privacy_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -138,6 +140,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
+    include_guarded(app, privacy_api.consumer)
+    include_guarded(app, privacy_api.officer)
+    include_guarded(app, privacy_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(

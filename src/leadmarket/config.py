@@ -274,6 +274,55 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
 
+    # Text messages.
+    sms_backend: Literal["file"] = Field(
+        default="file",
+        description="Where text messages go. Only `file` exists: one file per message in "
+        "sms_dir (development; no SMS provider is connected yet).",
+    )
+    sms_dir: Path | None = Field(
+        default=None, description="Where the file text-message backend writes; default var_dir/sms."
+    )
+
+    # Consumer rights requests (P1–P6).
+    privacy_code_minutes: int = Field(
+        default=15,
+        ge=1,
+        le=24 * 60,
+        description="How long a rights request's one-time code is valid; an unverified request "
+        "expires with its code and must be submitted again.",
+    )
+    privacy_code_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Wrong codes allowed per rights request before it expires.",
+    )
+    privacy_report_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="How long a know/access report stays downloadable after it is ready; then "
+        "its sealed copy is deleted.",
+    )
+    privacy_request_retention_months: int = Field(
+        default=24,
+        ge=1,
+        le=120,
+        description="Rights requests and their handling records are kept this long after "
+        "receipt, then deleted by the privacy sweep.",
+    )
+    privacy_requests_per_ip_per_hour: int = Field(
+        default=10,
+        ge=1,
+        description="Rights requests one client address may submit per hour (then 429).",
+    )
+    privacy_requests_per_identifier_per_day: int = Field(
+        default=5,
+        ge=1,
+        description="Rights requests naming the same email or phone per day (then 429).",
+    )
+
     # Logs.
     log_level: str = Field(default="INFO")
     log_format: Literal["json", "text"] = Field(default="json")
@@ -287,6 +336,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'leadmarket.db'}"
         if self.mail_dir is None:
             self.mail_dir = self.var_dir / "mail"
+        if self.sms_dir is None:
+            self.sms_dir = self.var_dir / "sms"
         if self.master_key_file is None:
             self.master_key_file = self.var_dir / "master.keys"
         return self
@@ -299,6 +350,11 @@ class Settings(BaseSettings):
     def mail_path(self) -> Path:
         assert self.mail_dir is not None
         return self.mail_dir
+
+    @property
+    def sms_path(self) -> Path:
+        assert self.sms_dir is not None
+        return self.sms_dir
 
     def keyring(self) -> Keyring:
         """The master keys (loaded once; the key file is created on first use)."""

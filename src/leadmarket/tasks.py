@@ -23,9 +23,11 @@ from leadmarket.leads import tasks as leads_tasks
 from leadmarket.marketplace import tasks as marketplace_tasks
 from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
+from leadmarket.notifications.sms import SmsBackend, make_sms_backend
 from leadmarket.orders import tasks as orders_tasks
 from leadmarket.pingpost import service as pingpost
 from leadmarket.privacy import consumer_data  # noqa: F401  (registers lead.erased/lead.corrected)
+from leadmarket.privacy import tasks as privacy_tasks
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class JobServices:
     # Where live page updates go: the app's own broker when the worker runs in the server
     # process, so its pages hear about auctions closing.
     broker: Broker
+    sms_backend: SmsBackend
 
 
 def build_services(settings: Settings, *, broker: Broker | None = None) -> JobServices:
@@ -44,6 +47,7 @@ def build_services(settings: Settings, *, broker: Broker | None = None) -> JobSe
         settings=settings,
         mail_backend=make_mail_backend(settings),
         broker=broker or make_broker(settings.redis_url),
+        sms_backend=make_sms_backend(settings),
     )
 
 
@@ -53,6 +57,7 @@ def build_registry() -> JobRegistry[JobServices]:
     registry.include(leads_tasks.registry)
     registry.include(marketplace_tasks.registry)
     registry.include(orders_tasks.registry)
+    registry.include(privacy_tasks.registry)
     registry.periodic(demo.NEW_DEMO_LEAD_JOB, every=dt.timedelta(minutes=1))(demo.new_demo_lead_job)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler

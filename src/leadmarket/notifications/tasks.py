@@ -13,6 +13,7 @@ from leadmarket.notifications.service import (
     purge_old_mail,
     send_queued_mail,
 )
+from leadmarket.notifications.sms import SEND_TEXT_JOB, open_text_message
 
 if TYPE_CHECKING:
     from leadmarket.tasks import JobServices
@@ -33,6 +34,11 @@ async def send_mail(ctx: JobContext[JobServices]) -> None:
         str(ctx.payload["mail_id"]),
         attempt=ctx.attempt,
     )
+
+
+@registry.handler(SEND_TEXT_JOB)
+async def send_text_message(ctx: JobContext[JobServices]) -> None:
+    await ctx.services.sms_backend.send(open_text_message(ctx.services.settings, dict(ctx.payload)))
 
 
 @registry.periodic("mail.purge_old", every=dt.timedelta(hours=6))
