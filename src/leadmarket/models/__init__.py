@@ -28,6 +28,12 @@ from leadmarket.models.ledger import (
     LedgerTransaction,
     TransactionKind,
 )
+from leadmarket.models.legal import (
+    LegalDocumentKind,
+    LegalRequest,
+    LegalRequestStatus,
+    LegalSubjectKind,
+)
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 from leadmarket.models.order import (
     DeliveryStatus,
@@ -81,6 +87,10 @@ __all__ = [
     "LedgerEntry",
     "LedgerHold",
     "LedgerTransaction",
+    "LegalDocumentKind",
+    "LegalRequest",
+    "LegalRequestStatus",
+    "LegalSubjectKind",
     "LoginFailure",
     "MailCategory",
     "MailStatus",
