@@ -41,7 +41,7 @@ def stated_reason(reason: str) -> str:
     if len(stated) < 5:
         raise ValidationFailed(
             "Say why you need the personal data.",
-            errors=[FieldError("reason", "At least 5 characters; it is recorded.")],
+            errors=[FieldError("query.reason", "At least 5 characters; it is recorded.")],
         )
     return stated
 
