@@ -6,6 +6,7 @@ reason; bad input answered field by field with nothing written."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -291,6 +292,50 @@ async def test_a_destroyed_lead_produces_only_what_remains(
     assert body["contact"]["email"] not in response.text
     [disclosure] = await disclosures_of(session, entered["id"])
     assert disclosure.categories == ["personal_records"]  # the city, nothing else
+
+
+async def test_a_lead_past_its_retention_deadline_counts_as_destroyed(
+    client: httpx.AsyncClient, session: AsyncSession, desk: Desk
+) -> None:
+    """The sweep may run late; the promise (L4) does not: past the deadline nothing is opened."""
+    lead_id, body = await posted_lead(client)
+    entered = await enter(client, desk.first, subject_lead_id=lead_id, fields=["email", "state"])
+    assert (await client.post(f"{API}/{entered['id']}/verify", headers=desk.second)).is_success
+    lead = await session.get(Lead, lead_id)
+    assert lead is not None
+    lead.pii_expires_at = utcnow() - dt.timedelta(seconds=1)
+    await session.commit()
+
+    response = await client.post(f"{API}/{entered['id']}/production", headers=desk.second)
+    assert response.status_code == 201, response.text
+    assert response.json()["data"] == {"email": None, "state": "CA"}
+    assert body["contact"]["email"] not in response.text
+    assert any("destroyed" in note for note in response.json()["notes"])
+    reads = await session.scalars(
+        select(AuditEvent).where(AuditEvent.subject_id == lead_id, AuditEvent.action == "pii.read")
+    )
+    assert reads.all() == []  # the vault was not even opened
+
+
+async def test_a_document_is_served_back_only_as_a_harmless_type(
+    client: httpx.AsyncClient, desk: Desk
+) -> None:
+    lead_id, _ = await posted_lead(client)
+    page = b"<script>alert(document.cookie)</script>"
+    entered = await enter(
+        client,
+        desk.first,
+        subject_lead_id=lead_id,
+        document_text=None,
+        document_base64=base64.b64encode(page).decode(),
+        document_filename="order.html",
+        document_content_type="text/html",
+    )
+    response = await client.get(f"{API}/{entered['id']}/document", headers=desk.second)
+    assert response.status_code == 200 and response.content == page
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="order.html"'
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_rejection_needs_a_reason_and_ends_the_request(

@@ -159,6 +159,13 @@ async def produce_legal_request(
     return JSONResponse(production, status_code=201, headers={"Cache-Control": "no-store"})
 
 
+# Media types a document is served back as; anything else goes out as opaque bytes, so an
+# uploaded page cannot run as this site even if a browser ignored the attachment header.
+SAFE_DOCUMENT_TYPES = frozenset(
+    {"application/pdf", "image/png", "image/jpeg", "image/tiff", "text/plain"}
+)
+
+
 def _attachment(filename: str) -> str:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename)[:120] or "file"
     return f'attachment; filename="{safe}"'
@@ -201,9 +208,10 @@ async def download_document(
     document = await service.read_document(
         session, _settings(request), request_id, admin_id=principal.user.id
     )
+    media_type = document.content_type.split(";", 1)[0].strip().lower()
     return Response(
         document.data,
-        media_type=document.content_type,
+        media_type=media_type if media_type in SAFE_DOCUMENT_TYPES else "application/octet-stream",
         headers={
             "Content-Disposition": _attachment(document.filename),
             "Cache-Control": "no-store",

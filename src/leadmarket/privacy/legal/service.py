@@ -385,8 +385,12 @@ async def _collect_lead(
     collected = Collected({}, [])
     needed = sorted({v for f in fields for v in _VAULT_FIELDS.get(f, ())})
     sealed: dict[str, Any] = {}
-    destroyed = False
-    if needed:
+    # Past its retention deadline the data counts as destroyed even if the sweep is late (L4):
+    # the platform promised it would be gone, so it is not handed to anyone.
+    destroyed = lead.pii_destroyed_at is not None or (
+        lead.pii_expires_at is not None and lead.pii_expires_at <= utcnow()
+    )
+    if needed and not destroyed:
         try:
             sealed = await reveal_personal_data(
                 session,
@@ -399,9 +403,9 @@ async def _collect_lead(
             )
         except PersonalDataDestroyed:
             destroyed = True
-    if destroyed:
-        gone = [f.value for f in fields if f in _VAULT_FIELDS]
-        when = _stamp(lead.pii_destroyed_at) or "earlier"
+    gone = [f.value for f in fields if f in _VAULT_FIELDS]
+    if destroyed and gone:
+        when = _stamp(lead.pii_destroyed_at or lead.pii_expires_at) or "earlier"
         collected.notes.append(
             f"The lead's personal data was destroyed on {when} (it is kept at most 48 hours "
             f"after the sale or the end of its auction); these fields no longer exist and "
