@@ -16,11 +16,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 
+from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
+from leadmarket.kit.keyring import WrappedKey, open_sealed
 from leadmarket.leads.vault import destroy_personal_data
 from leadmarket.models import AuditEvent, Disclosure, Lead, LegalRequest
 from leadmarket.privacy.legal.schemas import LegalField
+from leadmarket.privacy.legal.service import legal_key_versions_in_use, rewrap_legal_keys
 from tests.fixtures.accounts import signed_in
 from tests.fixtures.leads import lead_body
 from tests.fixtures.staff import staff_member
@@ -429,3 +433,28 @@ async def test_only_admins_handle_legal_requests(
     for step in ("verify", "production"):
         assert (await client.post(f"{API}/{entered['id']}/{step}", headers=auth)).status_code == 403
     assert (await client.get(f"{API}/{entered['id']}/document", headers=auth)).status_code == 403
+
+
+async def test_key_rotation_rewraps_the_requests_keys_so_old_master_keys_can_retire(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings, desk: Desk
+) -> None:
+    lead_id, _ = await posted_lead(client)
+    entered = await enter(client, desk.first, subject_lead_id=lead_id)
+    old = settings.keyring()
+    rotated = old.with_new_version()
+    assert await legal_key_versions_in_use(session) == {old.current}
+    assert await rewrap_legal_keys(session, rotated) == 1
+    assert await legal_key_versions_in_use(session) == {rotated.current}
+    request = await session.scalar(
+        select(LegalRequest)
+        .where(LegalRequest.id == entered["id"])
+        .options(undefer(LegalRequest.document_sealed))
+        .execution_options(populate_existing=True)
+    )
+    assert request is not None
+    only_new = rotated.without_versions({old.current})
+    data_key = only_new.unwrap(WrappedKey(request.key_version, request.wrapped_key), request.id)
+    document = open_sealed(
+        data_key, request.document_sealed, f"legal|{request.id}|document".encode()
+    )
+    assert document.decode() == request_body()["document_text"]
