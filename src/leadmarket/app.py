@@ -34,8 +34,13 @@ from leadmarket.pingpost.service import PingKit
 
 log = logging.getLogger("leadmarket.app")
 
-# Where lead files are uploaded: these take bodies up to max_upload_bytes.
-UPLOAD_PATHS = ("/api/v1/lead-uploads", "/seller/uploads")
+# Where files are uploaded (lead files, legal documents): bodies up to max_upload_bytes.
+UPLOAD_PATHS = (
+    "/api/v1/lead-uploads",
+    "/seller/uploads",
+    "/api/v1/admin/legal-requests",
+    "/admin/legal-requests",
+)
 
 
 @guard
@@ -116,6 +121,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.pingpost import views as pingpost_views
     from leadmarket.privacy import api as privacy_api
     from leadmarket.privacy import views as privacy_views
+    from leadmarket.privacy.legal import api as legal_api
+    from leadmarket.privacy.legal import views as legal_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -124,6 +131,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, pingpost_api.router)
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
+    include_guarded(app, legal_api.router)
     include_guarded(app, verticals_api.router)
     include_guarded(app, leads_api.router)
     include_guarded(app, uploads_api.router)
@@ -143,6 +151,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, privacy_api.consumer)
     include_guarded(app, privacy_api.officer)
     include_guarded(app, privacy_views.router)
+    include_guarded(app, legal_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(

@@ -258,21 +258,24 @@ async def _rewrap(settings: Settings) -> tuple[int, set[int]]:
     from leadmarket.kit.db import Database, make_engine
     from leadmarket.leads.uploads import rewrap_upload_keys, upload_key_versions_in_use
     from leadmarket.leads.vault import key_versions_in_use, rewrap_all
+    from leadmarket.privacy.legal.service import legal_key_versions_in_use, rewrap_legal_keys
     from leadmarket.privacy.requests import request_key_versions_in_use, rewrap_request_keys
 
     db = Database(make_engine(settings.database_url))
     try:
         # Leads' data keys, those of uploaded files still waiting to be processed and those of
-        # privacy requests: a version any of them needs must never be retired.
+        # privacy and law-enforcement requests: a version any of them needs must never be retired.
         async with db.transaction() as session:
             done = await rewrap_all(session, settings.keyring())
             done += await rewrap_upload_keys(session, settings.keyring())
             done += await rewrap_request_keys(session, settings.keyring())
+            done += await rewrap_legal_keys(session, settings.keyring())
         async with db.transaction() as session:
             in_use = (
                 await key_versions_in_use(session)
                 | await upload_key_versions_in_use(session)
                 | await request_key_versions_in_use(session)
+                | await legal_key_versions_in_use(session)
             )
         return done, in_use
     finally:

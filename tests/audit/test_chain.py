@@ -50,7 +50,7 @@ async def test_security_events_and_personal_data_reads_are_recorded(
         assert secret not in dumped
 
 
-async def test_staff_read_of_member_data_needs_a_reason_and_is_recorded(
+async def test_admin_read_of_member_data_needs_a_reason_and_is_recorded(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     from leadmarket.models import User
@@ -59,7 +59,7 @@ async def test_staff_read_of_member_data_needs_a_reason_and_is_recorded(
     staff, staff_auth = await signed_in(client)
     user = await session.get(User, staff["id"])
     assert user is not None
-    user.role = "support"
+    user.role = "admin"  # A4: only admins read member data, with a reason
     await session.commit()
     _, buyer_auth = await signed_in(client)
 

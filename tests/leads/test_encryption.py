@@ -110,9 +110,9 @@ async def test_ciphertext_is_bound_to_its_lead_and_field(
     first, second = lead_body(), lead_body()
     id_a = (await client.post("/api/v1/leads", json=first, headers=seller)).json()["id"]
     id_b = (await client.post("/api/v1/leads", json=second, headers=seller)).json()["id"]
-    staff = Reader("usr_staff", "support")
+    staff = Reader("usr_staff", "admin")
     opened = await reveal_personal_data(
-        session, settings, id_a, reader=staff, purpose=Purpose.STAFF_SUPPORT, reason="test"
+        session, settings, id_a, reader=staff, purpose=Purpose.ADMIN_REVIEW, reason="test"
     )
     assert opened["email"] == first["contact"]["email"]
     assert opened["phone"] == first["contact"]["phone"]
@@ -129,7 +129,7 @@ async def test_ciphertext_is_bound_to_its_lead_and_field(
             settings,
             id_b,
             reader=staff,
-            purpose=Purpose.STAFF_SUPPORT,
+            purpose=Purpose.ADMIN_REVIEW,
             reason="t",
             fields=["email"],
         )
@@ -140,7 +140,7 @@ async def test_ciphertext_is_bound_to_its_lead_and_field(
             settings,
             id_a,
             reader=staff,
-            purpose=Purpose.STAFF_SUPPORT,
+            purpose=Purpose.ADMIN_REVIEW,
             reason="t",
             fields=["email"],
         )
@@ -154,13 +154,13 @@ async def test_ciphertext_is_bound_to_its_lead_and_field(
             settings,
             id_a,
             reader=staff,
-            purpose=Purpose.STAFF_SUPPORT,
+            purpose=Purpose.ADMIN_REVIEW,
             reason="t",
             fields=["phone"],
         )
 
 
-async def test_staff_read_is_audited_and_others_are_refused(
+async def test_admin_read_is_audited_and_others_are_refused(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     _, seller = await signed_in(client, "seller")
@@ -169,12 +169,17 @@ async def test_staff_read_is_audited_and_others_are_refused(
     staff, staff_auth = await signed_in(client)
     user = await session.get(User, staff["id"])
     assert user is not None
-    user.role = "support"
+    user.role = "admin"
     await session.commit()
     path = f"/api/v1/admin/leads/{lead_id}/personal-data"
     assert (
         await client.get(path, params={"reason": "ticket 991"}, headers=seller)
     ).status_code == 403
+    # A4: an admin states a reason; without one, nothing is opened.
+    assert (await client.get(path, headers=staff_auth)).status_code == 422
+    assert (
+        await client.get(path, params={"reason": "     "}, headers=staff_auth)
+    ).status_code == 422
     response = await client.get(path, params={"reason": "ticket 991"}, headers=staff_auth)
     assert response.status_code == 200
     assert response.json()["email"] == body["contact"]["email"]
@@ -202,7 +207,7 @@ async def test_shredding_makes_the_data_unrecoverable(
             settings,
             lead_id,
             reader=Reader("u", "admin"),
-            purpose=Purpose.STAFF_SUPPORT,
+            purpose=Purpose.ADMIN_REVIEW,
             reason="t",
         )
 
@@ -244,7 +249,7 @@ async def test_master_key_rotation_rewraps_every_data_key(
             settings,
             lead_id,
             reader=Reader("u", "admin"),
-            purpose=Purpose.STAFF_SUPPORT,
+            purpose=Purpose.ADMIN_REVIEW,
             reason="after rotation",
         )
     assert opened["email"] == body["contact"]["email"]

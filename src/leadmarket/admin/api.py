@@ -1,5 +1,10 @@
-"""Staff API: reading a member's personal data for a stated reason (recorded, A4), the audit log
-and its integrity check."""
+"""Staff API: an admin reading personal data for a stated reason (recorded, A4), the audit log
+and its integrity check.
+
+Least privilege (A4): personal data is for admins, and only with a reason that goes into the
+audit log. Support staff work from previews (``GET /api/v1/leads/{id}`` shows staff any lead's
+preview, never its contact). A privacy officer has no general access: they see a consumer's data
+only inside a verified rights request, through the privacy engine."""
 
 from __future__ import annotations
 
@@ -26,19 +31,33 @@ from leadmarket.models import AuditEvent, Role
 router = APIRouter(prefix="/api/v1/admin", route_class=TransactionalRoute, tags=["admin"])
 Session = Annotated[AsyncSession, Depends(get_session)]
 
-STAFF = (Role.ADMIN, Role.SUPPORT, Role.PRIVACY_OFFICER)
+# Who may read personal data here (with a reason): admins only.
+PERSONAL_DATA_READERS = (Role.ADMIN,)
+
+
+def stated_reason(reason: str) -> str:
+    """The reason as recorded; blank is no reason (422)."""
+    stated = " ".join(reason.split())
+    if len(stated) < 5:
+        raise ValidationFailed(
+            "Say why you need the personal data.",
+            errors=[FieldError("query.reason", "At least 5 characters; it is recorded.")],
+        )
+    return stated
 
 
 @router.get(
     "/members/{username}",
-    summary="A member's account with personal data; the reason is required and recorded (A4)",
+    summary="A member's account with personal data, for admins; the reason is required and "
+    "recorded (A4)",
 )
 async def read_member(
     username: Annotated[str, Path(max_length=64)],
     reason: Annotated[str, Query(min_length=5, max_length=200, description="Why you need it.")],
     session: Session,
-    principal: Principal = Depends(requires(Action.READ_MEMBER_DATA, *STAFF)),
+    principal: Principal = Depends(requires(Action.READ_MEMBER_DATA, *PERSONAL_DATA_READERS)),
 ) -> MeOut:
+    stated = stated_reason(reason)
     user = await repository.user_by_username(session, username)
     if user is None:
         raise NotFound("No member has this username.")
@@ -49,7 +68,7 @@ async def read_member(
         subject_type="user",
         subject_id=user.id,
         fields=["email", "name", "phone", "address"],
-        reason=reason.strip(),
+        reason=stated,
         details={"role": principal.user.role},
     )
     return me_out(user)
@@ -57,22 +76,22 @@ async def read_member(
 
 @router.get(
     "/leads/{lead_id}/personal-data",
-    summary="A lead's decrypted personal data, for support; the reason is required and recorded",
+    summary="A lead's decrypted personal data, for admins; the reason is required and recorded",
 )
 async def read_lead_personal_data(
     lead_id: Annotated[str, Path(max_length=40)],
     reason: Annotated[str, Query(min_length=5, max_length=200, description="Why you need it.")],
     request: Request,
     session: Session,
-    principal: Principal = Depends(requires(Action.READ_MEMBER_DATA, *STAFF)),
+    principal: Principal = Depends(requires(Action.READ_MEMBER_DATA, *PERSONAL_DATA_READERS)),
 ) -> dict[str, Any]:
     return await reveal_personal_data(
         session,
         request.app.state.settings,
         lead_id,
         reader=Reader(principal.user.id, principal.user.role),
-        purpose=Purpose.STAFF_SUPPORT,
-        reason=reason.strip(),
+        purpose=Purpose.ADMIN_REVIEW,
+        reason=stated_reason(reason),
     )
 
 

@@ -27,7 +27,7 @@ from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.db import utcnow
-from leadmarket.kit.errors import Forbidden, NotFound
+from leadmarket.kit.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
 from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Order, OrderStatus, Role
 
@@ -88,10 +88,13 @@ def _open(keyring: Keyring, vault: LeadVault, fields: Iterable[str] | None) -> d
 
 
 class Purpose(enum.StrEnum):
-    """Why personal data is being opened. Each purpose names who may open it."""
+    """Why personal data is being opened. Each purpose names who may open it (A4: least
+    privilege). Support staff have none: they work from previews. A privacy officer has none
+    of their own: they see a consumer's data only inside a verified rights request."""
 
-    STAFF_SUPPORT = "staff_support"  # support / privacy staff, with a written reason
+    ADMIN_REVIEW = "admin_review"  # an admin, with a written reason (recorded)
     BUYER_ORDER = "buyer_order"  # the buyer of a live order of the lead (L6), while retained
+    LEGAL_REQUEST = "legal_request"  # an admin producing a verified legal request (P10)
     # The privacy engine itself, answering a verified consumer rights request (P1, P3, P4):
     # no person reads through it; the reason names the request.
     RIGHTS_REQUEST = "rights_request"
@@ -133,7 +136,8 @@ class Reader:
         return cls("privacy-engine", SYSTEM_ROLE)
 
 
-_STAFF = {Role.ADMIN.value, Role.SUPPORT.value, Role.PRIVACY_OFFICER.value}
+# Who may open a lead for each purpose that is not a buyer's own order.
+_ADMIN_PURPOSES = frozenset({Purpose.ADMIN_REVIEW, Purpose.LEGAL_REQUEST})
 
 
 async def reveal_personal_data(
@@ -149,15 +153,25 @@ async def reveal_personal_data(
     """Decrypt a lead's personal data for ``reader``, if ``purpose`` entitles them to it, and
     record the read.
 
-    * ``STAFF_SUPPORT``: support and privacy staff, with a written ``reason``.
+    * ``ADMIN_REVIEW``: admins only, with a written ``reason`` (A4).
+    * ``LEGAL_REQUEST``: admins only; :mod:`leadmarket.privacy.legal` calls it for a verified
+      request, with the request's id in the reason (P10).
     * ``BUYER_ORDER``: only the buyer of a live (held or settled) order of this lead, and only
       until the lead's ``pii_expires_at``: past it the data counts as destroyed even if the
       retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing.
     * ``RIGHTS_REQUEST``: only the privacy engine (:meth:`Reader.privacy_engine`), with the
       request id as ``reason``; recorded as a system read. The consumer's own data is opened
       for as long as it is still held, even past ``pii_expires_at``."""
-    if purpose is Purpose.STAFF_SUPPORT and reader.role not in _STAFF:
-        raise Forbidden("Only staff may open a lead's personal data for support.")
+    if purpose in _ADMIN_PURPOSES:
+        if reader.role != Role.ADMIN.value:
+            raise Forbidden(
+                "Only an admin may open a lead's personal data, and only with a reason."
+            )
+        if not reason.strip():
+            raise ValidationFailed(
+                "Say why you need the personal data.",
+                errors=[FieldError("reason", "A reason is required; it is recorded.")],
+            )
     if purpose is Purpose.RIGHTS_REQUEST and (reader.role != SYSTEM_ROLE or not reason.strip()):
         raise Forbidden("Only the privacy engine opens personal data for a rights request.")
     if purpose is Purpose.BUYER_ORDER and (

@@ -28,6 +28,12 @@ from leadmarket.models.ledger import (
     LedgerTransaction,
     TransactionKind,
 )
+from leadmarket.models.legal import (
+    LegalDocumentKind,
+    LegalRequest,
+    LegalRequestStatus,
+    LegalSubjectKind,
+)
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 from leadmarket.models.opt_out import ConsumerOptOut
 from leadmarket.models.order import (
@@ -96,6 +102,10 @@ __all__ = [
     "LedgerEntry",
     "LedgerHold",
     "LedgerTransaction",
+    "LegalDocumentKind",
+    "LegalRequest",
+    "LegalRequestStatus",
+    "LegalSubjectKind",
     "LoginFailure",
     "MailCategory",
     "MailStatus",

@@ -72,21 +72,47 @@ class Order(Base):
 
 
 class Disclosure(Base):
-    """One disclosure of a consumer's personal data to a recipient, written as it happens, for
-    the privacy reports (P2: categories sold, per category of recipient). Holds no personal
-    data itself, so it outlives the lead's destruction."""
+    """One disclosure of personal data to a recipient, written as it happens by
+    :func:`leadmarket.privacy.disclosures.record_disclosure`, for the privacy reports (P2: the
+    categories sold, and those disclosed for a business purpose, per category of recipient) and
+    the law-enforcement record (P10). Holds no personal data itself, so it outlives the lead's
+    destruction.
+
+    Whose data: a lead's consumer (``lead_id``) or a member (``subject_user_id``). To whom: a
+    member (``recipient_id``, a buyer) or someone outside (``recipient_name``: a service
+    provider, an agency). ``sold`` is true only for a sale; everything else is disclosed for a
+    business purpose. ``legal_basis`` and ``basis_reference`` say why it was allowed: consumer
+    consent and its certificate (a sale, P9), the service-provider contract, or the legal
+    document of a verified law-enforcement request (P10)."""
 
     __tablename__ = "disclosures"
-    __table_args__ = (Index("ix_disclosures_lead_id", "lead_id"),)
+    __table_args__ = (
+        Index("ix_disclosures_lead_id", "lead_id"),
+        Index("ix_disclosures_subject_user_id", "subject_user_id"),
+        Index("ix_disclosures_disclosed_at", "disclosed_at"),
+        CheckConstraint("lead_id IS NOT NULL OR subject_user_id IS NOT NULL", name="has_subject"),
+        CheckConstraint(
+            "recipient_id IS NOT NULL OR recipient_name IS NOT NULL", name="has_recipient"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dsc"))
-    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"))
-    recipient_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    recipient_category: Mapped[str] = mapped_column(String(20))  # "buyer"
+    lead_id: Mapped[str | None] = mapped_column(ForeignKey("leads.id"))
+    subject_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    recipient_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
+    recipient_name: Mapped[str | None] = mapped_column(String(200))
+    # "buyer", "service_provider" or "law_enforcement" (privacy.disclosures.RecipientCategory).
+    recipient_category: Mapped[str] = mapped_column(String(20))
     categories: Mapped[list[str]] = mapped_column(JSON)
-    purpose: Mapped[str] = mapped_column(String(20))  # "sale"
+    # "sale", "email_delivery", "legal_request" (privacy.disclosures.DisclosurePurpose).
+    purpose: Mapped[str] = mapped_column(String(20))
     sold: Mapped[bool] = mapped_column(default=True)  # CCPA: sold, or for a business purpose
+    # privacy.disclosures.LegalBasis; NULL only on rows written before it was recorded.
+    legal_basis: Mapped[str | None] = mapped_column(String(40))
+    # The consent certificate, the contract, or the legal document's reference.
+    basis_reference: Mapped[str | None] = mapped_column(String(200))
     order_id: Mapped[str | None] = mapped_column(ForeignKey("orders.id"))
+    legal_request_id: Mapped[str | None] = mapped_column(ForeignKey("legal_requests.id"))
     disclosed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -32,12 +32,18 @@ class OutgoingMessage:
 
 
 class MailBackend(Protocol):
+    # The outside company the message is handed to (P2: a disclosure to a service provider),
+    # or None when it stays on this machine.
+    service_provider: str | None
+
     async def send(self, outgoing: OutgoingMessage) -> None: ...
 
 
 class FileMailBackend:
     """Writes one RFC 5322 ``.eml`` file per message (development, demos and tests: a person or
     a test reads the mail from the folder). Files appear whole: written aside, then renamed."""
+
+    service_provider: str | None = None  # files on this machine: nobody else gets them
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -77,6 +83,7 @@ class SmtpMailBackend:
         self.password = settings.smtp_password
         self.starttls = settings.smtp_starttls
         self.timeout = settings.smtp_timeout_seconds
+        self.service_provider: str | None = f"SMTP relay {self.host}"
 
     async def send(self, outgoing: OutgoingMessage) -> None:
         await asyncio.to_thread(self._send, outgoing.message)

@@ -25,6 +25,12 @@ from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
 from leadmarket.notifications.mail import MESSAGE_POLICY, MailBackend, OutgoingMessage
+from leadmarket.privacy.disclosures import (
+    DisclosureKind,
+    DisclosurePurpose,
+    LegalBasis,
+    record_disclosure,
+)
 
 log = logging.getLogger("leadmarket.notifications")
 
@@ -203,6 +209,19 @@ async def send_queued_mail(
         return
     message = compose_message(settings, mail)
     await backend.send(OutgoingMessage(mail.id, mail.created_at, message))
+    provider = getattr(backend, "service_provider", None)
+    if provider and mail.user_id is not None:
+        # The relay received the member's address (P2: disclosed to a service provider).
+        record_disclosure(
+            session,
+            DisclosureKind.SERVICE_PROVIDER,
+            subject_user_id=mail.user_id,
+            recipient_name=str(provider),
+            categories=["identifiers"],
+            purpose=DisclosurePurpose.EMAIL_DELIVERY,
+            legal_basis=LegalBasis.SERVICE_PROVIDER_CONTRACT,
+            basis_reference=None,
+        )
     mail.status = MailStatus.SENT.value
     mail.sent_at = utcnow()
     mail.message_id = str(message["Message-ID"])

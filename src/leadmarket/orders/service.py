@@ -36,7 +36,7 @@ from leadmarket.kit.ids import new_id
 from leadmarket.leads.vault import PersonalDataDestroyed, Purpose, Reader, reveal_personal_data
 from leadmarket.ledger.service import HoldClosed, hold_funds, hold_of, settle_sale
 from leadmarket.models import (
-    Disclosure,
+    Consent,
     HoldStatus,
     Lead,
     LeadStatus,
@@ -48,6 +48,12 @@ from leadmarket.models import (
     User,
 )
 from leadmarket.orders.schemas import AddressOut, ContactOut, OrderOut
+from leadmarket.privacy.disclosures import (
+    DisclosureKind,
+    DisclosurePurpose,
+    LegalBasis,
+    record_disclosure,
+)
 from leadmarket.verticals.registry import CONSENT_EVIDENCE_CATEGORIES, get_vertical
 from leadmarket.webhooks import service as webhooks
 
@@ -237,17 +243,21 @@ async def sell(
                 or hold.amount_cents < price_cents
             ):
                 raise FundsMismatch("The funds for this sale are not held.")
-        session.add(
-            Disclosure(
-                lead_id=lead_id,
-                recipient_id=buyer_id,
-                recipient_category="buyer",
-                categories=disclosed_categories(vertical),
-                purpose="sale",
-                sold=True,
-                order_id=order_id,
-                disclosed_at=now,
-            )
+        certificate = await session.scalar(
+            select(Consent.certificate).where(Consent.lead_id == lead_id)
+        )
+        record_disclosure(
+            session,
+            DisclosureKind.SALE,
+            lead_id=lead_id,
+            recipient_id=buyer_id,
+            categories=disclosed_categories(vertical),
+            purpose=DisclosurePurpose.SALE,
+            # P9: sold only under the consumer's consent, whose certificate is the evidence.
+            legal_basis=LegalBasis.CONSUMER_CONSENT,
+            basis_reference=certificate,
+            order_id=order_id,
+            at=now,
         )
         await record(
             session,
