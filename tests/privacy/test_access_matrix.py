@@ -55,6 +55,11 @@ SELLERS = only(Role.SELLER)
 ADMINS = only(Role.ADMIN)
 TRADERS = only(Role.BUYER, Role.SELLER)
 AUDITORS = only(Role.ADMIN, Role.PRIVACY_OFFICER)  # the audit log holds ids, never data
+# The privacy officer's queue: requests with the requester masked; data only inside a request.
+OFFICERS = only(Role.ADMIN, Role.PRIVACY_OFFICER)
+# A rights request's own token is its credential: with no bearer at all the answer is 401; any
+# other bearer (a member's session here) passes the guard and finds no request (404).
+REQUEST_TOKEN_HOLDERS = MEMBERS
 
 # "METHOD /path" -> who may call it. Keep one line per route.
 ACCESS: dict[str, Access] = {
@@ -199,6 +204,33 @@ ACCESS: dict[str, Access] = {
     "POST /wallet/deposits": BUYERS,
     "POST /webhook": BUYERS,
     "PUT /api/v1/me/webhook": BUYERS,
+    # Consumer rights requests: no account needed (the request token guards each one).
+    "GET /api/v1/privacy/requests/{request_id}": REQUEST_TOKEN_HOLDERS,
+    "GET /api/v1/privacy/requests/{request_id}/report.csv": REQUEST_TOKEN_HOLDERS,
+    "GET /api/v1/privacy/requests/{request_id}/report.json": REQUEST_TOKEN_HOLDERS,
+    "GET /privacy": ANYONE,
+    "GET /privacy/requests/{request_id}": ANYONE,
+    "GET /privacy/requests/{request_id}/report.csv": ANYONE,
+    "GET /privacy/requests/{request_id}/report.json": ANYONE,
+    "GET /privacy/requests/{request_id}/verify": ANYONE,
+    "POST /api/v1/privacy/requests": ANYONE,
+    "POST /api/v1/privacy/requests/{request_id}/verify": ANYONE,
+    "POST /privacy/requests": ANYONE,
+    "POST /privacy/requests/{request_id}/token": ANYONE,
+    "POST /privacy/requests/{request_id}/verify": ANYONE,
+    # The privacy officer's queue.
+    "GET /api/v1/admin/privacy/metrics": OFFICERS,
+    "GET /api/v1/admin/privacy/requests": OFFICERS,
+    "GET /privacy/queue": OFFICERS,
+    "GET /privacy/queue/{request_id}": OFFICERS,
+    "GET /privacy/queue/{request_id}/proof": OFFICERS,
+    "GET /privacy/queue/{request_id}/proof/document": OFFICERS,
+    "POST /api/v1/admin/privacy/requests/{request_id}/deny": OFFICERS,
+    "POST /api/v1/admin/privacy/requests/{request_id}/extend": OFFICERS,
+    "POST /api/v1/admin/privacy/requests/{request_id}/proof": OFFICERS,
+    "POST /privacy/queue/{request_id}/deny": OFFICERS,
+    "POST /privacy/queue/{request_id}/extend": OFFICERS,
+    "POST /privacy/queue/{request_id}/proof": OFFICERS,
 }
 
 PLACEHOLDER = "placeholder0"
