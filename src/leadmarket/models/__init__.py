@@ -28,7 +28,13 @@ from leadmarket.models.ledger import (
     LedgerTransaction,
     TransactionKind,
 )
-from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.mail import (
+    MailCategory,
+    MailStatus,
+    MailSuppression,
+    MailTopic,
+    OutboundMail,
+)
 from leadmarket.models.order import (
     DeliveryStatus,
     Disclosure,
@@ -40,6 +46,7 @@ from leadmarket.models.order import (
     WebhookEndpoint,
 )
 from leadmarket.models.ping import Ping, PingFingerprint, PingOutcome
+from leadmarket.models.preferences import CommunicationPreference, PrivacyNotice
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -60,6 +67,7 @@ __all__ = [
     "BidStatus",
     "Campaign",
     "CampaignCapCounter",
+    "CommunicationPreference",
     "Consent",
     "ConsentText",
     "DeliveryStatus",
@@ -85,6 +93,7 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "MailTopic",
     "MatchingVersion",
     "Order",
     "OrderStatus",
@@ -92,6 +101,7 @@ __all__ = [
     "Ping",
     "PingFingerprint",
     "PingOutcome",
+    "PrivacyNotice",
     "Role",
     "SaleMode",
     "SaleVia",
