@@ -25,6 +25,7 @@ from leadmarket.notifications import tasks as notifications_tasks
 from leadmarket.notifications.mail import MailBackend, make_mail_backend
 from leadmarket.orders import tasks as orders_tasks
 from leadmarket.pingpost import service as pingpost
+from leadmarket.privacy import tasks as privacy_tasks
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def build_registry() -> JobRegistry[JobServices]:
     registry.include(leads_tasks.registry)
     registry.include(marketplace_tasks.registry)
     registry.include(orders_tasks.registry)
+    registry.include(privacy_tasks.registry)
     registry.periodic(demo.NEW_DEMO_LEAD_JOB, every=dt.timedelta(minutes=1))(demo.new_demo_lead_job)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler
