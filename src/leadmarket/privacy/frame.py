@@ -10,6 +10,7 @@ static files never pay for it); the template globals read it and the GPC header.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leadmarket.kit.db import Database
 from leadmarket.privacy.notices import BannerNotice, NoticeBanner
 from leadmarket.privacy.preferences import gpc_requested
+
+log = logging.getLogger("leadmarket.privacy")
 
 _NOT_PAGES = ("/api/", "/static/", "/healthz", "/readyz")
 
@@ -31,7 +34,13 @@ class PrivacyFrameMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not str(scope.get("path", "")).startswith(_NOT_PAGES):
             state: dict[str, Any] = scope.setdefault("state", {})
-            state["notice_banner"] = await self.banner.current(self.db)
+            try:
+                state["notice_banner"] = await self.banner.current(self.db)
+            except Exception:
+                # A banner is not worth a failed page: the page's own error handling answers
+                # if the database is really gone.
+                log.warning("privacy notice banner unavailable", exc_info=True)
+                state["notice_banner"] = None
         await self.app(scope, receive, send)
 
 
