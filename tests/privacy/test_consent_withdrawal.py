@@ -38,11 +38,12 @@ from leadmarket.models import (
 )
 from leadmarket.tasks import build_registry, build_services
 from leadmarket.webhooks.service import save_endpoint
-from tests.fixtures.accounts import signed_in
+from tests.fixtures.accounts import PASSWORD, signed_in
 from tests.fixtures.leads import lead_body
 from tests.fixtures.ledger import fund
 from tests.fixtures.orders import buyer_endpoint
 from tests.fixtures.pingpost import bidding_buyer, ping_body, post_body
+from tests.privacy.helpers import csrf_of
 
 FIXED_SALE = {"mode": "fixed", "price_cents": 2500, "exclusive": True}
 
@@ -187,9 +188,21 @@ async def test_a_buyer_who_bought_before_keeps_the_order_but_not_the_contact(
         assert order["consent_withdrawn_at"] is not None
         assert (order["status"], order["price_cents"]) == ("held", 2500)
         assert email not in after.text
-        page = await client.get(f"/orders/{order_id}", headers=headers)
-        # The page needs a browser session; the API answer is what the buyer's systems read.
-        assert email not in page.text
+        # The order page, in the buyer's browser session, says why the contact is gone.
+        signin = await client.get("/signin")
+        signed = await client.post(
+            "/signin",
+            data={
+                "csrf_token": csrf_of(signin.text),
+                "login": buyer.username,
+                "password": PASSWORD,
+            },
+        )
+        assert signed.status_code == 303
+        page = await client.get(f"/orders/{order_id}")
+        assert page.status_code == 200
+        assert 'data-testid="consent-withdrawn"' in page.text
+        assert 'data-testid="contact"' not in page.text and email not in page.text
         # The retry, and a replay the buyer asks for, both end without sending anything.
         worker = Worker(db, build_registry(), build_services(settings), settings)
         worker._clock = lambda: utcnow() + dt.timedelta(hours=3)  # type: ignore[method-assign]
