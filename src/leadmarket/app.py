@@ -31,6 +31,8 @@ from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
 from leadmarket.leads.intake import IntakeBatcher, LeadsKit
 from leadmarket.pingpost.service import PingKit
+from leadmarket.privacy.frame import install_privacy_frame
+from leadmarket.privacy.notices import NoticeBanner
 
 log = logging.getLogger("leadmarket.app")
 
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     install_error_handlers(app)
     install_templates(app)
+    install_privacy_frame(app, NoticeBanner(settings), db)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     from leadmarket.accounts import api as accounts_api
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.pingpost import api as pingpost_api
     from leadmarket.pingpost import views as pingpost_views
     from leadmarket.privacy import api as privacy_api
+    from leadmarket.privacy import preferences_api, preferences_views
     from leadmarket.privacy import views as privacy_views
     from leadmarket.privacy.legal import api as legal_api
     from leadmarket.privacy.legal import views as legal_views
@@ -144,6 +148,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, campaigns_api.router)
     include_guarded(app, campaigns_views.router)
     include_guarded(app, orders_api.router)
+    include_guarded(app, preferences_api.router)
+    include_guarded(app, preferences_views.router)
     include_guarded(app, orders_views.router)
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)

@@ -36,6 +36,26 @@ class Settings(BaseSettings):
     region: str = Field(
         default="us-west", description="Hosting region the data lives in (promise P11)."
     )
+    data_region: str = Field(
+        default="Canada (Quebec)",
+        min_length=1,
+        max_length=100,
+        description="Where personal data is hosted, as the privacy notice states it (P11). "
+        "Configuration, not code: change it with the hosting.",
+    )
+    notice_banner_days: int = Field(
+        default=30,
+        ge=0,
+        le=365,
+        description="A new privacy notice version is announced by a banner on every page from "
+        "its publication until this many days after its effective date (P12).",
+    )
+    notice_announce_batch: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Members emailed per job run when a new privacy notice version is announced.",
+    )
 
     # Secrets.
     secret_key: SecretStr | None = Field(

@@ -152,9 +152,32 @@ async def test_committed_mail_is_written_once_with_a_working_unsubscribe_link(
     assert mail.id in str(message["Message-ID"])
 
 
+async def opted_in_member(db: Database, address: str = ADDRESS) -> str:
+    """A member who agreed to marketing mail (P7: without it, none is sent)."""
+    from leadmarket.models import CommunicationPreference, User
+
+    async with db.transaction() as session:
+        user = User(
+            email=address,
+            username="ana_silva",
+            username_key="ana_silva",
+            role="buyer",
+            password_hash="x",
+        )
+        session.add(user)
+        await session.flush()
+        session.add(
+            CommunicationPreference(
+                user_id=user.id, newsletters=True, promotions=True, updated_at=utcnow()
+            )
+        )
+        return user.id
+
+
 async def test_unsubscribing_stops_marketing_mail_but_not_transactional_mail(
     committed_db: Database, settings: Settings
 ) -> None:
+    await opted_in_member(committed_db)
     worker = make_worker(committed_db, settings)
     await queue_committed(committed_db, settings, category=MailCategory.MARKETING)
     assert await worker.run_once() == 1
@@ -162,9 +185,10 @@ async def test_unsubscribing_stops_marketing_mail_but_not_transactional_mail(
     token = unsubscribe_link(newsletter).rsplit("/", 1)[1]
     waiting = await queue_committed(committed_db, settings, category=MailCategory.MARKETING)
 
-    for _ in range(2):  # a second click changes nothing
+    for already in (False, True):  # a second click changes nothing, and says so
         async with committed_db.transaction() as session:
-            assert await unsubscribe(session, settings, token) == MailCategory.MARKETING
+            outcome = await unsubscribe(session, settings, token)
+            assert (outcome.category, outcome.already) == (MailCategory.MARKETING, already)
     async with committed_db.transaction() as session:
         suppressions = (await session.scalars(select(MailSuppression))).all()
     assert len(suppressions) == 1
@@ -401,18 +425,19 @@ async def test_unsubscribe_routes_confirm_on_get_and_act_on_one_click_post(
         assert '<form method="post"' in page.text
         assert await session.scalar(select(func.count()).select_from(MailSuppression)) == 0
 
-        for _ in range(2):
+        for status in ("unsubscribed", "already_unsubscribed"):
             one_click = await client.post(
                 f"/unsubscribe/{token}",
                 content="List-Unsubscribe=One-Click",
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
             assert one_click.status_code == 200
-            assert one_click.json() == {"status": "unsubscribed", "category": "marketing"}
+            assert one_click.json()["status"] == status
+            assert one_click.json()["category"] == "marketing"
 
         confirmed = await client.post(f"/unsubscribe/{token}", headers={"Accept": "text/html"})
         assert confirmed.status_code == 200
-        assert "You are unsubscribed" in confirmed.text
+        assert "You are already unsubscribed" in confirmed.text
 
         for method in ("GET", "POST"):
             forged = await client.request(method, f"/unsubscribe/{token[:-4]}")

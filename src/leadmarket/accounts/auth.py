@@ -27,6 +27,7 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Forbidden, ReauthRequired, Unauthenticated
 from leadmarket.kit.routing import end_transaction_early, get_session, guard
 from leadmarket.models import ApiKey, Role, User, UserSession, UserStatus
+from leadmarket.privacy.preferences import gpc_requested, honour_gpc
 
 SESSION_COOKIE = "lm_session"
 SESSION_TOKEN_PREFIX = "lms_"
@@ -111,6 +112,10 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
         raise Unauthenticated("The token is unknown, expired or revoked.")
     if principal.user.status != UserStatus.ACTIVE:
         raise Forbidden(f"This account is {principal.user.status}.")
+    if gpc_requested(request.headers):
+        # Global Privacy Control from a member's browser is their opt-out of sale and sharing:
+        # stored with their preferences, in this request's transaction (one read once stored).
+        await honour_gpc(session, principal.user.id)
     request.state.principal = principal
     return principal
 

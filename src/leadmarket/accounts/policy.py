@@ -23,7 +23,15 @@ class Action(enum.StrEnum):
     AFTER_SALE = "after_sale"  # cancel an order, request a return, submit a claim
     SIGN_OUT = "sign_out"
     REAUTHENTICATE = "reauthenticate"
+    # Communication preferences (P7, P8) are account settings, and saying "no" must be at
+    # least as easy as an unsubscribe link, which needs no sign-in at all: a remembered session
+    # may narrow them (turn things off, opt out of sale) without the password.
+    UPDATE_PREFERENCES = "update_preferences"
     # Everything else.
+    # Widening them (a channel or topic turned on, marketing consent, personalised advertising,
+    # withdrawing a do-not-sell) is consent, recorded as the member's: it needs the person who
+    # knows the password, not whoever finds a remembered browser.
+    GIVE_CONSENT = "give_consent"
     UPDATE_ACCOUNT = "update_account"
     CHANGE_PASSWORD = "change_password"
     MANAGE_SESSIONS = "manage_sessions"
@@ -52,6 +60,7 @@ REMEMBERED_SESSION_MAY = frozenset(
         Action.AFTER_SALE,
         Action.SIGN_OUT,
         Action.REAUTHENTICATE,
+        Action.UPDATE_PREFERENCES,
     }
 )
 
@@ -71,6 +80,8 @@ API_KEY_MAY_NOT = frozenset(
         Action.READ_MEMBER_DATA,
         Action.SIGN_OUT,
         Action.REAUTHENTICATE,
+        Action.UPDATE_PREFERENCES,
+        Action.GIVE_CONSENT,
     }
 )
 

@@ -124,6 +124,16 @@ def default_parties(seller_username: str, vertical: Vertical) -> list[str]:
     return [seller_username, f"Leadmarket buyers of {vertical.name.lower()} leads"]
 
 
+def gpc_parties(seller_username: str, vertical: Vertical) -> list[str]:
+    """The parties of a consent given from a browser sending Global Privacy Control: the
+    consumer directed the disclosure themselves, to the seller and to one buyer, and to nobody
+    beyond (no resale, no onward sharing)."""
+    return [
+        seller_username,
+        f"one Leadmarket buyer of {vertical.name.lower()} leads (no resale or onward sharing)",
+    ]
+
+
 # Step 1: everything that needs no database ---------------------------------------------------
 
 
@@ -251,8 +261,9 @@ def prepare_lead(
             "buy_now_cents": sale.buy_now_cents,
             "price_cents": sale.price_cents,
             "duration_minutes": sale.duration_minutes,
-            "exclusive": sale.exclusive,
-            "max_buyers": sale.max_buyers or 1,
+            # Global Privacy Control: sold once, to one buyer, never shared among several.
+            "exclusive": sale.exclusive or consent.global_privacy_control,
+            "max_buyers": 1 if consent.global_privacy_control else (sale.max_buyers or 1),
             "auction_ends_at": (
                 now + dt.timedelta(minutes=sale.duration_minutes or 60)
                 if sale.mode == SaleMode.AUCTION.value
@@ -286,7 +297,12 @@ def prepare_lead(
             "text_sha256": consent_sha256,
             "given_at": consent.given_at,
             "page_url": consent.page_url,
-            "parties": default_parties(seller_username, vertical),
+            "parties": (
+                gpc_parties(seller_username, vertical)
+                if consent.global_privacy_control
+                else default_parties(seller_username, vertical)
+            ),
+            "global_privacy_control": consent.global_privacy_control,
             "ip_digest": ip_digest,
             "user_agent_digest": hashlib.sha256(consent.user_agent.encode()).hexdigest(),
             "recorded_at": now,

@@ -124,6 +124,12 @@ class ConsentIn(RequestModel):
     ip: Annotated[IPv4Address | IPv6Address, BeforeValidator(_ip_address)]
     user_agent: Annotated[str, Field(min_length=1, max_length=1000)]
     given_at: AwareDatetime
+    global_privacy_control: bool = Field(
+        default=False,
+        description="The consumer's browser sent Global Privacy Control (Sec-GPC: 1) with the "
+        "form and the consumer directed this disclosure anyway: the lead is sold to one buyer "
+        "only, who may not resell or share it (see docs: GPC on lead forms).",
+    )
 
     @field_validator("given_at")
     @classmethod

@@ -1,10 +1,27 @@
 """Leads after intake: what buyers and sellers may read (L6), the rule that a posted lead is
 final for its seller (L5), consent certificates and their withdrawal (L3). Intake itself is
-:mod:`leadmarket.leads.intake`."""
+:mod:`leadmarket.leads.intake`.
+
+**What a withdrawn consent stops (L3).** Withdrawal is honoured from the moment it commits:
+
+* an open lead leaves the market (status ``withdrawn``, under its row lock), so every way of
+  selling it refuses from then on: buying outright and buy-now, bids and campaign auto-bids,
+  the auction close (which ends a withdrawn lead's auction without a winner and releases the
+  holds), ping/post (which sells only the lead it has just created, in the same transaction),
+  all through :func:`leadmarket.orders.service.sell`'s conditional UPDATE on ``status = open``;
+* its personal data is destroyed like an unsold lead's, ``pii_retention_hours`` after the
+  withdrawal (unless a sale already started an earlier clock);
+* a buyer who bought it **before** the withdrawal keeps the order (the sale was made with
+  consent: price, status and the preview stay), but the contact is no longer disclosed: the
+  order shows ``contact: null`` and ``consent_withdrawn_at``, webhook deliveries not yet made
+  (queued, retrying or replayed) end as failed with the reason, and the buyer is told by email
+  not to contact the consumer. Data the buyer already received cannot be recalled; the email
+  is what reaches it."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,7 +31,7 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, NotFound
 from leadmarket.leads.intake import LeadsKit
 from leadmarket.leads.schemas import normalize_consumer_phone
-from leadmarket.leads.vault import IndexKind
+from leadmarket.leads.vault import LIVE_ORDER_STATUSES, IndexKind
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -22,9 +39,13 @@ from leadmarket.models import (
     LeadBlindIndex,
     LeadStatus,
     LeadVault,
+    Order,
     Role,
     User,
 )
+from leadmarket.notifications.service import queue_mail
+
+CONSENT_WITHDRAWN_TEMPLATE = "leads/consent_withdrawn"
 
 
 class LeadImmutable(Conflict):
@@ -163,11 +184,55 @@ async def withdraw_consent(
         # Same answer as an unknown certificate: the endpoint must not confirm identities.
         raise NotFound("No consent has this certificate with this email or phone.")
     if consent.withdrawn_at is None:
-        consent.withdrawn_at = utcnow()
+        now = utcnow()
+        consent.withdrawn_at = now
         lead = await session.get(Lead, consent.lead_id, with_for_update=True)
-        if lead is not None and lead.status == LeadStatus.OPEN.value:
-            lead.status = LeadStatus.WITHDRAWN.value
+        if lead is not None:
+            if lead.status == LeadStatus.OPEN.value:
+                lead.status = LeadStatus.WITHDRAWN.value
+            if lead.pii_expires_at is None:
+                # Off the market for good: kept no longer than an unsold lead (L4).
+                lead.pii_expires_at = now + dt.timedelta(hours=kit.settings.pii_retention_hours)
+            await _tell_buyers(session, kit, lead, now)
     return consent
+
+
+async def consent_withdrawn_at(session: AsyncSession, lead_id: str) -> dt.datetime | None:
+    """When the consumer withdrew the consent of this lead, or None (L3)."""
+    withdrawn: dt.datetime | None = await session.scalar(
+        select(Consent.withdrawn_at).where(Consent.lead_id == lead_id)
+    )
+    return withdrawn
+
+
+async def _tell_buyers(session: AsyncSession, kit: LeadsKit, lead: Lead, now: dt.datetime) -> None:
+    """Email each buyer with a live order of the lead: the consumer withdrew, do not contact
+    them. Names the lead and the order only, never the consumer."""
+    rows = await session.execute(
+        select(Order.id, User.id, User.email, User.username)
+        .join(User, User.id == Order.buyer_id)
+        .where(Order.lead_id == lead.id, Order.status.in_(LIVE_ORDER_STATUSES))
+        .order_by(Order.id)
+    )
+    base = kit.settings.base_url.rstrip("/")
+    for order_id, buyer_id, email, username in rows:
+        await queue_mail(
+            session,
+            kit.settings,
+            to=email,
+            subject=f"Consent withdrawn for lead {lead.id}: do not contact the consumer",
+            text_body=(
+                f"Hello {username},\n\n"
+                f"The consumer of lead {lead.id}, which you bought (order {order_id}), withdrew "
+                f"their consent on {now.strftime('%Y-%m-%d %H:%M UTC')}.\n\n"
+                "Do not call, text or email them about this request from now on, and do not "
+                "pass their details to anyone. Leadmarket no longer shows or delivers their "
+                "contact details; your order itself stands.\n\n"
+                f"Your order: {base}/orders/{order_id}\n"
+            ),
+            template=CONSENT_WITHDRAWN_TEMPLATE,
+            user_id=buyer_id,
+        )
 
 
 async def vault_exists(session: AsyncSession, lead_id: str) -> bool:

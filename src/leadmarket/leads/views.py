@@ -18,6 +18,15 @@ message beside its field and nothing written. Three rules of the hosted form
   framed it, recorded in the signed token when the frame was loaded.
 * **Sale terms of form leads** are the seller's defaults, :data:`FORM_SALE_TERMS`: an exclusive
   auction of 60 minutes with a reserve of 1000 cents. Per-seller settings come later.
+* **Global Privacy Control** (``Sec-GPC: 1``) is an opt-out of sale and sharing, yet a consumer
+  filling in this form is asking to be put in touch with a company, which on a lead exchange
+  is a sale. We honour the signal by selling nothing the consumer did not direct themselves:
+  the form says the signal is honoured and adds a second, unticked box in which the consumer
+  directs the disclosure to *one* company (:func:`gpc_consent_addendum`, recorded as part of
+  the consent text). Without that box ticked nothing is stored and nothing is sent. With it,
+  the consent names only the seller and one buyer (``intake.gpc_parties``), records
+  ``global_privacy_control``, and the lead is exclusive (one buyer, never shared among
+  several); its order tells the buyer it may not be resold or shared onward.
 
 A consumer under 14 is refused with nothing stored and nothing typed shown back (L2); seller
 pages never show a lead's contact data, which the lead row does not even hold (L6)."""
@@ -73,6 +82,7 @@ from leadmarket.leads.schemas import (
     clean_page_url,
 )
 from leadmarket.models import Lead, Role, SaleMode, User, UserStatus
+from leadmarket.privacy.preferences import gpc_requested
 from leadmarket.verticals.registry import (
     FieldSpec,
     Vertical,
@@ -91,6 +101,19 @@ NEW_LEAD = "/seller/leads/new"
 SELLER_FORMS = "/seller/forms"
 LEADS_PER_PAGE = 25
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def gpc_consent_addendum(vertical: Vertical) -> str:
+    """What the form adds to the consent when the browser sends Global Privacy Control, and
+    what the consent evidence then records as the text shown."""
+    return (
+        "Your browser sent a Global Privacy Control signal, which we honour as your request "
+        "not to sell or share your personal information. If you still send this request, you "
+        f"direct us to pass it to one company that answers {vertical.name.lower()} requests; "
+        "that company may use it only to answer you, and may not resell or share it. Nobody "
+        "else receives it."
+    )
+
 
 # The seller's default terms for leads from the hosted form (see the module docstring).
 FORM_SALE_TERMS: dict[str, Any] = {
@@ -413,6 +436,7 @@ def _labels(*groups: Sequence[InputSpec]) -> dict[str, str]:
     """What the error summary calls each field, so "This field is required." says which."""
     labels = {spec.name: spec.label for group in groups for spec in group}
     labels["consent.agree"] = "Consent"
+    labels["consent.gpc_direct"] = "Your choice despite Global Privacy Control"
     labels["sale"] = "Sale terms"
     return labels
 
@@ -844,6 +868,7 @@ def _consumer_form(
         vertical.slug, seller.id, now=utcnow(), embedded_in=embedded_in
     )
     inputs = attribute_inputs(vertical)
+    gpc = gpc_requested(request.headers)
     return render_page(
         request,
         "leads/consumer_form.html",
@@ -851,6 +876,8 @@ def _consumer_form(
             "vertical": vertical,
             "seller_username": seller.username,
             "consent_text": vertical.consent_text_for(seller.username),
+            "gpc": gpc,
+            "gpc_text": gpc_consent_addendum(vertical) if gpc else None,
             "action": form_path(vertical, seller.username),
             "form_token": token,
             "contact_inputs": CONTACT_INPUTS,
@@ -926,13 +953,25 @@ async def consumer_form_submit(
         )
 
     agreed = _text(form, "consent.agree") == "yes"
+    form_errors = {} if agreed else {"consent.agree": "Tick “I agree” to send your request."}
+    disclosure = vertical.consent_text_for(seller.username)
+    gpc = gpc_requested(request.headers)
+    if gpc:
+        # GPC on the consumer form: see the module docstring.
+        disclosure = f"{disclosure}\n\n{gpc_consent_addendum(vertical)}"
+        if _text(form, "consent.gpc_direct") != "yes":
+            form_errors["consent.gpc_direct"] = (
+                "Your browser asks us not to sell or share your data. Tick this box if you "
+                "still want one company to answer your request; otherwise nothing is sent."
+            )
     consent = {
         # Re-rendered, never read from the form: the evidence is what this page showed.
-        "disclosure_text": vertical.consent_text_for(seller.username),
+        "disclosure_text": disclosure,
         "page_url": embedded_in or own_form_url(_settings(request), vertical),
         "ip": client_meta(request).ip,
         "user_agent": request.headers.get("user-agent", ""),
         "given_at": now.isoformat(),
+        "global_privacy_control": gpc,
     }
     checked = check_lead_form(
         vertical,
@@ -940,8 +979,9 @@ async def consumer_form_submit(
         attributes=_attributes_payload(form, vertical),
         consent=(consent, {}),
         sale=(dict(FORM_SALE_TERMS), {}),
-        form_errors={} if agreed else {"consent.agree": "Tick “I agree” to send your request."},
-        known={spec.name for spec in (*CONTACT_INPUTS, *inputs)} | {"consent.agree"},
+        form_errors=form_errors,
+        known={spec.name for spec in (*CONTACT_INPUTS, *inputs)}
+        | {"consent.agree", "consent.gpc_direct"},
         unplaced=CONSUMER_UNPLACED,
     )
     if checked.minor:

@@ -34,7 +34,13 @@ from leadmarket.models.legal import (
     LegalRequestStatus,
     LegalSubjectKind,
 )
-from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models.mail import (
+    MailCategory,
+    MailStatus,
+    MailSuppression,
+    MailTopic,
+    OutboundMail,
+)
 from leadmarket.models.opt_out import ConsumerOptOut
 from leadmarket.models.order import (
     DeliveryStatus,
@@ -47,6 +53,7 @@ from leadmarket.models.order import (
     WebhookEndpoint,
 )
 from leadmarket.models.ping import Ping, PingFingerprint, PingOutcome
+from leadmarket.models.preferences import CommunicationPreference, PrivacyNotice
 from leadmarket.models.privacy import (
     Channel,
     DenialReason,
@@ -79,6 +86,7 @@ __all__ = [
     "Campaign",
     "CampaignCapCounter",
     "Channel",
+    "CommunicationPreference",
     "Consent",
     "ConsentText",
     "ConsumerOptOut",
@@ -110,6 +118,7 @@ __all__ = [
     "MailCategory",
     "MailStatus",
     "MailSuppression",
+    "MailTopic",
     "MatchingVersion",
     "OnBehalf",
     "Order",
@@ -118,6 +127,7 @@ __all__ = [
     "Ping",
     "PingFingerprint",
     "PingOutcome",
+    "PrivacyNotice",
     "PrivacyRequest",
     "PrivacyRequestEvent",
     "PrivacyThrottleHit",

@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false as sa_false
 
 from leadmarket.kit.db import Base, UTCDateTime, utcnow
 from leadmarket.kit.ids import new_id
@@ -142,6 +143,12 @@ class Consent(Base):
     user_agent_digest: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The consumer's browser sent Global Privacy Control (``Sec-GPC: 1``) with the form: the
+    # consumer then directed the disclosure to the named parties themselves, the lead is sold
+    # to one buyer only and may not be resold or shared onward (see leads.intake).
+    global_privacy_control: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sa_false()
+    )
 
 
 class IdempotencyRecord(Base):

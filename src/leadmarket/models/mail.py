@@ -13,10 +13,31 @@ from leadmarket.kit.ids import new_id
 
 
 class MailCategory(enum.StrEnum):
-    # Account security and transaction mail: always sent (P7: transactional continues).
+    # Account security, transaction mail and legal notices: always sent (P7: transactional
+    # continues after a marketing opt-out).
     TRANSACTIONAL = "transactional"
+    # Mail telling a member about a message from another member: per their preference (P8).
+    MEMBER_MESSAGE = "member_message"
     # Promotions and newsletters: only with consent, stopped by unsubscribing.
     MARKETING = "marketing"
+
+
+class MailTopic(enum.StrEnum):
+    """What a message is about; decides whether it may be sent (P7, P8)."""
+
+    ACCOUNT = "account"  # sign-up, password, email change, orders: transactional
+    LEGAL_NOTICE = "legal_notice"  # a new privacy notice version (P12): transactional
+    MEMBER_MESSAGES = "member_messages"
+    NEWSLETTERS = "newsletters"
+    PROMOTIONS = "promotions"
+
+    @property
+    def category(self) -> MailCategory:
+        if self in (MailTopic.NEWSLETTERS, MailTopic.PROMOTIONS):
+            return MailCategory.MARKETING
+        if self is MailTopic.MEMBER_MESSAGES:
+            return MailCategory.MEMBER_MESSAGE
+        return MailCategory.TRANSACTIONAL
 
 
 class MailStatus(enum.StrEnum):
@@ -37,8 +58,11 @@ class OutboundMail(Base):
     subject: Mapped[str] = mapped_column(String(300))
     text_body: Mapped[str] = mapped_column(Text)
     category: Mapped[str] = mapped_column(String(20), default=MailCategory.TRANSACTIONAL.value)
+    topic: Mapped[str | None] = mapped_column(String(20))
     template: Mapped[str] = mapped_column(String(80))
     status: Mapped[str] = mapped_column(String(12), default=MailStatus.QUEUED.value)
+    # Why a message was not sent: "unsubscribed", "no-consent", "preference".
+    suppressed_reason: Mapped[str | None] = mapped_column(String(20))
     message_id: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,6 +1,18 @@
 """Queueing, composing and sending mail, and the unsubscribe that every message offers (P7:
 marketing stops on request, transactional mail continues).
 
+Whether a message may go out is decided by its topic (:class:`MailTopic`), when it is queued
+and again when it is sent (a preference changed or an unsubscribe in between is honoured):
+
+* account and legal-notice mail (transactional): always;
+* member-message mail: only while the member keeps both the email channel and the "member
+  messages" topic on (P8);
+* newsletters and promotions (marketing): only to a member who opted in to that topic and the
+  email channel, and whose address is not on the unsubscribe list (P7: consent first). An
+  address with no member behind it has given no consent, so gets no marketing.
+
+A message not sent is kept as ``suppressed`` with the reason, never silently dropped.
+
 An opt-out is stored as a keyed hash of the normalised address, so the list of people who asked
 not to be written to does not itself keep their addresses. The unsubscribe link carries that
 hash, signed, so it works without a login and without a lookup table."""
@@ -13,7 +25,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +35,15 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
-from leadmarket.models.mail import MailCategory, MailStatus, MailSuppression, OutboundMail
+from leadmarket.models import User
+from leadmarket.models.mail import (
+    MailCategory,
+    MailStatus,
+    MailSuppression,
+    MailTopic,
+    OutboundMail,
+)
+from leadmarket.models.preferences import PREFERENCE_DEFAULTS, CommunicationPreference
 from leadmarket.notifications.mail import MESSAGE_POLICY, MailBackend, OutgoingMessage
 from leadmarket.privacy.disclosures import (
     DisclosureKind,
@@ -61,17 +81,28 @@ def suppression_hash(settings: Settings, address: str) -> str:
     return keyed_hash(key, normalize_address(address))
 
 
-def unsubscribe_token(settings: Settings, address: str) -> str:
-    # Always the marketing category: transactional mail cannot be unsubscribed from (P7).
+def unsubscribe_token(settings: Settings, address: str, user_id: str | None = None) -> str:
+    """The signed link's token: the address's keyed hash, the category (always marketing:
+    transactional mail cannot be unsubscribed from, P7) and, for mail to a member, their id, so
+    that the member's stored preferences follow the click."""
+    claims: dict[str, str] = {
+        "a": suppression_hash(settings, address),
+        "c": MailCategory.MARKETING.value,
+    }
+    if user_id is not None:
+        claims["u"] = user_id
     return Signer(settings.signing_key()).sign(
-        UNSUBSCRIBE_PURPOSE,
-        {"a": suppression_hash(settings, address), "c": MailCategory.MARKETING.value},
-        ttl_seconds=UNSUBSCRIBE_LINK_TTL_SECONDS,
+        UNSUBSCRIBE_PURPOSE, claims, ttl_seconds=UNSUBSCRIBE_LINK_TTL_SECONDS
     )
 
 
-def unsubscribe_url(settings: Settings, address: str) -> str:
-    return f"{settings.base_url.rstrip('/')}/unsubscribe/{unsubscribe_token(settings, address)}"
+def unsubscribe_url(settings: Settings, address: str, user_id: str | None = None) -> str:
+    token = unsubscribe_token(settings, address, user_id)
+    return f"{settings.base_url.rstrip('/')}/unsubscribe/{token}"
+
+
+def preferences_url(settings: Settings) -> str:
+    return f"{settings.base_url.rstrip('/')}/account/preferences"
 
 
 async def is_suppressed(
@@ -103,6 +134,70 @@ def _check_recipient(address: str) -> str:
     return address
 
 
+_DEFAULT_TOPIC = {
+    MailCategory.TRANSACTIONAL: MailTopic.ACCOUNT,
+    MailCategory.MEMBER_MESSAGE: MailTopic.MEMBER_MESSAGES,
+    MailCategory.MARKETING: MailTopic.PROMOTIONS,
+}
+
+
+def resolve_topic(
+    category: MailCategory | str | None, topic: MailTopic | str | None
+) -> tuple[MailCategory, MailTopic]:
+    """The topic decides the category; a caller naming only a category gets its usual topic.
+    A category that contradicts the topic is a programming error."""
+    if topic is None:
+        resolved = _DEFAULT_TOPIC[MailCategory(category or MailCategory.TRANSACTIONAL)]
+    else:
+        resolved = MailTopic(topic)
+    if category is not None and MailCategory(category) is not resolved.category:
+        raise ValueError(f"topic {resolved.value} is {resolved.category.value} mail")
+    return resolved.category, resolved
+
+
+async def _member_for(
+    session: AsyncSession, address: str, user_id: str | None
+) -> tuple[str | None, dict[str, bool]]:
+    """The member the mail is for (by id, else by address) and their preferences."""
+    if user_id is None:
+        user_id = await session.scalar(
+            select(User.id).where(func.lower(User.email) == normalize_address(address))
+        )
+    if user_id is None:
+        return None, dict(PREFERENCE_DEFAULTS)
+    row = await session.get(CommunicationPreference, user_id)
+    if row is None:
+        return user_id, dict(PREFERENCE_DEFAULTS)
+    return user_id, {name: bool(getattr(row, name)) for name in PREFERENCE_DEFAULTS}
+
+
+async def suppression_reason(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    address: str,
+    topic: MailTopic,
+    user_id: str | None,
+) -> str | None:
+    """Why a message on ``topic`` may not go to ``address`` now, or None if it may (the
+    rules are in the module docstring)."""
+    category = topic.category
+    if category is MailCategory.TRANSACTIONAL:
+        return None
+    if category is MailCategory.MARKETING and await is_suppressed(
+        session, settings, address, MailCategory.MARKETING
+    ):
+        return "unsubscribed"
+    member, prefs = await _member_for(session, address, user_id)
+    if category is MailCategory.MARKETING:
+        if member is None or not (prefs["email"] and prefs[topic.value]):
+            return "no-consent"
+        return None
+    if not (prefs["email"] and prefs["member_messages"]):
+        return "preference"
+    return None
+
+
 async def queue_mail(
     session: AsyncSession,
     settings: Settings,
@@ -111,12 +206,14 @@ async def queue_mail(
     subject: str,
     text_body: str,
     template: str,
-    category: MailCategory = MailCategory.TRANSACTIONAL,
+    category: MailCategory | None = None,
+    topic: MailTopic | None = None,
     user_id: str | None = None,
 ) -> OutboundMail:
-    """Put a message in the outbox, in the caller's transaction, with its send job. Marketing
-    mail to an address that unsubscribed is kept as ``suppressed`` and never sent."""
-    category = MailCategory(category)
+    """Put a message in the outbox, in the caller's transaction, with its send job. A message
+    its recipient does not want (see the module docstring) is kept as ``suppressed`` with the
+    reason and never sent."""
+    category, topic = resolve_topic(category, topic)
     to = _check_recipient(to)
     if "\r" in subject or "\n" in subject:
         raise ValidationFailed(
@@ -129,13 +226,16 @@ async def queue_mail(
         subject=subject,
         text_body=text_body,
         category=category.value,
+        topic=topic.value,
         template=template,
         status=MailStatus.QUEUED.value,
         attempts=0,
         created_at=utcnow(),
     )
-    if category is MailCategory.MARKETING and await is_suppressed(session, settings, to, category):
+    reason = await suppression_reason(session, settings, address=to, topic=topic, user_id=user_id)
+    if reason is not None:
         mail.status = MailStatus.SUPPRESSED.value
+        mail.suppressed_reason = reason
     session.add(mail)
     await session.flush()
     if mail.status == MailStatus.QUEUED.value:
@@ -146,6 +246,7 @@ async def queue_mail(
             "mail_id": mail.id,
             "template": template,
             "category": category.value,
+            "topic": topic.value,
             "status": mail.status,
         },
     )
@@ -160,11 +261,14 @@ def message_id_for(settings: Settings, mail_id: str) -> str:
 
 
 def compose_message(settings: Settings, mail: OutboundMail) -> EmailMessage:
-    url = unsubscribe_url(settings, mail.to_address)
+    """Every message, whatever its template or topic, ends with the unsubscribe link and
+    carries the RFC 2369 / RFC 8058 headers (P7)."""
+    url = unsubscribe_url(settings, mail.to_address, mail.user_id)
     body = (
         f"{mail.text_body.rstrip()}\n\n-- \n"
         f"To stop marketing email from Leadmarket, open this link: {url}\n"
         "Messages about your account and your transactions will still reach you.\n"
+        f"Members choose which email they get at {preferences_url(settings)}\n"
     )
     message = EmailMessage(policy=MESSAGE_POLICY)
     message["From"] = settings.mail_from
@@ -200,12 +304,18 @@ async def send_queued_mail(
         return
     if mail.status != MailStatus.QUEUED.value:
         return
-    if mail.category == MailCategory.MARKETING.value and await is_suppressed(
-        session, settings, mail.to_address, MailCategory.MARKETING
-    ):
-        # Unsubscribed between queueing and sending.
+    _, topic = resolve_topic(mail.category, mail.topic)
+    reason = await suppression_reason(
+        session, settings, address=mail.to_address, topic=topic, user_id=mail.user_id
+    )
+    if reason is not None:
+        # Unsubscribed, or the preference changed, between queueing and sending.
         mail.status = MailStatus.SUPPRESSED.value
-        log.info("mail suppressed", extra={"mail_id": mail.id, "template": mail.template})
+        mail.suppressed_reason = reason
+        log.info(
+            "mail suppressed",
+            extra={"mail_id": mail.id, "template": mail.template, "reason": reason},
+        )
         return
     message = compose_message(settings, mail)
     await backend.send(OutgoingMessage(mail.id, mail.created_at, message))
@@ -244,6 +354,14 @@ async def mark_mail_failed(session: AsyncSession, mail_id: str, *, attempts: int
 class UnsubscribeRequest:
     address_hash: str
     category: MailCategory
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UnsubscribeOutcome:
+    category: str
+    # The address was already unsubscribed: a replayed link changes nothing.
+    already: bool
 
 
 async def purge_old_mail(session: AsyncSession, settings: Settings, *, now: dt.datetime) -> int:
@@ -271,12 +389,37 @@ def read_unsubscribe_token(settings: Settings, token: str) -> UnsubscribeRequest
         raise InvalidUnsubscribeLink()
     if category != MailCategory.MARKETING.value:
         raise InvalidUnsubscribeLink()
-    return UnsubscribeRequest(address_hash, MailCategory.MARKETING)
+    user_id = body.get("u")
+    if user_id is not None and not isinstance(user_id, str):
+        raise InvalidUnsubscribeLink()
+    return UnsubscribeRequest(address_hash, MailCategory.MARKETING, user_id)
 
 
-async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> str:
-    """Record the opt-out named by an unsubscribe link; returns its category. Using a link
-    twice, or two clicks racing, records it once."""
+async def _withdraw_member_marketing_consent(
+    session: AsyncSession, settings: Settings, request: UnsubscribeRequest
+) -> None:
+    """The member the link was made for stops newsletters and promotions in their stored
+    preferences too, so their settings page says what the list does (only while the link's
+    address is still their address)."""
+    if request.user_id is None:
+        return
+    user = await session.get(User, request.user_id)
+    if user is None or suppression_hash(settings, user.email) != request.address_hash:
+        return
+    row = await session.get(CommunicationPreference, user.id, with_for_update=True)
+    if row is None:
+        row = CommunicationPreference(user_id=user.id, **PREFERENCE_DEFAULTS)
+        session.add(row)
+    row.newsletters = False
+    row.promotions = False
+    row.updated_at = utcnow()
+    await session.flush()
+
+
+async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> UnsubscribeOutcome:
+    """Record the opt-out named by an unsubscribe link, at once: the next marketing message to
+    the address is suppressed. A replayed link, or two clicks racing, records it once and
+    reports ``already``."""
     request = read_unsubscribe_token(settings, token)
     exists = await session.scalar(
         select(MailSuppression.id).where(
@@ -284,7 +427,8 @@ async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> 
             MailSuppression.category == request.category.value,
         )
     )
-    if exists is None:
+    already = exists is not None
+    if not already:
         try:
             # The savepoint confines a lost race (unique violation) and keeps the caller's
             # transaction usable.
@@ -297,6 +441,19 @@ async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> 
                     )
                 )
         except IntegrityError:
-            pass
-    log.info("unsubscribed", extra={"category": request.category.value})
-    return request.category.value
+            already = True
+    if not already:
+        await _withdraw_member_marketing_consent(session, settings, request)
+    log.info("unsubscribed", extra={"category": request.category.value, "already": already})
+    return UnsubscribeOutcome(request.category.value, already)
+
+
+async def resubscribe(session: AsyncSession, settings: Settings, address: str) -> None:
+    """Take ``address`` off the marketing unsubscribe list: only when its member opts in
+    again through their preferences (a new, explicit consent)."""
+    await session.execute(
+        delete(MailSuppression).where(
+            MailSuppression.address_hash == suppression_hash(settings, address),
+            MailSuppression.category == MailCategory.MARKETING.value,
+        )
+    )

@@ -48,7 +48,10 @@ async def unsubscribe_page(request: Request, token: str) -> Response:
     "/unsubscribe/{token}",
     summary="One-click unsubscribe (RFC 8058)",
     responses={
-        200: {"description": "Unsubscribed (also when already unsubscribed)."},
+        200: {
+            "description": 'Unsubscribed: `{status: "unsubscribed"}`, or, for a link used '
+            'before, `{status: "already_unsubscribed"}` (nothing changes).'
+        },
         404: {"description": "The link is altered or expired."},
     },
 )
@@ -57,9 +60,23 @@ async def unsubscribe_now(
 ) -> Response:
     # No CSRF token: RFC 8058 posts come from mail clients, and all this can do is opt the
     # address named in the signed link out of marketing mail.
-    category = await unsubscribe(session, _settings(request), token)
+    outcome = await unsubscribe(session, _settings(request), token)
     if "text/html" in request.headers.get("accept", ""):
         return templates_of(request).TemplateResponse(
-            request, "notifications/unsubscribe.html", {"done": True, "category": category}
+            request,
+            "notifications/unsubscribe.html",
+            {"done": True, "already": outcome.already, "category": outcome.category},
         )
-    return JSONResponse({"status": "unsubscribed", "category": category})
+    status = "already_unsubscribed" if outcome.already else "unsubscribed"
+    return JSONResponse(
+        {
+            "status": status,
+            "category": outcome.category,
+            "detail": (
+                "This address was already unsubscribed from marketing email; nothing changed."
+                if outcome.already
+                else "This address will get no more marketing email."
+            )
+            + " Messages about your account and your transactions still reach it.",
+        }
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
+from leadmarket.leads.service import consent_withdrawn_at
 from leadmarket.models import Order, User, WebhookDelivery
 from leadmarket.orders.service import LEAD_DELIVERED, order_out
 from leadmarket.webhooks.service import PayloadGone, payload_builder
@@ -22,6 +23,11 @@ async def lead_delivered_payload(
     buyer = await session.get(User, delivery.buyer_id)
     if order is None or buyer is None or order.buyer_id != buyer.id:
         raise PayloadGone("The order no longer exists.")
+    if await consent_withdrawn_at(session, order.lead_id) is not None:
+        # L3: a delivery not yet made (queued, retrying or replayed) is not made any more.
+        raise PayloadGone(
+            "The consumer withdrew their consent (L3); the lead is no longer delivered."
+        )
     out = await order_out(session, settings, order, buyer)
     if out.contact is None:
         raise PayloadGone(

@@ -39,9 +39,20 @@ class OrderOut(BaseModel):
     settled_at: dt.datetime | None
     pii_expires_at: dt.datetime | None
     pii_destroyed_at: dt.datetime | None
+    consent_withdrawn_at: dt.datetime | None = Field(
+        default=None,
+        description="When the consumer withdrew their consent (L3). The order stands, but the "
+        "contact is no longer shown or delivered: do not contact the consumer.",
+    )
+    resale_prohibited: bool = Field(
+        default=False,
+        description="The consumer's browser sent Global Privacy Control and the consumer "
+        "directed this lead to one buyer: use it only to answer the request; do not resell or "
+        "share it.",
+    )
     contact: ContactOut | None = Field(
         description="The consumer's contact, for the buyer only, while it is retained; null "
-        "for the seller and after destruction (L4, L6)."
+        "for the seller, after destruction (L4, L6) and after the consumer withdrew (L3)."
     )
     attributes: dict[str, Any] = Field(
         description="The lead's answers: all of them for the buyer while retained, the "

@@ -33,6 +33,7 @@ from leadmarket.kit.db import UTCDateTime, insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, Forbidden, NotFound
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
+from leadmarket.leads.service import consent_withdrawn_at
 from leadmarket.leads.vault import PersonalDataDestroyed, Purpose, Reader, reveal_personal_data
 from leadmarket.ledger.service import HoldClosed, hold_funds, hold_of, settle_sale
 from leadmarket.models import (
@@ -362,8 +363,11 @@ async def open_contact(
     session: AsyncSession, settings: Settings, order: Order, reader: User
 ) -> dict[str, Any] | None:
     """The order's sealed data for its buyer while retained (through the vault, audited), or
-    None: for anyone else, and once destroyed or past ``pii_expires_at``."""
+    None: for anyone else, once destroyed or past ``pii_expires_at``, and once the consumer
+    withdrew their consent (L3: no further disclosure; see :mod:`leadmarket.leads.service`)."""
     if reader.id != order.buyer_id:
+        return None
+    if await consent_withdrawn_at(session, order.lead_id) is not None:
         return None
     try:
         return await reveal_personal_data(
@@ -407,6 +411,7 @@ async def order_out(
         attributes.update(values.get("attributes") or {})
     buyer = await session.get(User, order.buyer_id)
     seller = await session.get(User, order.seller_id)
+    consent = await session.scalar(select(Consent).where(Consent.lead_id == order.lead_id))
     return OrderOut(
         id=order.id,
         lead_id=order.lead_id,
@@ -420,6 +425,8 @@ async def order_out(
         settled_at=order.settled_at,
         pii_expires_at=lead.pii_expires_at,
         pii_destroyed_at=lead.pii_destroyed_at,
+        consent_withdrawn_at=consent.withdrawn_at if consent is not None else None,
+        resale_prohibited=consent is not None and consent.global_privacy_control,
         contact=_contact_of(lead, values) if values is not None else None,
         attributes=attributes,
         buyer=buyer.username if buyer is not None else None,
