@@ -231,6 +231,19 @@ ACCESS: dict[str, Access] = {
     "POST /privacy/queue/{request_id}/deny": OFFICERS,
     "POST /privacy/queue/{request_id}/extend": OFFICERS,
     "POST /privacy/queue/{request_id}/proof": OFFICERS,
+    # Communication preferences and the privacy notice.
+    "GET /account/preferences": MEMBERS,
+    "POST /account/preferences": MEMBERS,
+    "GET /api/v1/me/preferences": MEMBERS,
+    "PUT /api/v1/me/preferences": MEMBERS,
+    "GET /api/v1/privacy/notice": ANYONE,
+    "GET /api/v1/privacy/notices": ANYONE,
+    "GET /api/v1/privacy/notices/{version}": ANYONE,
+    "GET /privacy/notice": ANYONE,
+    "GET /privacy/notice/{version}": ANYONE,
+    "GET /admin/privacy/notices": ADMINS,
+    "POST /admin/privacy/notices": ADMINS,
+    "POST /api/v1/admin/privacy/notices": ADMINS,
 }
 
 PLACEHOLDER = "placeholder0"
