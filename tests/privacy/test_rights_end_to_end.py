@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database
 from leadmarket.models import (
+    Auction,
     AuditEvent,
     Consent,
     Lead,
@@ -418,6 +419,16 @@ async def test_delete_shreds_the_consumer_everywhere_and_tells_the_buyer_signed(
         beas = await post_lead(client, seller, bea, "auto-insurance")
         order_id = await buy(client, buyer, sold["id"])
         await buy(client, buyer, beas["id"])
+        # Another buyer bids on the lead still in auction: the bid holds funds.
+        bidder = await make_buyer(client, session, None)
+        placed = await client.post(
+            f"/api/v1/leads/{unsold['id']}/bids",
+            json={"amount_cents": 2000},
+            headers=bidder.headers,
+        )
+        assert placed.status_code == 201, placed.text
+        wallet = (await client.get("/api/v1/wallet", headers=bidder.headers)).json()
+        assert wallet["balance_cents"] < 100_000
         await run_worker(db, settings)  # both leads are delivered to the buyer
         anas = {sold["id"], unsold["id"], by_phone["id"]}
         bea_indexes = await count(session, LeadBlindIndex, LeadBlindIndex.lead_id == beas["id"])
@@ -439,6 +450,15 @@ async def test_delete_shreds_the_consumer_everywhere_and_tells_the_buyer_signed(
         )
     )
     assert set(erasures) == anas
+    # Its auction closes without a sale at the next sweep, and the bidder's money is free.
+    sweeper = worker(db, settings)
+    await sweeper.schedule_periodic()
+    await sweeper.run_once()
+    wallet = (await client.get("/api/v1/wallet", headers=bidder.headers)).json()
+    assert (wallet["balance_cents"], wallet["held_cents"]) == (100_000, 0)
+    auction = await session.get(Auction, unsold["id"], populate_existing=True)
+    assert auction is not None and auction.outcome == "withdrawn"
+    assert auction.closed_at is not None
     # Bea's lead, bought by the same buyer, is untouched.
     assert await session.get(LeadVault, beas["id"]) is not None
     assert await count(session, LeadBlindIndex, LeadBlindIndex.lead_id == beas["id"]) == bea_indexes
