@@ -19,7 +19,12 @@ from leadmarket.accounts.service import AccountsKit
 from leadmarket.campaigns.matching import MatchingIndex
 from leadmarket.config import Settings, get_settings
 from leadmarket.kit.db import Database, make_engine
-from leadmarket.kit.errors import PROBLEM_TYPES, NotFound, install_error_handlers
+from leadmarket.kit.errors import (
+    PROBLEM_TYPES,
+    NotFound,
+    document_problems,
+    install_error_handlers,
+)
 from leadmarket.kit.http import (
     BodySizeLimitMiddleware,
     NulInAddressMiddleware,
@@ -101,6 +106,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.router.route_class = TransactionalRoute
 
     install_error_handlers(app)
+    document_problems(app)
     install_templates(app)
     install_privacy_frame(app, NoticeBanner(settings), db)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -213,6 +213,14 @@ async def report_csv(
 # The privacy officer ---------------------------------------------------------------------------
 
 OfficerPrincipal = Annotated[Principal, Depends(requires(Action.ADMINISTER, *OFFICERS))]
+OFFICER_ONLY: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Not signed in"},
+    403: {"description": "Not a privacy officer or an admin"},
+}
+DECISION: dict[int | str, dict[str, Any]] = {
+    **OFFICER_ONLY,
+    404: {"description": "No such request (…/privacy-request-not-found)"},
+}
 
 
 class QueueItem(PrivacyRequestStatusOut):
@@ -244,6 +252,7 @@ def queue_item(row: PrivacyRequest, now: dt.datetime) -> QueueItem:
 @officer.get(
     "/requests",
     summary="The privacy officer's queue: open requests by due date, overdue first",
+    responses=OFFICER_ONLY,
 )
 async def queue(
     session: Session,
@@ -263,7 +272,17 @@ async def queue(
     return [queue_item(row, now) for row in rows]
 
 
-@officer.post("/requests/{request_id}/extend", summary="Extend once to 90 days, with a reason")
+@officer.post(
+    "/requests/{request_id}/extend",
+    summary="Extend once to 90 days, with a reason",
+    responses={
+        **DECISION,
+        409: {
+            "description": "Already answered (…/privacy-request-closed) or already extended "
+            "(…/privacy-extension-refused)"
+        },
+    },
+)
 async def extend(
     request_id: RequestId,
     body: ExtendIn,
@@ -277,7 +296,11 @@ async def extend(
     return queue_item(row, utcnow())
 
 
-@officer.post("/requests/{request_id}/deny", summary="Deny an open request, with a reason")
+@officer.post(
+    "/requests/{request_id}/deny",
+    summary="Deny an open request, with a reason",
+    responses={**DECISION, 409: {"description": "Already answered (…/privacy-request-closed)"}},
+)
 async def deny(
     request_id: RequestId,
     body: DenyIn,
@@ -297,7 +320,12 @@ async def deny(
 
 
 @officer.post(
-    "/requests/{request_id}/proof", summary="Accept or reject an agent's or parent's proof"
+    "/requests/{request_id}/proof",
+    summary="Accept or reject an agent's or parent's proof",
+    responses={
+        **DECISION,
+        409: {"description": "No proof awaits review (…/privacy-proof-review-refused)"},
+    },
 )
 async def proof(
     request_id: RequestId,
@@ -320,6 +348,7 @@ async def proof(
 @officer.get(
     "/metrics",
     summary="Yearly metrics of rights requests per type (received, complied, denied, days)",
+    responses=OFFICER_ONLY,
 )
 async def metrics(
     session: Session,

@@ -63,6 +63,8 @@ from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
 from leadmarket.leads.intake import LeadsKit
+from leadmarket.leads.vault import IndexKind
+from leadmarket.models import LeadBlindIndex
 from leadmarket.models.privacy import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -635,37 +637,69 @@ async def _start_fulfilment_if_ready(
 # Fulfilment ----------------------------------------------------------------------------------
 
 
-async def _lock_consumer(session: AsyncSession, request: PrivacyRequest) -> None:
+@dataclass(frozen=True)
+class Identity:
+    """Every email and phone digest known to be one consumer's: those the request gives, and
+    those of the leads still held for it (a lead names both an email and a phone). So a
+    consumer who asks once by email and once by phone is still one consumer for the
+    twice-a-year limit (P5). Leads already destroyed (L4) link nothing any more."""
+
+    email_digests: frozenset[str]
+    phone_digests: frozenset[str]
+
+    def matches(self) -> Any:
+        return or_(
+            PrivacyRequest.email_digest.in_(sorted(self.email_digests)),
+            PrivacyRequest.phone_digest.in_(sorted(self.phone_digests)),
+        )
+
+    def lock_keys(self) -> list[int]:
+        return sorted(
+            int(hashlib.sha256(f"privacy\0{d}".encode()).hexdigest()[:15], 16)
+            for d in self.email_digests | self.phone_digests
+        )
+
+
+async def consumer_identity(session: AsyncSession, request: PrivacyRequest) -> Identity:
+    emails = {request.email_digest} - {None}
+    phones = {request.phone_digest} - {None}
+    consumer = consumer_data.Consumer(request.email_digest, request.phone_digest)
+    lead_ids = await consumer_data.find_consumer_leads(session, consumer)
+    if lead_ids:
+        rows = await session.execute(
+            select(LeadBlindIndex.kind, LeadBlindIndex.digest).where(
+                LeadBlindIndex.lead_id.in_(lead_ids),
+                LeadBlindIndex.kind.in_((IndexKind.EMAIL.value, IndexKind.PHONE.value)),
+            )
+        )
+        for kind, digest in rows:
+            (emails if kind == IndexKind.EMAIL.value else phones).add(digest)
+    return Identity(
+        frozenset(d for d in emails if d is not None),
+        frozenset(d for d in phones if d is not None),
+    )
+
+
+async def _lock_consumer(session: AsyncSession, identity: Identity) -> None:
     """Serialise the fulfilment of one consumer's requests on PostgreSQL, so two running at
-    once cannot both pass the twice-a-year count (SQLite's write lock already does)."""
+    once cannot both pass the twice-a-year count (SQLite's write lock already does). The keys
+    are taken in one global order, so two requests sharing some of them cannot deadlock."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    keys = sorted(
-        int(hashlib.sha256(f"privacy\0{d}".encode()).hexdigest()[:15], 16)
-        for d in (request.email_digest, request.phone_digest)
-        if d is not None
-    )
-    for key in keys:
+    for key in identity.lock_keys():
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-def _same_consumer(request: PrivacyRequest) -> Any:
-    matches = []
-    if request.email_digest is not None:
-        matches.append(PrivacyRequest.email_digest == request.email_digest)
-    if request.phone_digest is not None:
-        matches.append(PrivacyRequest.phone_digest == request.phone_digest)
-    return or_(*matches)
-
-
-async def answered_know_access_requests(session: AsyncSession, request: PrivacyRequest) -> int:
-    """Other know/access requests of the same consumer answered in the 12 months before this
-    one was received (P5)."""
+async def answered_know_access_requests(
+    session: AsyncSession, request: PrivacyRequest, identity: Identity
+) -> int:
+    """Other know/access requests of the same consumer (by any of their identifiers) answered
+    in the 12 months before this one was received (P5)."""
     count = await session.scalar(
         select(func.count())
         .select_from(PrivacyRequest)
         .where(
-            _same_consumer(request),
+            identity.matches(),
             PrivacyRequest.id != request.id,
             PrivacyRequest.type.in_((RequestType.KNOW.value, RequestType.ACCESS.value)),
             PrivacyRequest.status.in_(_ANSWERED),
@@ -762,7 +796,8 @@ async def fulfil_request(
         return
     if request.proof_status not in (ProofStatus.NOT_NEEDED.value, ProofStatus.ACCEPTED.value):
         return
-    await _lock_consumer(session, request)
+    identity = await consumer_identity(session, request)
+    await _lock_consumer(session, identity)
     _log_event(
         session,
         request,
@@ -777,7 +812,7 @@ async def fulfil_request(
     since = request.received_at - LOOKBACK
 
     if kind in (RequestType.KNOW, RequestType.ACCESS):
-        earlier = await answered_know_access_requests(session, request)
+        earlier = await answered_know_access_requests(session, request, identity)
         if earlier >= MAX_KNOW_ACCESS_PER_YEAR:
             await _close(
                 session,
