@@ -2,9 +2,9 @@
 errors beside the fields, a know request made without an account, the code read from the mail
 (a wrong one first), the answer appearing on the status page, and the JSON download.
 
-The ``consumer_data`` functions are STAND-INS (``tests/fixtures/privacy_requests.py``): they are
-built on another branch, and the integrator adds end-to-end tests after the merge. The server,
-its job worker, the mail files and the browser are real."""
+The ``consumer_data`` functions are fakes here (``tests/fixtures/privacy_requests.py``), so the
+page flow is tested apart from what the answer holds; ``tests/privacy/test_rights_end_to_end.py``
+runs the real ones. The server, its job worker, the mail files and the browser are real."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Consumer rights requests through the API: submission, verification by one-time code,
 fulfilment as a job, and the answer (P1, P3–P6).
 
-The ``consumer_data`` functions are STAND-INS here (``fake`` below, see
-``tests/fixtures/privacy_requests.py``): another branch builds them. These tests check the
-lifecycle around them; the integrator adds end-to-end tests after the merge."""
+The ``consumer_data`` functions are fakes here (``fake`` below, see
+``tests/fixtures/privacy_requests.py``): these tests check the lifecycle around them;
+``test_rights_end_to_end.py`` runs the real ones."""
 
 from __future__ import annotations
 

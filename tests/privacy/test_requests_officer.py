@@ -1,8 +1,8 @@
 """The privacy officer's side of rights requests: extension, denial, an agent's proof, the
 queue (overdue first), the yearly metrics, the 24-month purge, and the pages (P4, P5, A4).
 
-The ``consumer_data`` functions are STAND-INS here (see ``tests/fixtures/privacy_requests.py``);
-the integrator adds end-to-end tests after the merge."""
+The ``consumer_data`` functions are fakes here (see ``tests/fixtures/privacy_requests.py``);
+``test_rights_end_to_end.py`` runs the real ones."""
 
 from __future__ import annotations
 
