@@ -16,7 +16,7 @@ import base64
 import datetime as dt
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,8 +140,10 @@ async def reveal_personal_data(
 
     * ``STAFF_SUPPORT``: support and privacy staff, with a written ``reason``.
     * ``BUYER_ORDER``: only the buyer of a live (held or settled) order of this lead, and only
-      until the lead's ``pii_expires_at``: past it the data counts as destroyed even if the
-      retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing."""
+      until the lead's ``pii_expires_at``. Anyone else gets 404, as if there were nothing.
+
+    For every purpose, past ``pii_expires_at`` the data counts as destroyed even if the
+    retention sweep has not run yet (L4): nobody reads or delivers it in between."""
     if purpose is Purpose.STAFF_SUPPORT and reader.role not in _STAFF:
         raise Forbidden("Only staff may open a lead's personal data for support.")
     if purpose is Purpose.BUYER_ORDER and (
@@ -151,10 +153,7 @@ async def reveal_personal_data(
     lead = await session.get(Lead, lead_id)
     if lead is None:
         raise NotFound("No such lead.")
-    if purpose is Purpose.BUYER_ORDER and (
-        lead.pii_destroyed_at is not None
-        or (lead.pii_expires_at is not None and lead.pii_expires_at <= utcnow())
-    ):
+    if is_past_retention(lead, utcnow()):
         raise PersonalDataDestroyed("This lead's personal data has been destroyed.")
     vault = await session.get(LeadVault, lead_id)
     if vault is None:
@@ -172,11 +171,37 @@ async def reveal_personal_data(
     return values
 
 
+def is_past_retention(lead: Lead, now: dt.datetime) -> bool:
+    """Whether ``lead``'s personal data counts as gone: destroyed, or past its deadline."""
+    return lead.pii_destroyed_at is not None or (
+        lead.pii_expires_at is not None and lead.pii_expires_at <= now
+    )
+
+
 async def destroy_personal_data(session: AsyncSession, lead: Lead, *, now: dt.datetime) -> None:
     """Crypto-shred: the wrapped key and ciphertext go, and so do the blind indexes."""
-    await session.execute(delete(LeadVault).where(LeadVault.lead_id == lead.id))
-    await session.execute(delete(LeadBlindIndex).where(LeadBlindIndex.lead_id == lead.id))
+    await shred_personal_data(session, [lead.id])
     lead.pii_destroyed_at = now
+
+
+async def shred_personal_data(session: AsyncSession, lead_ids: Sequence[str]) -> int:
+    """Crypto-shred many leads at once: one multi-row DELETE of their vaults (wrapped data key
+    and ciphertext) and one of their blind indexes. The caller marks the leads destroyed in the
+    same transaction. Returns how many vaults went."""
+    if not lead_ids:
+        return 0
+    ids = list(lead_ids)
+    deleted = await session.execute(
+        delete(LeadVault)
+        .where(LeadVault.lead_id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        delete(LeadBlindIndex)
+        .where(LeadBlindIndex.lead_id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(deleted, "rowcount", 0) or 0)
 
 
 async def rewrap_all(session: AsyncSession, keyring: Keyring, *, batch_size: int = 500) -> int:

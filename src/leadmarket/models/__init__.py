@@ -40,6 +40,7 @@ from leadmarket.models.order import (
     WebhookEndpoint,
 )
 from leadmarket.models.ping import Ping, PingFingerprint, PingOutcome
+from leadmarket.models.retention import DestructionCause, PiiDestruction
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -65,6 +66,7 @@ __all__ = [
     "DeliveryStatus",
     "Deposit",
     "DepositStatus",
+    "DestructionCause",
     "Disclosure",
     "HoldStatus",
     "IdempotencyRecord",
@@ -89,6 +91,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OutboundMail",
+    "PiiDestruction",
     "Ping",
     "PingFingerprint",
     "PingOutcome",
