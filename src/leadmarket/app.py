@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
             worker = Worker(
                 db,
-                build_registry(),
+                build_registry(settings),
                 build_services(settings, broker=app.state.broker),
                 settings,
             )
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.orders import views as orders_views
     from leadmarket.pingpost import api as pingpost_api
     from leadmarket.pingpost import views as pingpost_views
+    from leadmarket.privacy import retention_api, retention_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, pingpost_api.router)
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
+    include_guarded(app, retention_api.router)
     include_guarded(app, verticals_api.router)
     include_guarded(app, leads_api.router)
     include_guarded(app, uploads_api.router)
@@ -138,6 +140,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
+    include_guarded(app, retention_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(

@@ -25,6 +25,7 @@ from leadmarket.models import (
     Role,
     User,
 )
+from leadmarket.privacy.retention import deadline_on_consent_withdrawn
 
 
 class LeadImmutable(Conflict):
@@ -139,7 +140,8 @@ async def withdraw_consent(
     email: str | None,
     phone: str | None,
 ) -> Consent:
-    """The consumer withdraws; honoured from now on (L3): an unsold lead leaves the market.
+    """The consumer withdraws; honoured from now on (L3): an unsold lead leaves the market, and
+    its personal data is destroyed at the next retention sweep (L4) unless a buyer has it.
     Whoever asks must name the email or phone the consent was given with."""
     consent = await session.scalar(
         select(Consent).where(Consent.certificate == certificate).with_for_update()
@@ -163,10 +165,14 @@ async def withdraw_consent(
         # Same answer as an unknown certificate: the endpoint must not confirm identities.
         raise NotFound("No consent has this certificate with this email or phone.")
     if consent.withdrawn_at is None:
-        consent.withdrawn_at = utcnow()
+        now = utcnow()
+        consent.withdrawn_at = now
         lead = await session.get(Lead, consent.lead_id, with_for_update=True)
-        if lead is not None and lead.status == LeadStatus.OPEN.value:
-            lead.status = LeadStatus.WITHDRAWN.value
+        if lead is not None:
+            if lead.status == LeadStatus.OPEN.value:
+                lead.status = LeadStatus.WITHDRAWN.value
+            # Sold no further, so its data goes as soon as no buyer has a right to it (L4).
+            deadline_on_consent_withdrawn(lead, kit.settings, now)
     return consent
 
 
