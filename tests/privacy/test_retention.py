@@ -126,8 +126,7 @@ async def test_a_bought_lead_keeps_its_preview_order_and_ledger_but_not_its_cont
     sealed = dict(vault.sealed_fields)
     assert await held(session, lead_id) == (1, 3)
     records = {
-        model: await count(session, model)
-        for model in (Order, Disclosure, LedgerEntry, AuditEvent)
+        model: await count(session, model) for model in (Order, Disclosure, LedgerEntry, AuditEvent)
     }
     deadline = dt.datetime.fromisoformat(order["pii_expires_at"])
 
@@ -311,9 +310,7 @@ async def test_a_sweep_that_dies_between_batches_is_finished_by_the_next(
         return utcnow()
 
     with pytest.raises(RuntimeError):
-        await purge_expired_lead_data(
-            committed_db, settings, batch_size=batch, clock=dying_clock
-        )
+        await purge_expired_lead_data(committed_db, settings, batch_size=batch, clock=dying_clock)
     async with committed_db.transaction() as session:
         assert await count(session, PiiDestruction) == batch
         destroyed = await count(session, Lead, Lead.pii_destroyed_at.is_not(None))

@@ -116,6 +116,8 @@ async def close_ended_listings(
             .order_by(Lead.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            # The locked row as committed, not a copy the session read earlier.
+            .execution_options(populate_existing=True)
         )
     )
     for lead in ended:
