@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import String, any_, delete, exists, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
@@ -193,15 +194,23 @@ async def shred_personal_data(session: AsyncSession, lead_ids: Sequence[str]) ->
     ids = list(lead_ids)
     deleted = await session.execute(
         delete(LeadVault)
-        .where(LeadVault.lead_id.in_(ids))
+        .where(lead_id_among(session, LeadVault.lead_id, ids))
         .execution_options(synchronize_session=False)
     )
     await session.execute(
         delete(LeadBlindIndex)
-        .where(LeadBlindIndex.lead_id.in_(ids))
+        .where(lead_id_among(session, LeadBlindIndex.lead_id, ids))
         .execution_options(synchronize_session=False)
     )
     return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def lead_id_among(session: AsyncSession, column: Any, ids: list[str]) -> Any:
+    """``column`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL (one parameter, one
+    prepared statement whatever the count), ``IN (…)`` on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(ids, ARRAY(String)))
+    return column.in_(ids)
 
 
 async def rewrap_all(session: AsyncSession, keyring: Keyring, *, batch_size: int = 500) -> int:

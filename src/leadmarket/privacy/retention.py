@@ -40,12 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
-from leadmarket.leads.vault import shred_personal_data
+from leadmarket.leads.vault import lead_id_among, shred_personal_data
 from leadmarket.models import (
     DestructionCause,
     Lead,
@@ -248,27 +248,53 @@ async def _destroy_batch(
         await shred_personal_data(session, ids)
         await session.execute(
             update(Lead)
-            .where(Lead.id.in_(ids))
+            .where(lead_id_among(session, Lead.id, ids))
             .values(pii_destroyed_at=destroyed_at)
             .execution_options(synchronize_session=False)
         )
-        await session.execute(
-            insert_ignoring_conflicts(
-                session, PiiDestruction, index_elements=[PiiDestruction.lead_id]
-            ).values(
-                [
-                    {
-                        "lead_id": d.lead_id,
-                        "deadline": d.deadline,
-                        "destroyed_at": d.destroyed_at,
-                        "lateness_ms": d.lateness_ms,
-                        "cause": DestructionCause.RETENTION.value,
-                    }
-                    for d in batch
-                ]
-            )
-        )
+        await _log_destructions(session, batch)
     return batch
+
+
+# PostgreSQL: the batch's log rows from five arrays, one statement with five parameters. (A
+# multi-row VALUES of 5 × 1,000 parameters cost more to compile than the rest of the batch.)
+_LOG_FROM_ARRAYS = text(
+    "INSERT INTO pii_destructions (lead_id, deadline, destroyed_at, lateness_ms, cause) "
+    "SELECT * FROM unnest(CAST(:lead_ids AS varchar[]), CAST(:deadlines AS timestamptz[]), "
+    "CAST(:destroyed_ats AS timestamptz[]), CAST(:latenesses AS bigint[]), "
+    "CAST(:causes AS varchar[])) "
+    "ON CONFLICT (lead_id) DO NOTHING"
+)
+
+
+async def _log_destructions(session: AsyncSession, batch: list[Destruction]) -> None:
+    """One log row per destroyed lead; a lead logged already (impossible while the claim
+    holds, but evidence must not fail the destruction) is skipped."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            _LOG_FROM_ARRAYS,
+            {
+                "lead_ids": [d.lead_id for d in batch],
+                "deadlines": [d.deadline for d in batch],
+                "destroyed_ats": [d.destroyed_at for d in batch],
+                "latenesses": [d.lateness_ms for d in batch],
+                "causes": [DestructionCause.RETENTION.value] * len(batch),
+            },
+        )
+        return
+    await session.execute(
+        insert_ignoring_conflicts(session, PiiDestruction, index_elements=[PiiDestruction.lead_id]),
+        [
+            {
+                "lead_id": d.lead_id,
+                "deadline": d.deadline,
+                "destroyed_at": d.destroyed_at,
+                "lateness_ms": d.lateness_ms,
+                "cause": DestructionCause.RETENTION.value,
+            }
+            for d in batch
+        ],
+    )
 
 
 # The monitor -------------------------------------------------------------------------------
