@@ -3,14 +3,16 @@ data, and how late after its deadline a lead's data goes with a real worker.
 
     .venv/bin/python -m bench.retention.run --db postgres --leads 50000
 
-**(a) Destruction rate.** A scratch database gets ``2 × --leads`` sold leads written in bulk,
-each with a really sealed vault and three blind indexes (``tests/fixtures/retention.py``):
-the first half past its deadline, the second half without one. ``purge_expired_lead_data``
-destroys the first half (``--batch-size`` leads per transaction: claim, DELETE vaults, DELETE
-blind indexes, UPDATE leads, INSERT log rows), timed. The baseline, in the same run and the same
-tables: bare ``DELETE FROM lead_vaults WHERE lead_id = ANY($1)`` of the second half's vault rows
-through the driver (asyncpg / sqlite3), with the same batch size and one transaction per batch,
-and as one single statement. The ratio is sweep leads/s ÷ bare vault rows/s.
+**(a) Destruction rate.** A scratch database gets ``--leads`` sold leads past their deadline,
+written in bulk, each with a really sealed vault and three blind indexes
+(``tests/fixtures/retention.py``), and as many again without a deadline for each baseline.
+``purge_expired_lead_data`` destroys the due ones (``--batch-size`` leads per transaction:
+claim-and-mark UPDATE, DELETE vaults, DELETE blind indexes, INSERT log rows). Baselines in the
+same run and the same tables, through the driver (asyncpg / sqlite3), same batch size, one
+transaction per batch: a bare ``DELETE FROM lead_vaults WHERE lead_id = ANY($1)`` of as many
+vault rows; and on PostgreSQL the sweep's own writes as raw SQL with the ids known beforehand
+(no claim, no ORM). The sweep and the baselines take turns over ``--rounds`` slices, so the
+load of a shared machine's neighbours weighs on each alike.
 
 **(b) Lateness.** ``leadmarket worker`` runs in its own process with the default settings
 (sweep every ``LEADMARKET_RETENTION_SWEEP_SECONDS``, poll every ``LEADMARKET_JOB_POLL_SECONDS``).
@@ -45,7 +47,7 @@ from bench.intake.scratch import Scratch, scratch_database
 from bench.intake.server import REPO_ROOT
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine, utcnow
-from leadmarket.models import Lead, LeadBlindIndex, LeadVault, PiiDestruction, User
+from leadmarket.models import LeadBlindIndex, LeadVault, PiiDestruction, User
 from leadmarket.privacy.retention import purge_expired_lead_data, retention_monitor
 from tests.fixtures.retention import insert_due_leads
 
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--leads", type=int, default=50_000, help="Leads destroyed in (a).")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5, help="Turns of sweep and baselines.")
     parser.add_argument("--lateness-seconds", type=float, default=150.0)
     parser.add_argument("--every-ms", type=int, default=250, help="Deadline spacing in (b).")
     parser.add_argument("--skip-rate", action="store_true", help="Only (b).")
@@ -185,81 +188,108 @@ async def _bare_full_shred(scratch: Scratch, ids: list[str], batch_size: int) ->
 
 
 async def destruction_rate(scratch: Scratch, args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep and its baselines take turns, ``--rounds`` times, each on its own slice of
+    leads, so a neighbour's load on the shared machine weighs on all of them alike."""
     settings = scratch.settings()
     db = Database(make_engine(scratch.url))
     try:
         seller_id = await _seller(db)
-        n = args.leads
-        log(f"(a) writing {2 * n} leads with sealed vaults and blind indexes")
+        n, rounds = args.leads, args.rounds
+        per_round = n // rounds
+        n = per_round * rounds
+        sets = 3 if scratch.kind == "postgres" else 2
+        log(f"(a) writing {sets * n} leads with sealed vaults and blind indexes")
         started = time.perf_counter()
-        past = utcnow() - dt.timedelta(seconds=1)
-        due = await _insert(db, settings, seller_id, [past] * n)
-        kept = await _insert(db, settings, seller_id, [None] * n)
-        written = time.perf_counter() - started
-        log(f"    written in {written:.1f} s ({2 * n / written:,.0f} leads/s)")
-        full = (
-            await _insert(db, settings, seller_id, [None] * n) if scratch.kind == "postgres" else []
+        # Round r's due leads have the deadline base + r s: a sweep at that time takes them only.
+        base = utcnow() - dt.timedelta(hours=1)
+        due = await _insert(
+            db,
+            settings,
+            seller_id,
+            [base + dt.timedelta(seconds=r) for r in range(rounds) for _ in range(per_round)],
         )
+        bare = await _insert(db, settings, seller_id, [None] * n)
+        full = await _insert(db, settings, seller_id, [None] * n) if sets == 3 else []
+        written = time.perf_counter() - started
+        log(f"    written in {written:.1f} s ({sets * n / written:,.0f} leads/s)")
         await _analyze(scratch, db)
 
-        log(f"(a) sweeping {n} due leads, batches of {args.batch_size}")
-        started = time.perf_counter()
-        result = await purge_expired_lead_data(
-            db, settings, batch_size=args.batch_size, keep_details=False
-        )
-        sweep_seconds = time.perf_counter() - started
-        problems = []
-        if result.count != n:
-            problems.append(f"the sweep destroyed {result.count} leads, not {n}")
-        if await _count(db, PiiDestruction) != n:
-            problems.append("the log does not have one row per destroyed lead")
-        left = n + len(full)
-        if await _count(db, LeadVault) != left or await _count(db, LeadBlindIndex) != 3 * left:
-            problems.append("the vaults or blind indexes left are not exactly the kept leads'")
-        if await _count(db, Lead, Lead.pii_destroyed_at.is_not(None)) != n:
-            problems.append("not every due lead is marked destroyed")
-        del due
+        times: dict[str, list[float]] = {"sweep": [], "bare_vault_delete": [], "bare_full": []}
+        destroyed = batches = 0
+        for r in range(rounds):
+            piece = slice(r * per_round, (r + 1) * per_round)
+            started = time.perf_counter()
+            result = await purge_expired_lead_data(
+                db,
+                settings,
+                now=base + dt.timedelta(seconds=r),
+                batch_size=args.batch_size,
+                keep_details=False,
+            )
+            times["sweep"].append(time.perf_counter() - started)
+            destroyed += result.count
+            batches += result.batches
+            times["bare_vault_delete"].append(
+                await _bare_delete(scratch, bare[piece], args.batch_size)
+            )
+            if full:
+                times["bare_full"].append(
+                    await _bare_full_shred(scratch, full[piece], args.batch_size)
+                )
+            line = (
+                f"    round {r + 1}/{rounds}: sweep {per_round / times['sweep'][-1]:,.0f} leads/s,"
+                f" bare vault DELETE {per_round / times['bare_vault_delete'][-1]:,.0f} rows/s"
+            )
+            if full:
+                line += f", raw SQL shred {per_round / times['bare_full'][-1]:,.0f} leads/s"
+            log(line)
 
-        log(f"(a) baseline: bare DELETE of {n} vault rows, batches of {args.batch_size}")
-        half = n // 2
-        bare_batched = await _bare_delete(scratch, kept[:half], args.batch_size)
-        bare_single = await _bare_delete(scratch, kept[half:], len(kept))
-        bare_full = None
-        if full:
-            log(f"(a) baseline: the same writes for {n} leads as raw SQL, no claim")
-            bare_full = await _bare_full_shred(scratch, full, args.batch_size)
-        sweep_rate = n / sweep_seconds
-        bare_batched_rate = half / bare_batched
-        bare_single_rate = (n - half) / bare_single
+        problems = []
+        if destroyed != n:
+            problems.append(f"the sweep destroyed {destroyed} leads, not {n}")
+        async with db.transaction() as session:
+            logged = set(
+                await session.scalars(
+                    select(PiiDestruction.lead_id).where(PiiDestruction.cause == "retention")
+                )
+            )
+        if logged != set(due):
+            problems.append("the log does not have exactly one row per due lead")
+        async with db.transaction() as session:
+            left = 0
+            for model in (LeadVault, LeadBlindIndex):
+                left += int(
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(model)
+                        .join(PiiDestruction, PiiDestruction.lead_id == model.lead_id)  # type: ignore[attr-defined]
+                    )
+                    or 0
+                )
+        if left:
+            problems.append(f"{left} vault or blind index rows of destroyed leads are left")
+
+        def rate(key: str) -> float:
+            return n / sum(times[key])
+
+        sweep_rate = rate("sweep")
         return {
             "leads": n,
+            "rounds": rounds,
             "batch_size": args.batch_size,
-            "batches": result.batches,
-            "write_leads_per_s": round(2 * n / written),
-            "sweep_seconds": round(sweep_seconds, 3),
+            "batches": batches,
+            "write_leads_per_s": round(sets * n / written),
+            "sweep_seconds": round(sum(times["sweep"]), 3),
             "sweep_leads_per_s": round(sweep_rate),
-            "bare_delete_batched": {
-                "rows": half,
-                "seconds": round(bare_batched, 3),
-                "rows_per_s": round(bare_batched_rate),
-            },
-            "bare_delete_single_statement": {
-                "rows": n - half,
-                "seconds": round(bare_single, 3),
-                "rows_per_s": round(bare_single_rate),
-            },
-            "bare_full_shred": (
-                {
-                    "leads": n,
-                    "seconds": round(bare_full, 3),
-                    "leads_per_s": round(n / bare_full),
-                    "ratio_sweep_to_it": round(sweep_rate / (n / bare_full), 3),
-                }
-                if bare_full
-                else None
-            ),
-            "ratio_to_bare_batched": round(sweep_rate / bare_batched_rate, 3),
-            "ratio_to_bare_single": round(sweep_rate / bare_single_rate, 3),
+            "sweep_leads_per_s_by_round": [round(per_round / t) for t in times["sweep"]],
+            "bare_vault_delete_rows_per_s": round(rate("bare_vault_delete")),
+            "bare_vault_delete_by_round": [
+                round(per_round / t) for t in times["bare_vault_delete"]
+            ],
+            "ratio_to_bare_vault_delete": round(sweep_rate / rate("bare_vault_delete"), 3),
+            "raw_sql_shred_leads_per_s": round(rate("bare_full")) if full else None,
+            "raw_sql_shred_by_round": [round(per_round / t) for t in times["bare_full"]],
+            "ratio_to_raw_sql_shred": round(sweep_rate / rate("bare_full"), 3) if full else None,
             "problems": problems,
         }
     finally:
@@ -375,18 +405,17 @@ def main(argv: list[str] | None = None) -> int:
             report["destruction_rate"] = asyncio.run(destruction_rate(scratch, args))
         rate = report["destruction_rate"]
         print(
-            f"(a) destruction: {rate['leads']} leads in {rate['sweep_seconds']} s = "
+            f"(a) destruction: {rate['leads']:,} leads in {rate['sweep_seconds']} s = "
             f"{rate['sweep_leads_per_s']:,} leads/s (target 10,000); bare DELETE of vault rows "
-            f"{rate['bare_delete_batched']['rows_per_s']:,} rows/s batched, "
-            f"{rate['bare_delete_single_statement']['rows_per_s']:,} rows/s in one statement; "
-            f"ratio {rate['ratio_to_bare_batched']} / {rate['ratio_to_bare_single']}"
-        )
-        if rate["bare_full_shred"]:
-            full = rate["bare_full_shred"]
-            print(
-                f"    the same writes as raw SQL (no claim, no ORM): {full['leads_per_s']:,} "
-                f"leads/s; the sweep runs at {full['ratio_sweep_to_it']} of it"
+            f"{rate['bare_vault_delete_rows_per_s']:,} rows/s (ratio "
+            f"{rate['ratio_to_bare_vault_delete']})"
+            + (
+                f"; the same writes as raw SQL {rate['raw_sql_shred_leads_per_s']:,} leads/s "
+                f"(ratio {rate['ratio_to_raw_sql_shred']})"
+                if rate["raw_sql_shred_leads_per_s"]
+                else ""
             )
+        )
     if not args.skip_lateness:
         with scratch_database(args.db, "retention") as scratch:
             report["lateness"] = asyncio.run(lateness(scratch, args))

@@ -22,10 +22,10 @@ treats a lead past its deadline as destroyed for every purpose, and the webhook 
 its message through it.
 
 **The sweep** (:func:`purge_expired_lead_data`) destroys every lead whose deadline has passed, in
-batches, one transaction per batch: the batch's leads are claimed with ``FOR UPDATE SKIP LOCKED``
-on PostgreSQL (on SQLite the transaction holds the write lock), their vaults (wrapped data key
-and ciphertext) and blind indexes are deleted with one multi-row DELETE each, the leads are
-marked destroyed with one UPDATE, and one multi-row INSERT logs each destruction in
+batches, one transaction per batch: one UPDATE claims the batch's leads (a subquery with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the transaction holds the write lock) and
+marks them destroyed, their vaults (wrapped data key and ciphertext) and blind indexes are
+deleted with one multi-row DELETE each, and one multi-row INSERT logs each destruction in
 ``pii_destructions`` (lead id unique, deadline, when, lateness). Several sweeps share the work
 and each lead is destroyed once; a sweep killed mid-way loses only its batch in flight, which
 the next run finds again. A lead is never destroyed before its deadline: the batch's cut-off is
@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
-from leadmarket.leads.vault import lead_id_among, shred_personal_data
+from leadmarket.leads.vault import shred_personal_data
 from leadmarket.models import (
     DestructionCause,
     Lead,
@@ -226,32 +226,41 @@ async def purge_expired_lead_data(
 async def _destroy_batch(
     db: Database, cutoff: dt.datetime, batch_size: int, clock: Callable[[], dt.datetime]
 ) -> list[Destruction]:
-    """One batch in one transaction: claim, shred, mark, log."""
+    """One batch in one transaction: claim and mark, shred, log."""
     async with db.transaction() as session:
+        # Never earlier than the cut-off, so never before any deadline of the batch.
+        destroyed_at = max(clock(), cutoff)
+        # Claim and mark in one statement: the subquery locks the batch (skipping rows another
+        # sweep holds), the UPDATE marks exactly those and returns their deadlines.
+        claim = (
+            _due(cutoff)
+            .with_only_columns(Lead.id)
+            .order_by(Lead.pii_expires_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
         rows = (
             await session.execute(
-                _due(cutoff)
-                .order_by(Lead.pii_expires_at)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
+                update(Lead)
+                .where(Lead.id.in_(claim.scalar_subquery()), Lead.pii_destroyed_at.is_(None))
+                .values(pii_destroyed_at=destroyed_at)
+                .returning(Lead.id, Lead.pii_expires_at)
+                .execution_options(synchronize_session=False)
             )
         ).all()
         if not rows:
             return []
-        # Never earlier than the cut-off, so never before any deadline of the batch.
-        destroyed_at = max(clock(), cutoff)
-        batch = [
-            Destruction(str(lead_id), deadline, destroyed_at, _lateness_ms(deadline, destroyed_at))
-            for lead_id, deadline in rows
-        ]
-        ids = [d.lead_id for d in batch]
-        await shred_personal_data(session, ids)
-        await session.execute(
-            update(Lead)
-            .where(lead_id_among(session, Lead.id, ids))
-            .values(pii_destroyed_at=destroyed_at)
-            .execution_options(synchronize_session=False)
+        batch = sorted(
+            (
+                Destruction(
+                    str(lead_id), deadline, destroyed_at, _lateness_ms(deadline, destroyed_at)
+                )
+                for lead_id, deadline in rows
+                if deadline is not None  # always: the claim selects leads past a deadline
+            ),
+            key=lambda d: (d.deadline, d.lead_id),
         )
+        await shred_personal_data(session, [d.lead_id for d in batch])
         await _log_destructions(session, batch)
     return batch
 
