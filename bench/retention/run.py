@@ -274,6 +274,8 @@ async def destruction_rate(scratch: Scratch, args: argparse.Namespace) -> dict[s
 
         sweep_rate = rate("sweep")
         return {
+            # The machine is shared: its 1-minute load average after the timed rounds.
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "leads": n,
             "rounds": rounds,
             "batch_size": args.batch_size,
