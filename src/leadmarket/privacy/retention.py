@@ -151,10 +151,7 @@ class PurgeResult:
     batches: int = 0
     # The sweep stopped at its time budget with work left; the next run continues.
     unfinished: bool = False
-
-    @property
-    def max_lateness_ms(self) -> int:
-        return max((d.lateness_ms for d in self.destroyed), default=0)
+    max_lateness_ms: int = 0
 
 
 def _lateness_ms(deadline: dt.datetime, destroyed_at: dt.datetime) -> int:
@@ -196,6 +193,7 @@ async def purge_expired_lead_data(
                 Destruction(str(lead_id), deadline, cutoff, _lateness_ms(deadline, cutoff))
             )
         result.count = len(rows)
+        result.max_lateness_ms = max((d.lateness_ms for d in result.destroyed), default=0)
         return result
     started = time.monotonic()
     while True:
@@ -207,6 +205,7 @@ async def purge_expired_lead_data(
             break
         result.batches += 1
         result.count += len(batch)
+        result.max_lateness_ms = max(result.max_lateness_ms, *(d.lateness_ms for d in batch))
         if keep_details:
             result.destroyed.extend(batch)
         # Counts and times only: a log line never names the consumer (nor even the leads).
