@@ -4,7 +4,7 @@ Requests hold the requester's identifiers only sealed under a per-request data k
 the master keyring) and as blind-index digests; the token and the one-time code as digests.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-22 05:01:44.618319
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import leadmarket.kit.db
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

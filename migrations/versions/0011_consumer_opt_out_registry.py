@@ -2,7 +2,7 @@
 of the sale and sharing of their data, which intake checks before storing a new lead.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-11-22 05:00:50.293981
 """
 

@@ -12,7 +12,7 @@ meaning; they are all sales, so they are backfilled with consumer consent and th
 certificate.
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0011
 Create Date: 2026-11-22 05:01:20.142781
 """
 

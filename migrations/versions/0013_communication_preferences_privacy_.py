@@ -9,7 +9,7 @@
 * ``consents.global_privacy_control``: the browser sent ``Sec-GPC: 1`` with the consumer form.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 Create Date: 2026-11-22 05:02:08.016102
 """
 

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
             worker = Worker(
                 db,
-                build_registry(),
+                build_registry(settings),
                 build_services(settings, broker=app.state.broker),
                 settings,
             )
@@ -129,7 +129,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.pingpost import api as pingpost_api
     from leadmarket.pingpost import views as pingpost_views
     from leadmarket.privacy import api as privacy_api
-    from leadmarket.privacy import preferences_api, preferences_views
+    from leadmarket.privacy import (
+        preferences_api,
+        preferences_views,
+        retention_api,
+        retention_views,
+    )
     from leadmarket.privacy import views as privacy_views
     from leadmarket.privacy.legal import api as legal_api
     from leadmarket.privacy.legal import views as legal_views
@@ -142,6 +147,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, accounts_api.router)
     include_guarded(app, admin_api.router)
     include_guarded(app, legal_api.router)
+    include_guarded(app, retention_api.router)
     include_guarded(app, verticals_api.router)
     include_guarded(app, leads_api.router)
     include_guarded(app, uploads_api.router)
@@ -164,6 +170,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, privacy_api.officer)
     include_guarded(app, privacy_views.router)
     include_guarded(app, legal_views.router)
+    include_guarded(app, retention_views.router)
 
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(

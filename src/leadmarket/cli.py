@@ -1,4 +1,4 @@
-"""The ``leadmarket`` command: serve, worker, migrate, create-admin, demo, audit verify,
+"""The ``leadmarket`` command: serve, worker, migrate, create-admin, demo, purge, audit verify,
 ledger verify, keys."""
 
 from __future__ import annotations
@@ -198,6 +198,46 @@ def demo(
     upgrade_to_head(settings.database_url)
     summary = asyncio.run(load_demo_data(settings))
     console.print(summary)
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be destroyed; change nothing.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Leads destroyed per transaction.")
+    ] = 1000,
+) -> None:
+    """Run the retention sweep once (L4): destroy the personal data of every lead past its
+    deadline and print each lead id with its deadline and lateness, then the total."""
+    from leadmarket.kit.db import Database, make_engine
+    from leadmarket.kit.logs import configure_logging
+    from leadmarket.privacy.retention import PurgeResult, purge_expired_lead_data
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> PurgeResult:
+        db = Database(make_engine(settings.database_url))
+        try:
+            return await purge_expired_lead_data(
+                db, settings, dry_run=dry_run, batch_size=batch_size
+            )
+        finally:
+            await db.dispose()
+
+    result = asyncio.run(run())
+    out = Console(highlight=False)
+    verb = "would destroy" if dry_run else "destroyed"
+    for d in result.destroyed:
+        out.print(
+            f"{d.lead_id}  deadline {d.deadline.isoformat(timespec='milliseconds')}  "
+            f"lateness {d.lateness_ms / 1000:.3f} s",
+            markup=False,
+        )
+    late = f", largest lateness {result.max_lateness_ms / 1000:.3f} s" if result.count else ""
+    out.print(f"Total: {verb} {result.count} leads' personal data{late}.", markup=False)
 
 
 @audit_app.command("verify")

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
         description="Personal data of a lead is destroyed this long after it "
         "is sold or its auction ends (L4).",
     )
+    retention_sweep_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="How often the retention sweep destroys the personal data of leads past "
+        "their deadline (L4). The worst lateness is about this plus the worker's poll interval.",
+    )
+    fixed_price_listing_hours: int = Field(
+        default=168,
+        ge=1,
+        le=24 * 365,
+        description="How long a fixed-price lead stays on sale. Then it leaves the market "
+        "(unsold, or sold to the buyers it has) and its personal data is destroyed "
+        "pii_retention_hours later, like an auction's (L4): no lead keeps its data forever.",
+    )
     auction_opening_bid_cents: int = Field(
         default=100,
         ge=1,

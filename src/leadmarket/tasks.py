@@ -26,7 +26,10 @@ from leadmarket.notifications.mail import MailBackend, make_mail_backend
 from leadmarket.notifications.sms import SmsBackend, make_sms_backend
 from leadmarket.orders import tasks as orders_tasks
 from leadmarket.pingpost import service as pingpost
-from leadmarket.privacy import consumer_data  # noqa: F401  (registers lead.erased/lead.corrected)
+from leadmarket.privacy import (
+    consumer_data,  # noqa: F401  (registers lead.erased/lead.corrected)
+    retention_tasks,
+)
 from leadmarket.privacy import tasks as privacy_tasks
 
 
@@ -51,8 +54,11 @@ def build_services(settings: Settings, *, broker: Broker | None = None) -> JobSe
     )
 
 
-def build_registry() -> JobRegistry[JobServices]:
+def build_registry(settings: Settings | None = None) -> JobRegistry[JobServices]:
+    """Every job kind. ``settings`` give the intervals that are settings (the retention sweep);
+    without them, their defaults."""
     registry: JobRegistry[JobServices] = JobRegistry()
+    registry.include(retention_tasks.registry_for(settings))
     registry.include(notifications_tasks.registry)
     registry.include(leads_tasks.registry)
     registry.include(marketplace_tasks.registry)
@@ -80,7 +86,11 @@ async def run_worker(
     db = Database(make_engine(settings.database_url, pool_size=pool_size))
     try:
         worker = Worker(
-            db, build_registry(), build_services(settings), settings, concurrency=concurrency
+            db,
+            build_registry(settings),
+            build_services(settings),
+            settings,
+            concurrency=concurrency,
         )
         await serve_worker(worker, stop)
     finally:

@@ -141,15 +141,20 @@ async def test_a_shared_lead_sells_to_max_buyers_each_once(
     lead, _ = await make_lead(session, settings, seller, exclusive=False, max_buyers=4)
     buyers = [await buyer(client, session) for _ in range(5)]
     first = await buy(client, buyers[0], lead.id)
-    expires = first.json()["pii_expires_at"]
     again = await buy(client, buyers[0], lead.id)
     assert again.status_code == 409
     assert again.json()["type"] == "/problems/already-bought"
     for b in buyers[1:4]:
         response = await buy(client, b, lead.id)
         assert response.status_code == 201, response.text
-        # L4: the clock starts at the first sale, later sales do not push it back.
-        assert response.json()["pii_expires_at"] == expires
+    # L4: the clock starts when the shared lead's sale closes, here at its last place taken;
+    # every buyer's order then shows that one deadline.
+    assert first.json()["pii_expires_at"] is None
+    closed_at = dt.datetime.fromisoformat(response.json()["purchased_at"])
+    expires = dt.datetime.fromisoformat(response.json()["pii_expires_at"])
+    assert expires == closed_at + dt.timedelta(hours=48)
+    shown = await client.get(f"/api/v1/orders/{first.json()['id']}", headers=buyers[0].headers)
+    assert dt.datetime.fromisoformat(shown.json()["pii_expires_at"]) == expires
     before = await snapshot(session, lead.id, buyers[4].id)
     late = await buy(client, buyers[4], lead.id)
     assert late.status_code == 409

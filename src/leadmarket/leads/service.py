@@ -44,6 +44,7 @@ from leadmarket.models import (
     User,
 )
 from leadmarket.notifications.service import queue_mail
+from leadmarket.privacy.retention import deadline_on_consent_withdrawn
 
 CONSENT_WITHDRAWN_TEMPLATE = "leads/consent_withdrawn"
 
@@ -160,7 +161,8 @@ async def withdraw_consent(
     email: str | None,
     phone: str | None,
 ) -> Consent:
-    """The consumer withdraws; honoured from now on (L3): an unsold lead leaves the market.
+    """The consumer withdraws; honoured from now on (L3): an unsold lead leaves the market, and
+    its personal data is destroyed at the next retention sweep (L4) unless a buyer has it.
     Whoever asks must name the email or phone the consent was given with."""
     consent = await session.scalar(
         select(Consent).where(Consent.certificate == certificate).with_for_update()
@@ -190,9 +192,8 @@ async def withdraw_consent(
         if lead is not None:
             if lead.status == LeadStatus.OPEN.value:
                 lead.status = LeadStatus.WITHDRAWN.value
-            if lead.pii_expires_at is None:
-                # Off the market for good: kept no longer than an unsold lead (L4).
-                lead.pii_expires_at = now + dt.timedelta(hours=kit.settings.pii_retention_hours)
+            # Sold no further, so its data goes as soon as no buyer has a right to it (L4).
+            deadline_on_consent_withdrawn(lead, kit.settings, now)
             await _tell_buyers(session, kit, lead, now)
     return consent
 

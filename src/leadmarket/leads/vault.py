@@ -16,11 +16,12 @@ import base64
 import datetime as dt
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import String, any_, delete, exists, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
@@ -157,11 +158,12 @@ async def reveal_personal_data(
     * ``LEGAL_REQUEST``: admins only; :mod:`leadmarket.privacy.legal` calls it for a verified
       request, with the request's id in the reason (P10).
     * ``BUYER_ORDER``: only the buyer of a live (held or settled) order of this lead, and only
-      until the lead's ``pii_expires_at``: past it the data counts as destroyed even if the
-      retention sweep has not run yet (L4). Anyone else gets 404, as if there were nothing.
+      until the lead's ``pii_expires_at``. Anyone else gets 404, as if there were nothing.
     * ``RIGHTS_REQUEST``: only the privacy engine (:meth:`Reader.privacy_engine`), with the
-      request id as ``reason``; recorded as a system read. The consumer's own data is opened
-      for as long as it is still held, even past ``pii_expires_at``."""
+      request id as ``reason``; recorded as a system read.
+
+    For every purpose, past ``pii_expires_at`` the data counts as destroyed even if the
+    retention sweep has not run yet (L4): nobody reads or delivers it in between."""
     if purpose in _ADMIN_PURPOSES:
         if reader.role != Role.ADMIN.value:
             raise Forbidden(
@@ -181,10 +183,7 @@ async def reveal_personal_data(
     lead = await session.get(Lead, lead_id)
     if lead is None:
         raise NotFound("No such lead.")
-    if purpose is Purpose.BUYER_ORDER and (
-        lead.pii_destroyed_at is not None
-        or (lead.pii_expires_at is not None and lead.pii_expires_at <= utcnow())
-    ):
+    if is_past_retention(lead, utcnow()):
         raise PersonalDataDestroyed("This lead's personal data has been destroyed.")
     vault = await session.get(LeadVault, lead_id)
     if vault is None:
@@ -202,11 +201,45 @@ async def reveal_personal_data(
     return values
 
 
+def is_past_retention(lead: Lead, now: dt.datetime) -> bool:
+    """Whether ``lead``'s personal data counts as gone: destroyed, or past its deadline."""
+    return lead.pii_destroyed_at is not None or (
+        lead.pii_expires_at is not None and lead.pii_expires_at <= now
+    )
+
+
 async def destroy_personal_data(session: AsyncSession, lead: Lead, *, now: dt.datetime) -> None:
     """Crypto-shred: the wrapped key and ciphertext go, and so do the blind indexes."""
-    await session.execute(delete(LeadVault).where(LeadVault.lead_id == lead.id))
-    await session.execute(delete(LeadBlindIndex).where(LeadBlindIndex.lead_id == lead.id))
+    await shred_personal_data(session, [lead.id])
     lead.pii_destroyed_at = now
+
+
+async def shred_personal_data(session: AsyncSession, lead_ids: Sequence[str]) -> int:
+    """Crypto-shred many leads at once: one multi-row DELETE of their vaults (wrapped data key
+    and ciphertext) and one of their blind indexes. The caller marks the leads destroyed in the
+    same transaction. Returns how many vaults went."""
+    if not lead_ids:
+        return 0
+    ids = list(lead_ids)
+    deleted = await session.execute(
+        delete(LeadVault)
+        .where(lead_id_among(session, LeadVault.lead_id, ids))
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        delete(LeadBlindIndex)
+        .where(lead_id_among(session, LeadBlindIndex.lead_id, ids))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def lead_id_among(session: AsyncSession, column: Any, ids: list[str]) -> Any:
+    """``column`` is one of ``ids``: ``= ANY(array)`` on PostgreSQL (one parameter, one
+    prepared statement whatever the count), ``IN (…)`` on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(ids, ARRAY(String)))
+    return column.in_(ids)
 
 
 async def rewrap_all(session: AsyncSession, keyring: Keyring, *, batch_size: int = 500) -> int:

@@ -54,6 +54,7 @@ from leadmarket.models import (
     User,
 )
 from leadmarket.orders.service import OwnLead, sell
+from leadmarket.privacy.retention import retention_deadline
 
 
 class NotAnAuction(Conflict):
@@ -510,8 +511,8 @@ async def close_auction(
     exclusive), each at one increment above the next maximum. A winner placed by a campaign
     must still be able to buy (the campaign's caps and budget are claimed now); a winner who
     cannot (a campaign exhausted meanwhile, funds gone) is passed over for the next. With no
-    winner the lead is unsold, and its personal data is destroyed 48 hours after the end
-    (L4). The ids of the orders made."""
+    winner the lead is unsold, and its personal data is destroyed 48 hours after the end (L4);
+    so is a shared lead's whose places are not all taken. The ids of the orders made."""
     now = now or utcnow()
     auction = await _auction_of(session, lead)
     bids = list(
@@ -572,12 +573,15 @@ async def close_auction(
         .values(status=BidStatus.LOST.value)
     )
     await session.refresh(lead)
+    ended = lead.auction_ends_at or now
     if lead.sold_count > 0:
         lead.status = LeadStatus.SOLD.value  # an auctioned lead goes to its auction's winners
+        if lead.pii_expires_at is None:
+            # A shared lead with places left: its sale closes with its auction (L4).
+            lead.pii_expires_at = retention_deadline(ended, settings)
     else:
         lead.status = LeadStatus.UNSOLD.value
-        ended = lead.auction_ends_at or now
-        lead.pii_expires_at = ended + dt.timedelta(hours=settings.pii_retention_hours)
+        lead.pii_expires_at = retention_deadline(ended, settings)
     auction.closed_at = now
     auction.outcome = (AuctionOutcome.SOLD if orders else AuctionOutcome.UNSOLD).value
     await session.flush()

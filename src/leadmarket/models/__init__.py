@@ -65,6 +65,7 @@ from leadmarket.models.privacy import (
     RequestStatus,
     RequestType,
 )
+from leadmarket.models.retention import DestructionCause, PiiDestruction
 from leadmarket.models.upload import (
     LeadUpload,
     LeadUploadChunk,
@@ -94,6 +95,7 @@ __all__ = [
     "DenialReason",
     "Deposit",
     "DepositStatus",
+    "DestructionCause",
     "Disclosure",
     "HoldStatus",
     "IdempotencyRecord",
@@ -124,6 +126,7 @@ __all__ = [
     "Order",
     "OrderStatus",
     "OutboundMail",
+    "PiiDestruction",
     "Ping",
     "PingFingerprint",
     "PingOutcome",

@@ -6,9 +6,10 @@ How a sale stays exact under any concurrency (issue 4 §7):
 
 * **A slot on the lead** is taken by one conditional UPDATE, ``sold_count = sold_count + 1 …
   WHERE status = 'open' AND sold_count < cap``; the same statement closes the lead (``sold``)
-  when it takes the last slot and starts the retention clock (``pii_expires_at``, L4) on the
-  first sale. On PostgreSQL the UPDATE row-locks the lead and re-checks its condition against
-  the committed row, on SQLite the transaction holds the write lock: a shared lead never sells
+  when it takes the last slot and then starts the retention clock (``pii_expires_at``, L4:
+  the sale has closed; ``privacy.retention`` lists the other ways a sale closes). On
+  PostgreSQL the UPDATE row-locks the lead and re-checks its condition against the committed
+  row, on SQLite the transaction holds the write lock: a shared lead never sells
   more than ``max_buyers`` times, an exclusive one once.
 * **One order per buyer and lead**: ``INSERT … ON CONFLICT (lead_id, buyer_id) DO NOTHING``.
 * **Funds** are held by the ledger's conditional UPDATE (:func:`ledger.service.hold_funds`).
@@ -24,7 +25,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
@@ -55,6 +56,7 @@ from leadmarket.privacy.disclosures import (
     LegalBasis,
     record_disclosure,
 )
+from leadmarket.privacy.retention import listing_ends_at, listing_length
 from leadmarket.verticals.registry import CONSENT_EVIDENCE_CATEGORIES, get_vertical
 from leadmarket.webhooks import service as webhooks
 
@@ -134,7 +136,9 @@ async def _existing_order(session: AsyncSession, lead_id: str, buyer_id: str) ->
     return order
 
 
-async def _why_not(session: AsyncSession, lead_id: str, buyer_id: str) -> Exception:
+async def _why_not(
+    session: AsyncSession, settings: Settings, lead_id: str, buyer_id: str
+) -> Exception:
     """The reason a slot could not be taken, read after the conditional UPDATE refused."""
     lead = await session.get(Lead, lead_id, populate_existing=True)
     if lead is None:
@@ -147,6 +151,9 @@ async def _why_not(session: AsyncSession, lead_id: str, buyer_id: str) -> Except
         return LeadNotForSale(
             "This lead has been sold to its last buyer.", extra={"lead_status": lead.status}
         )
+    ends = listing_ends_at(lead, settings)
+    if lead.sale_mode == SaleMode.FIXED.value and ends is not None and ends <= utcnow():
+        return LeadNotForSale("This lead's listing has ended.", extra={"lead_status": "ended"})
     return LeadNotForSale(f"This lead is {lead.status}.", extra={"lead_status": lead.status})
 
 
@@ -192,20 +199,31 @@ async def sell(
                     Lead.status == LeadStatus.OPEN.value,
                     Lead.sold_count < cap,
                     Lead.seller_id != buyer_id,
+                    # A fixed-price listing ends (and its retention clock starts) in time.
+                    or_(
+                        Lead.sale_mode != SaleMode.FIXED.value,
+                        Lead.created_at > now - listing_length(settings),
+                    ),
                 )
                 .values(
                     sold_count=Lead.sold_count + 1,
                     status=case(
                         (Lead.sold_count + 1 >= cap, LeadStatus.SOLD.value), else_=Lead.status
                     ),
-                    pii_expires_at=func.coalesce(Lead.pii_expires_at, expires),
+                    # L4: the clock starts when the sale closes, i.e. this sale takes the last
+                    # place (an exclusive lead's only one); a shared lead's auction or listing
+                    # end closes it otherwise (privacy.retention).
+                    pii_expires_at=case(
+                        (Lead.sold_count + 1 >= cap, func.coalesce(Lead.pii_expires_at, expires)),
+                        else_=Lead.pii_expires_at,
+                    ),
                 )
                 .returning(Lead.seller_id, Lead.currency, Lead.vertical)
                 .execution_options(synchronize_session=False)
             )
         ).one_or_none()
         if claimed is None:
-            raise await _why_not(session, lead_id, buyer_id)
+            raise await _why_not(session, settings, lead_id, buyer_id)
         seller_id, currency, vertical = str(claimed[0]), str(claimed[1]), str(claimed[2])
         inserted = await session.execute(
             insert_ignoring_conflicts(
@@ -315,7 +333,7 @@ async def purchase(
     if await _existing_order(session, lead_id, buyer.id) is not None:
         raise AlreadyBought("You bought this lead already.")
     if lead.status != LeadStatus.OPEN.value:
-        raise await _why_not(session, lead_id, buyer.id)
+        raise await _why_not(session, settings, lead_id, buyer.id)
     price_cents, via = sale_terms(lead, utcnow())
     order = await sell(
         session,
