@@ -244,6 +244,9 @@ ACCESS: dict[str, Access] = {
     "GET /admin/privacy/notices": ADMINS,
     "POST /admin/privacy/notices": ADMINS,
     "POST /api/v1/admin/privacy/notices": ADMINS,
+    # The retention monitor (L4): deadlines and lateness, no personal data.
+    "GET /admin/retention": OFFICERS,
+    "GET /api/v1/admin/retention": OFFICERS,
 }
 
 PLACEHOLDER = "placeholder0"

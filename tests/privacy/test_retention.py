@@ -221,15 +221,15 @@ async def test_past_its_deadline_nobody_reads_the_data_before_the_sweep(
     (lead_id,) = await insert_due_leads(
         session, settings, seller.id, [utcnow() - dt.timedelta(milliseconds=1)]
     )
-    for purpose, role in ((Purpose.STAFF_SUPPORT, "admin"), (Purpose.STAFF_SUPPORT, "support")):
+    readers = (
+        (Purpose.ADMIN_REVIEW, Reader("usr_staff", "admin")),
+        (Purpose.LEGAL_REQUEST, Reader("usr_staff", "admin")),
+        (Purpose.RIGHTS_REQUEST, Reader.privacy_engine()),
+    )
+    for purpose, reader in readers:
         with pytest.raises(PersonalDataDestroyed):
             await reveal_personal_data(
-                session,
-                settings,
-                lead_id,
-                reader=Reader("usr_staff", role),
-                purpose=purpose,
-                reason="ticket 12",
+                session, settings, lead_id, reader=reader, purpose=purpose, reason="ticket 12"
             )
     assert await held(session, lead_id) == (1, 3)  # still stored: the sweep has not run
 
