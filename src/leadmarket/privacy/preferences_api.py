@@ -144,6 +144,8 @@ async def get_notice(
     summary="Publish a new version of the privacy notice; members are told by email and on "
     "the site (P12)",
     responses={
+        401: {"description": "Not signed in."},
+        403: {"description": "Only admins publish the notice."},
         409: {"description": "The version exists (versions are never changed)."},
         422: {"description": "Invalid, or an effective date in the past."},
     },
