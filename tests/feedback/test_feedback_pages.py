@@ -143,6 +143,7 @@ async def test_a_report_from_the_profile_reaches_the_admin_queue_and_hiding_is_a
     queue = await client.get("/admin/feedback")
     assert queue.status_code == 200
     assert "Thieves and liars" in queue.text and "Insults only" in queue.text
+    assert 'href="/admin/feedback" aria-current="page"' in queue.text  # in the admin's nav
     hide_form = form_after(queue.text, f"/admin/feedback/{feedback_id}/hide")
     hidden = await client.post(
         f"/admin/feedback/{feedback_id}/hide",
