@@ -116,6 +116,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.admin import api as admin_api
     from leadmarket.campaigns import api as campaigns_api
     from leadmarket.campaigns import views as campaigns_views
+    from leadmarket.feedback import api as feedback_api
+    from leadmarket.feedback import views as feedback_views
     from leadmarket.leads import api as leads_api
     from leadmarket.leads import uploads_api, uploads_views
     from leadmarket.leads import views as leads_views
@@ -160,9 +162,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, campaigns_api.router)
     include_guarded(app, campaigns_views.router)
     include_guarded(app, orders_api.router)
+    include_guarded(app, feedback_api.router)
     include_guarded(app, preferences_api.router)
     include_guarded(app, preferences_views.router)
     include_guarded(app, orders_views.router)
+    include_guarded(app, feedback_views.router)
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)

@@ -223,6 +223,19 @@ class Settings(BaseSettings):
         description="How long after a sale the buyer's funds stay held (the return window) "
         "before they are paid to the seller.",
     )
+    # Feedback and ratings (M3).
+    feedback_window_days: int = Field(
+        default=60,
+        ge=1,
+        le=365,
+        description="How long after a sale each party may leave feedback about the other.",
+    )
+    feedback_edit_hours: int = Field(
+        default=24,
+        ge=0,
+        le=24 * 30,
+        description="How long the author may change their rating and comment after leaving it.",
+    )
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, le=60, description="Deadline of one webhook delivery attempt."
     )

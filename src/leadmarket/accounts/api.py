@@ -33,6 +33,7 @@ from leadmarket.accounts.schemas import (
     VerifyEmailIn,
 )
 from leadmarket.accounts.service import AccountsKit
+from leadmarket.feedback import service as feedback
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import User, UserSession
 
@@ -314,11 +315,14 @@ async def public_profile(
     username: Annotated[str, Path(max_length=64)], session: Session
 ) -> PublicProfile:
     user = await service.public_member(session, username)
+    ratings = await feedback.ratings_of(session, user.id)
+    recent = await feedback.public_feedback(session, user.id, limit=feedback.RECENT_ON_PROFILE)
     return PublicProfile(
         username=user.username,
         role=user.role,
         member_since=user.created_at,
-        rating_average=None,
-        rating_count=0,
-        feedback=[],
+        rating_average=ratings.average,
+        rating_count=ratings.count,
+        rating_counts={str(star): count for star, count in ratings.per_star.items()},
+        feedback=recent[: feedback.RECENT_ON_PROFILE],
     )

@@ -13,6 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from leadmarket.accounts.passwords import MAX_PASSWORD_LENGTH
+from leadmarket.feedback.schemas import PublicFeedback
 from leadmarket.kit.schemas import RequestModel
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{1,30})[A-Za-z0-9]$")
@@ -197,9 +198,16 @@ class PasswordResetIn(RequestModel):
 
 
 class PublicProfile(BaseModel):
+    """What anyone may see of a member (A1, M3): the username and ratings, never a name or
+    contact data."""
+
     username: str
     role: str
     member_since: dt.datetime
-    rating_average: float | None
+    rating_average: float | None = Field(description="Of the visible ratings, two decimals.")
     rating_count: int
-    feedback: list[dict[str, object]]
+    rating_counts: dict[str, int] = Field(description='How many ratings of each star, "5" to "1".')
+    feedback: list[PublicFeedback] = Field(
+        description="The most recent feedback about the member, newest first; more at "
+        "GET /api/v1/members/{username}/feedback."
+    )

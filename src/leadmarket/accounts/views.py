@@ -44,6 +44,8 @@ from leadmarket.accounts.schemas import (
 )
 from leadmarket.accounts.service import AccountsKit
 from leadmarket.config import Settings
+from leadmarket.feedback import service as feedback
+from leadmarket.feedback.schemas import REASON_LABELS
 from leadmarket.kit.csrf import double_submit, trusted_origins, verify_bound_token
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import (
@@ -457,6 +459,12 @@ def _clear_session_cookie(response: Response, *, secure: bool) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/", secure=secure, httponly=True, samesite="lax")
 
 
+FEEDBACK_NOTICES = {
+    "replied": "Your reply is published.",
+    "reported": "Thank you: an admin will look at this feedback.",
+}
+
+
 # Home and public profiles -----------------------------------------------------------------
 
 
@@ -474,10 +482,21 @@ async def member_profile(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     member = await service.public_member(session, username)
+    recent = await feedback.public_feedback(session, member.id, limit=feedback.RECENT_ON_PROFILE)
     return render_page(
         request,
         "accounts/member.html",
-        {"member": {"username": member.username, "role": member.role, "since": member.created_at}},
+        {
+            "member": {
+                "username": member.username,
+                "role": member.role,
+                "since": member.created_at,
+            },
+            "ratings": await feedback.ratings_of(session, member.id),
+            "feedback": recent[: feedback.RECENT_ON_PROFILE],
+            "report_reasons": REASON_LABELS,
+            "notice": FEEDBACK_NOTICES.get(request.query_params.get("done", "")),
+        },
     )
 
 

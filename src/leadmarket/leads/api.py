@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, optional_principal, requires, requires_rechecked
 from leadmarket.accounts.policy import Action
+from leadmarket.feedback import service as feedback
 from leadmarket.kit.idempotency import (
     check_key,
     request_fingerprint,
@@ -50,7 +51,10 @@ async def lead_out(session: AsyncSession, lead: Lead, viewer: User) -> LeadOut:
         status=lead.status,
         preview=previews.preview_of(lead),
         sale=previews.sale_of(lead, show_reserve=viewer.id == lead.seller_id),
-        seller=SellerOut(username=seller.username if seller else "", rating=None),
+        seller=SellerOut(
+            username=seller.username if seller else "",
+            rating=(await feedback.ratings_of(session, seller.id)).average if seller else None,
+        ),
         pii_expires_at=lead.pii_expires_at,
         pii_destroyed_at=lead.pii_destroyed_at,
     )

@@ -53,6 +53,7 @@ from leadmarket.models import (
     SaleVia,
     User,
 )
+from leadmarket.notifications.notify import Event, notify_later
 from leadmarket.orders.service import OwnLead, sell
 from leadmarket.privacy.retention import retention_deadline
 
@@ -312,6 +313,9 @@ async def place_bid(
                 .where(Bid.id == previous_bid_id)
                 .values(status=(BidStatus.RAISED if raising else BidStatus.OUTBID).value)
             )
+            if not raising:
+                # The buyer who led is told after the commit (one outbox row here).
+                await notify_later(session, Event.OUTBID, previous_bid_id)
         auction.leader_bid_id = bid_id
         auction.leader_id = buyer.id
         auction.leader_max_cents = amount_cents
@@ -382,6 +386,8 @@ async def end_auction(
     auction.closed_at = now
     auction.outcome = outcome.value
     await session.flush()
+    if auction.bid_count:
+        await notify_later(session, Event.AUCTION_ENDED, lead.id)  # the bidders lost
     _publish(session, broker, auction, settings, lead)
     return auction
 
@@ -585,6 +591,8 @@ async def close_auction(
     auction.closed_at = now
     auction.outcome = (AuctionOutcome.SOLD if orders else AuctionOutcome.UNSOLD).value
     await session.flush()
+    # Winners, losers and the seller are told by the worker after this sweep commits.
+    await notify_later(session, Event.AUCTION_ENDED, lead.id)
     _publish(session, broker, auction, settings, lead)
     return orders
 

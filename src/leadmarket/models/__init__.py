@@ -6,6 +6,13 @@ from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSess
 from leadmarket.models.auction import Auction, AuctionOutcome, Bid, BidStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
 from leadmarket.models.campaign import Campaign, CampaignCapCounter, MatchingVersion
+from leadmarket.models.feedback import (
+    Feedback,
+    FeedbackReport,
+    FeedbackReportReason,
+    FeedbackReportStatus,
+    FeedbackSide,
+)
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -97,6 +104,11 @@ __all__ = [
     "DepositStatus",
     "DestructionCause",
     "Disclosure",
+    "Feedback",
+    "FeedbackReport",
+    "FeedbackReportReason",
+    "FeedbackReportStatus",
+    "FeedbackSide",
     "HoldStatus",
     "IdempotencyRecord",
     "Job",

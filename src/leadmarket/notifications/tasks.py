@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.jobs import JobContext, JobRegistry
+from leadmarket.notifications.notify import NOTIFY_JOB, run_deferred
 from leadmarket.notifications.service import (
     SEND_MAIL_JOB,
     mark_mail_failed,
@@ -33,6 +34,14 @@ async def send_mail(ctx: JobContext[JobServices]) -> None:
         ctx.services.mail_backend,
         str(ctx.payload["mail_id"]),
         attempt=ctx.attempt,
+    )
+
+
+@registry.handler(NOTIFY_JOB)
+async def tell_members(ctx: JobContext[JobServices]) -> None:
+    """An event of a hot path (a bid, an auction's end, a sale), told after its commit."""
+    await run_deferred(
+        ctx.session, ctx.services.settings, str(ctx.payload["event"]), str(ctx.payload["ref"])
     )
 
 

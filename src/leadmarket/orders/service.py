@@ -49,6 +49,7 @@ from leadmarket.models import (
     SaleVia,
     User,
 )
+from leadmarket.notifications.notify import Event, notify_later
 from leadmarket.orders.schemas import AddressOut, ContactOut, OrderOut
 from leadmarket.privacy.disclosures import (
     DisclosureKind,
@@ -301,6 +302,9 @@ async def sell(
             await webhooks.enqueue_delivery(
                 session, order_id=order_id, buyer_id=buyer_id, url=url, event_type=LEAD_DELIVERED
             )
+        if via is not SaleVia.AUCTION:
+            # The seller is told after the commit; an auction's end tells its own sales.
+            await notify_later(session, Event.LEAD_SOLD, order_id)
         await session.flush()
     order = await session.get(Order, order_id)
     assert order is not None

@@ -19,6 +19,7 @@ from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page
 from leadmarket.config import Settings
+from leadmarket.feedback.views import panel_context as feedback_panel
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import DomainError, NotFound
 from leadmarket.kit.idempotency import check_key
@@ -46,6 +47,9 @@ PER_PAGE = 25
 NOTICES = {
     "bought": "You bought this lead. Its contact details are below until they are destroyed.",
     "replayed": "The delivery is queued again; its attempts appear below.",
+    "left": "Thank you: your feedback is published on the seller's profile.",
+    "changed": "Your feedback is changed.",
+    "replied": "Your reply is published.",
 }
 
 
@@ -229,6 +233,7 @@ async def order_page(
             "deliveries": await webhooks.deliveries_of(session, order.id),
             "endpoint": await webhooks.get_endpoint(session, principal.user.id),
             "notice": NOTICES.get(request.query_params.get("done", "")),
+            **await feedback_panel(session, _settings(request), order.id, principal.user),
         },
     )
 

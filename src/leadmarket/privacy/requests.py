@@ -78,6 +78,7 @@ from leadmarket.models.privacy import (
     RequestStatus,
     RequestType,
 )
+from leadmarket.notifications.notify import notify_privacy_requester
 from leadmarket.notifications.service import queue_mail
 from leadmarket.notifications.sms import queue_text_message
 from leadmarket.privacy import consumer_data
@@ -734,17 +735,17 @@ async def _notify(
         fields=[field],
         reason=why[:200],
     )
-    body += (
-        f"\nFollow your request: {settings.base_url.rstrip('/')}/privacy/requests/{request.id}\n"
+    # The notification center words it and picks the channel the requester gave.
+    await notify_privacy_requester(
+        session,
+        settings,
+        request_id=request.id,
+        email=str(address) if field == "email" else None,
+        phone=str(address) if field == "phone" else None,
+        headline=subject,
+        message=body,
+        kind=template,
     )
-    if field == "email":
-        await queue_mail(
-            session, settings, to=str(address), subject=subject, text_body=body, template=template
-        )
-    else:
-        await queue_text_message(
-            session, settings, to=str(address), body=f"Leadmarket: {subject}.", template=template
-        )
 
 
 async def _close(
