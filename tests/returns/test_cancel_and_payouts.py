@@ -12,11 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
-from leadmarket.kit.db import utcnow
+from leadmarket.kit.db import Database, utcnow
+from leadmarket.kit.jobs import Worker
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.models import (
     AuditEvent,
     DeliveryStatus,
+    Job,
     Lead,
     Order,
     Payout,
@@ -24,6 +26,7 @@ from leadmarket.models import (
 )
 from leadmarket.orders import service as orders
 from leadmarket.payouts import service as payouts
+from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.returns import (
     FEE,
     PRICE,
@@ -183,7 +186,7 @@ async def test_payouts_pay_only_settled_money_once(
 
 
 async def test_the_scheduled_payout_pays_balances_over_the_minimum(
-    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+    client: httpx.AsyncClient, db: Database, session: AsyncSession, settings: Settings
 ) -> None:
     seller = await member(client, session, "seller")
     small_seller = await member(client, session, "seller")
@@ -193,11 +196,18 @@ async def test_the_scheduled_payout_pays_balances_over_the_minimum(
     later = utcnow() + dt.timedelta(hours=settings.return_window_hours + 1)
     assert await orders.settle_due_orders(session, settings, now=later) == 2
 
-    assert await payouts.pay_out_scheduled(session, settings) == 1  # 4.50 < the 10.00 minimum
+    # The daily job queues one payout job per seller over the minimum (4.50 < 10.00), once.
+    assert await payouts.enqueue_scheduled_payouts(session, settings) == 1
+    assert await payouts.enqueue_scheduled_payouts(session, settings) == 0
+    [job] = await session.scalars(select(Job).where(Job.kind == payouts.PAY_SELLER_JOB))
+    assert job.payload == {"seller_id": seller.id, "currency": "USD"}
+    worker = Worker(db, build_registry(), build_services(settings), settings)
+    await worker.run_once()
     assert await payable(session, seller.id) == 0
     assert await payable(session, small_seller.id) == 450
+    assert not await payouts.pay_seller_scheduled(session, settings, seller.id, "USD")
     off = settings.model_copy(update={"payouts_scheduled": False, "payout_minimum_cents": 1})
-    assert await payouts.pay_out_scheduled(session, off) == 0
+    assert await payouts.enqueue_scheduled_payouts(session, off) == 0
     [payout] = await session.scalars(select(Payout))
     assert (payout.seller_id, payout.requested_by) == (seller.id, "schedule")
     await ledger_ok(session)

@@ -14,11 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
-from leadmarket.kit.db import utcnow
+from leadmarket.kit.db import Database, utcnow
+from leadmarket.kit.jobs import Worker
 from leadmarket.leads.vault import destroy_personal_data
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.models import (
     AuditEvent,
+    Job,
     Lead,
     Order,
     OrderReturn,
@@ -27,6 +29,7 @@ from leadmarket.models import (
 )
 from leadmarket.orders import service as orders
 from leadmarket.returns import service
+from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.returns import (
     FEE,
     PRICE,
@@ -258,14 +261,15 @@ async def test_bad_returns_are_refused_with_nothing_changed(
 
 
 async def test_silence_approves_and_a_late_denial_is_refused(
-    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+    client: httpx.AsyncClient, db: Database, session: AsyncSession, settings: Settings
 ) -> None:
     seller = await member(client, session, "seller")
     buyer = await member(client, session, "buyer", cents=10_000)
     order_id, _ = await bought(client, session, settings, seller, buyer)
     return_id = (await request_return(client, buyer, order_id)).json()["id"]
 
-    assert await service.approve_silent_returns(session, settings) == 0
+    assert await service.enqueue_silent_approvals(session) == 0
+    assert not await service.approve_if_silent(session, settings, return_id)
     ret = await session.get(OrderReturn, return_id, populate_existing=True)
     assert ret is not None and ret.decide_by is not None
     past_deadline = ret.decide_by + dt.timedelta(seconds=1)
@@ -278,14 +282,22 @@ async def test_silence_approves_and_a_late_denial_is_refused(
     )
     problem(late, 409, "return-decision-deadline-passed")
 
-    assert await service.approve_silent_returns(session, settings, now=past_deadline) == 1
-    assert await service.approve_silent_returns(session, settings, now=past_deadline) == 0
+    # The worker's periodic sweep finds it and queues its approval, which the worker runs.
+    worker = Worker(db, build_registry(), build_services(settings), settings)
+    worker._clock = lambda: past_deadline  # type: ignore[method-assign]
+    await worker.schedule_periodic(past_deadline)
+    await worker.run_once()
+    jobs = await session.scalars(select(Job).where(Job.kind == service.SILENCE_JOB))
+    assert [(j.status, j.payload) for j in jobs] == [("done", {"return_id": return_id})]
+    assert not await service.approve_if_silent(session, settings, return_id, now=past_deadline)
     ret = await session.get(OrderReturn, return_id, populate_existing=True)
     assert ret is not None
     assert (ret.status, ret.decided_by, ret.refund_kind) == ("approved", "silence", "released")
     assert await wallet(session, buyer.id) == (10_000, 0)
     # Both sides are told; the seller learns their silence approved it.
-    assert "returns.return_approved_seller" in {m.template for m in await mails_to(session, seller.id)}
+    assert "returns.return_approved_seller" in {
+        m.template for m in await mails_to(session, seller.id)
+    }
     await ledger_ok(session)
 
 
@@ -368,9 +380,9 @@ async def test_over_the_return_rate_cap_an_admin_reviews(
         "return-decided",
     )
     # Review returns are not the silence sweep's business.
-    assert await service.approve_silent_returns(
-        session, settings, now=utcnow() + dt.timedelta(days=30)
-    ) == 0
+    later = utcnow() + dt.timedelta(days=30)
+    assert await service.enqueue_silent_approvals(session, now=later) == 0
+    assert not await service.approve_if_silent(session, settings, return_id, now=later)
     queue = await client.get("/api/v1/returns?status=review", headers=staff.headers)
     assert [r["id"] for r in queue.json()["items"]] == [return_id]
     no_reason = await client.post(
@@ -660,9 +672,7 @@ async def test_claims_are_filed_by_either_party_and_answered_by_an_admin(
         "claim-exists",
     )
     problem(
-        await client.post(
-            f"/api/v1/orders/{order_id}/claims", json=body, headers=stranger.headers
-        ),
+        await client.post(f"/api/v1/orders/{order_id}/claims", json=body, headers=stranger.headers),
         404,
         "not-found",
     )

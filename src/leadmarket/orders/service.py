@@ -532,7 +532,7 @@ async def settle_due_orders(
             .with_for_update(skip_locked=True)
         )
     ).all()
-    settled = 0
+    settled: list[tuple[Order, int]] = []
     for order in due:
         try:
             settlement = await settle_sale(
@@ -547,14 +547,18 @@ async def settle_due_orders(
         order.status = OrderStatus.SETTLED.value
         order.settled_at = now
         order.fee_cents = settlement.fee_cents
+        settled.append((order, settlement.fee_cents))
+    # The audit entries come last: the audit head is the one row every money path locks at its
+    # end, so a batch that took it after its first order while locking the next order's ledger
+    # accounts could deadlock with a sale, a refund or a payout doing the same in their order.
+    for order, fee_cents in settled:
         await record(
             session,
             actor=Actor.system(),
             action="order.settled",
             subject_type="order",
             subject_id=order.id,
-            details={"price_cents": order.price_cents, "fee_cents": settlement.fee_cents},
+            details={"price_cents": order.price_cents, "fee_cents": fee_cents},
         )
-        settled += 1
     await session.flush()
-    return settled
+    return len(settled)

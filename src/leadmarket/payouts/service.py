@@ -7,8 +7,9 @@ never paid out. A dispute decided for the buyer after a payout takes the refund 
 payable, which then goes below zero: the seller owes it (a claw-back), nothing is paid out until
 later settlements have covered it, and ``leadmarket ledger verify`` accepts a negative payable.
 
-Exactly once: the payable's row is locked (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
-write lock serialises the whole transaction) before its balance is read, so concurrent payout
+Exactly once: the processor clearing account's row and then the payable's are locked
+(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock serialises the whole transaction)
+before the balance is read, so concurrent payout
 requests and the scheduled job pay a balance once; the others find nothing left (409). The
 processor is asked under that lock with the payout's id as its idempotency key, then the ledger
 books ``seller payable → processor clearing`` in the same transaction; a refusal or an error
@@ -18,6 +19,7 @@ module says.)"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, DomainError
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import enqueue
 from leadmarket.ledger.service import Line, open_account, post_transaction
 from leadmarket.models import AccountKind, LedgerAccount, Payout, TransactionKind, User
 from leadmarket.payments.processor import (
@@ -42,6 +45,7 @@ from leadmarket.returns import notices
 log = logging.getLogger("leadmarket.payouts")
 
 SCHEDULED_JOB = "payouts.scheduled"
+PAY_SELLER_JOB = "payouts.pay_seller"
 SCHEDULED_BATCH = 200
 
 
@@ -101,6 +105,13 @@ async def pay_out(
     """Pay the seller's whole settled balance in ``currency`` (at least ``minimum_cents``).
     Raises :class:`NothingToPayOut` or :class:`PayoutRefused`; then nothing is changed."""
     async with session.begin_nested():
+        # Every payout takes the processor's clearing account first: payouts (and the daily job
+        # paying one seller after another) then wait there holding nothing, instead of one
+        # holding a payable another needs.
+        clearing = await open_account(session, AccountKind.PROCESSOR_CLEARING, currency)
+        await session.execute(
+            select(LedgerAccount.id).where(LedgerAccount.id == clearing.id).with_for_update()
+        )
         payable = await _locked_payable(session, seller.id, currency)
         balance = payable.balance_cents if payable is not None else 0
         if payable is None or balance < max(1, minimum_cents):
@@ -124,7 +135,6 @@ async def pay_out(
                 extra={"refusal_code": answer.refusal_code or "refused"},
             )
         assert answer.processor_reference is not None
-        clearing = await open_account(session, AccountKind.PROCESSOR_CLEARING, currency)
         transaction = await post_transaction(
             session,
             TransactionKind.PAYOUT,
@@ -184,11 +194,15 @@ async def request_payout(
     )
 
 
-async def pay_out_scheduled(session: AsyncSession, settings: Settings) -> int:
-    """The daily job: pay every seller whose settled balance reached ``payout_minimum_cents``
-    (up to :data:`SCHEDULED_BATCH` a run). A refusal skips that seller until the next run."""
+async def enqueue_scheduled_payouts(
+    session: AsyncSession, settings: Settings, *, now: dt.datetime | None = None
+) -> int:
+    """The daily job: a payout job for every seller whose settled balance reached
+    ``payout_minimum_cents`` (up to :data:`SCHEDULED_BATCH` a run), each paying one seller in a
+    transaction of its own; one job per seller, currency and day (dedupe key)."""
     if not settings.payouts_scheduled:
         return 0
+    day = (now or utcnow()).date().isoformat()
     rows = (
         await session.execute(
             select(LedgerAccount.owner_id, LedgerAccount.currency)
@@ -200,27 +214,40 @@ async def pay_out_scheduled(session: AsyncSession, settings: Settings) -> int:
             .limit(SCHEDULED_BATCH)
         )
     ).all()
-    processor = payment_processor(settings)
-    paid = 0
+    queued = 0
     for owner_id, currency in rows:
-        seller = await session.get(User, owner_id)
-        if seller is None:
-            continue
-        try:
-            await pay_out(
-                session,
-                settings,
-                processor,
-                seller=seller,
-                currency=str(currency),
-                requested_by="schedule",
-                minimum_cents=settings.payout_minimum_cents,
-            )
-        except (NothingToPayOut, PayoutRefused) as exc:
-            log.info("payout skipped", extra={"seller_id": owner_id, "why": exc.slug})
-            continue
-        paid += 1
-    return paid
+        job = await enqueue(
+            session,
+            PAY_SELLER_JOB,
+            {"seller_id": owner_id, "currency": currency},
+            dedupe_key=f"{PAY_SELLER_JOB}:{owner_id}:{currency}:{day}",
+        )
+        queued += job is not None
+    return queued
+
+
+async def pay_seller_scheduled(
+    session: AsyncSession, settings: Settings, seller_id: str, currency: str
+) -> bool:
+    """One scheduled payout; False when there is (no longer) enough to pay or the processor
+    refused (the next day's run tries again)."""
+    seller = await session.get(User, seller_id)
+    if seller is None:
+        return False
+    try:
+        await pay_out(
+            session,
+            settings,
+            payment_processor(settings),
+            seller=seller,
+            currency=currency,
+            requested_by="schedule",
+            minimum_cents=settings.payout_minimum_cents,
+        )
+    except (NothingToPayOut, PayoutRefused) as exc:
+        log.info("payout skipped", extra={"seller_id": seller_id, "why": exc.slug})
+        return False
+    return True
 
 
 async def list_payouts(

@@ -25,8 +25,8 @@ ask to return it, once per order, with a reason code, a note and evidence. Who d
 3. a buyer trusted by history (at least ``return_trust_min_orders`` orders, approved returns at
    most ``return_trust_max_percent`` of them): approved at once;
 4. otherwise the seller, by ``decide_by`` (``return_decision_hours``); silence approves (the
-   periodic :func:`approve_silent_returns` sweep; a seller's denial after the deadline is
-   refused, an approval is still taken).
+   periodic sweep :func:`enqueue_silent_approvals` queues one job per overdue return); a
+   seller's denial after the deadline is refused, an approval is still taken.
 
 A seller's denial can be disputed by the buyer until ``dispute_by`` (``return_dispute_hours``);
 an admin decides the dispute, finally (one dispute per return, recorded in the audit log). An
@@ -65,6 +65,7 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import open_sealed, seal
 from leadmarket.leads.service import consent_withdrawn_at
 from leadmarket.ledger.service import find_account, hold_of, refund_settled_sale, release_hold
@@ -108,6 +109,7 @@ from leadmarket.returns.schemas import (
 )
 
 SWEEP_JOB = "returns.approve_silent"
+SILENCE_JOB = "returns.approve_silent_one"
 SWEEP_BATCH = 200
 EVIDENCE_KEY_PURPOSE = "return-evidence"
 SYSTEM = "system"
@@ -629,9 +631,12 @@ async def _approve(
     decided_by: DecidedBy,
     decider: User | None,
     note: str | None,
+    before_audit: Callable[[], Awaitable[None]] | None = None,
 ) -> OrderReturn:
     """``from_status → approved`` once, and the refund; raises :class:`ReturnDecided` if the
-    return is no longer ``from_status`` (another decision won)."""
+    return is no longer ``from_status`` (another decision won). ``before_audit`` runs after the
+    money moved and before the audit entry: the ledger's rows are always locked before the
+    audit head, as in every other money path, so these transactions never deadlock them."""
     now = utcnow()
     async with session.begin_nested():
         moved = await session.execute(
@@ -656,6 +661,8 @@ async def _approve(
         ret.refund_kind = refund.kind.value
         ret.refunded_cents = refund.cents
         ret.clawed_back_cents = refund.clawed_back_cents or None
+        if before_audit is not None:
+            await before_audit()
         _event(
             session, ret.order_id, decider, "return_approved", subject_id=ret.id, note=note, at=now
         )
@@ -948,21 +955,26 @@ async def request_return(
         if evidence is not None:
             add_evidence(session, settings, ret, buyer, evidence)
         _event(session, order.id, buyer, "return_requested", subject_id=ret.id, note=note, at=now)
-        await record(
-            session,
-            actor=_actor(buyer),
-            action="return.requested",
-            subject_type="return",
-            subject_id=ret.id,
-            details={
-                "order_id": order.id,
-                "reason": reason.value,
-                "status": ret.status,
-                "trusted": trust.flagged or trust.by_history,
-            },
-        )
+        trusted = trust.flagged or (not review and trust.by_history)
+        return_id = ret.id
+
+        async def record_request() -> None:
+            await record(
+                session,
+                actor=_actor(buyer),
+                action="return.requested",
+                subject_type="return",
+                subject_id=return_id,
+                details={
+                    "order_id": order_id,
+                    "reason": reason.value,
+                    "review": review,
+                    "trusted": trusted,
+                },
+            )
+
         seller = await _member(session, order.seller_id)
-        if trust.flagged or (not review and trust.by_history):
+        if trusted:
             ret = await _approve(
                 session,
                 settings,
@@ -971,13 +983,16 @@ async def request_return(
                 decided_by=DecidedBy.TRUSTED,
                 decider=None,
                 note="Approved at once: the buyer is trusted.",
+                before_audit=record_request,
             )
         elif review:
+            await record_request()
             _event(session, order.id, None, "return_sent_to_review", subject_id=ret.id, at=now)
             await notices.send_notice(
                 session, settings, buyer, notices.return_decided(settings, order, ret, buyer)
             )
         else:
+            await record_request()
             await notices.send_notice(
                 session,
                 settings,
@@ -1243,41 +1258,61 @@ async def decide_dispute(
     return dispute
 
 
-async def approve_silent_returns(
-    session: AsyncSession, settings: Settings, *, now: dt.datetime | None = None
-) -> int:
-    """Approve every return whose seller let ``decide_by`` pass (up to :data:`SWEEP_BATCH` a
-    call). Rows are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so workers share the
-    work; a return a seller decided meanwhile is skipped (the approval is conditional)."""
+async def enqueue_silent_approvals(session: AsyncSession, *, now: dt.datetime | None = None) -> int:
+    """The periodic sweep: a job for every return whose seller let ``decide_by`` pass (up to
+    :data:`SWEEP_BATCH` a run), each approving one return in a transaction of its own (a batch
+    holding the audit head while it locks the next buyer's accounts could deadlock a sale). The
+    dedupe key makes a return's job unique however many sweeps see it."""
     now = now or utcnow()
-    due = (
-        await session.scalars(
-            select(OrderReturn)
-            .where(
-                OrderReturn.status == ReturnStatus.REQUESTED.value,
-                OrderReturn.decide_by <= now,
-            )
-            .order_by(OrderReturn.decide_by, OrderReturn.id)
-            .limit(SWEEP_BATCH)
-            .with_for_update(skip_locked=True)
+    due = await session.scalars(
+        select(OrderReturn.id)
+        .where(
+            OrderReturn.status == ReturnStatus.REQUESTED.value,
+            OrderReturn.decide_by <= now,
         )
-    ).all()
-    approved = 0
-    for ret in due:
-        try:
-            await _approve(
-                session,
-                settings,
-                ret,
-                from_status=ReturnStatus.REQUESTED,
-                decided_by=DecidedBy.SILENCE,
-                decider=None,
-                note="The seller did not decide in time; silence approves.",
-            )
-        except ReturnDecided:
-            continue
-        approved += 1
-    return approved
+        .order_by(OrderReturn.decide_by, OrderReturn.id)
+        .limit(SWEEP_BATCH)
+    )
+    queued = 0
+    for return_id in due:
+        job = await enqueue(
+            session,
+            SILENCE_JOB,
+            {"return_id": return_id},
+            dedupe_key=f"{SILENCE_JOB}:{return_id}",
+        )
+        queued += job is not None
+    return queued
+
+
+async def approve_if_silent(
+    session: AsyncSession, settings: Settings, return_id: str, *, now: dt.datetime | None = None
+) -> bool:
+    """Approve the return if its seller let ``decide_by`` pass without deciding; False if it
+    is not (or no longer) waiting for them. The approval is conditional, so a seller deciding
+    at the same moment, or the job running twice, leaves one decision."""
+    now = now or utcnow()
+    ret = await session.get(OrderReturn, return_id, populate_existing=True)
+    if (
+        ret is None
+        or ret.status != ReturnStatus.REQUESTED.value
+        or ret.decide_by is None
+        or ret.decide_by > now
+    ):
+        return False
+    try:
+        await _approve(
+            session,
+            settings,
+            ret,
+            from_status=ReturnStatus.REQUESTED,
+            decided_by=DecidedBy.SILENCE,
+            decider=None,
+            note="The seller did not decide in time; silence approves.",
+        )
+    except ReturnDecided:
+        return False
+    return True
 
 
 # Claims -----------------------------------------------------------------------------------

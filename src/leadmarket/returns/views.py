@@ -14,9 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.datastructures import UploadFile
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from leadmarket.accounts.auth import Principal
@@ -97,7 +96,10 @@ def _choice(enum: Any, value: str | None, field: str) -> Any:
 
 
 def _message(exc: DomainError) -> str:
-    return "; ".join(e.message for e in exc.errors) if exc.errors else exc.detail
+    """The refusal as the page shows it: what is wrong, and each field's own message."""
+    if not exc.errors:
+        return exc.detail
+    return f"{exc.detail} " + "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
 
 
 async def _fresh_user(session: AsyncSession, user_id: str) -> User:
