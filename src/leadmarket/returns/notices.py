@@ -61,7 +61,7 @@ def order_cancelled(settings: Settings, order: Order, seller: User) -> Notice:
             "back to the buyer; nothing was settled to you.\n\n"
             f"The order: {_link(settings, seller_order_path(order))}\n"
         ),
-        template="returns.order_cancelled",
+        template="returns/order_cancelled",
     )
 
 
@@ -80,7 +80,7 @@ def return_requested(
             f"Read the buyer's note and evidence and decide: "
             f"{_link(settings, seller_order_path(order))}\n"
         ),
-        template="returns.return_requested",
+        template="returns/return_requested",
     )
 
 
@@ -106,7 +106,7 @@ def return_decided(settings: Settings, order: Order, ret: OrderReturn, buyer: Us
             f"Your return {ret.id} of lead {order.lead_id} (order {order.id}) was {outcome}\n\n"
             f"The order: {_link(settings, buyer_order_path(order))}\n"
         ),
-        template="returns.return_decided",
+        template="returns/return_decided",
     )
 
 
@@ -123,7 +123,7 @@ def return_approved_for_seller(
             f"{format_money(ret.refunded_cents or 0, order.currency)}.\n\n"
             f"The order: {_link(settings, seller_order_path(order))}\n"
         ),
-        template="returns.return_approved_seller",
+        template="returns/return_approved_seller",
     )
 
 
@@ -139,7 +139,7 @@ def return_disputed(
             "final.\n\n"
             f"The order: {_link(settings, seller_order_path(order))}\n"
         ),
-        template="returns.return_disputed",
+        template="returns/return_disputed",
     )
 
 
@@ -161,7 +161,7 @@ def dispute_decided(
             f"{order.id}): {outcome}. This decision is final.\n\n"
             f"The order: {_link(settings, path)}\n"
         ),
-        template="returns.dispute_decided",
+        template="returns/dispute_decided",
     )
 
 
@@ -174,7 +174,7 @@ def payout_sent(settings: Settings, payout: Payout, seller: User) -> Notice:
             f"sales (payout {payout.id}, processor reference {payout.processor_reference}).\n\n"
             f"Your payouts: {_link(settings, '/seller/payouts')}\n"
         ),
-        template="returns.payout_sent",
+        template="returns/payout_sent",
     )
 
 
