@@ -7,7 +7,7 @@
   hides the feedback (upheld) or dismisses the report.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-22 05:32:50.229240
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import leadmarket.kit.db
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

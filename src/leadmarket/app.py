@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.notifications import views as notifications_views
     from leadmarket.orders import api as orders_api
     from leadmarket.orders import views as orders_views
+    from leadmarket.payouts import api as payouts_api
     from leadmarket.pingpost import api as pingpost_api
     from leadmarket.pingpost import views as pingpost_views
     from leadmarket.privacy import api as privacy_api
@@ -140,6 +141,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.privacy import views as privacy_views
     from leadmarket.privacy.legal import api as legal_api
     from leadmarket.privacy.legal import views as legal_views
+    from leadmarket.returns import api as returns_api
+    from leadmarket.returns import views as returns_views
     from leadmarket.verticals import api as verticals_api
 
     include_guarded(app, _system_router())
@@ -167,6 +170,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, preferences_views.router)
     include_guarded(app, orders_views.router)
     include_guarded(app, feedback_views.router)
+    include_guarded(app, returns_api.router)
+    include_guarded(app, returns_api.admin)
+    include_guarded(app, payouts_api.router)
+    include_guarded(app, returns_views.router)
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)

@@ -217,11 +217,73 @@ class Settings(BaseSettings):
 
     # Orders and lead delivery.
     return_window_hours: int = Field(
-        default=72,
+        default=120,
         ge=0,
         le=24 * 60,
-        description="How long after a sale the buyer's funds stay held (the return window) "
-        "before they are paid to the seller.",
+        description="The return window: how long after a sale the buyer may return the lead, "
+        "and the buyer's funds stay held before they are paid to the seller (5 days).",
+    )
+    return_decision_hours: int = Field(
+        default=48,
+        ge=1,
+        le=24 * 30,
+        description="How long a seller has to approve or deny a return; silence approves it.",
+    )
+    return_dispute_hours: int = Field(
+        default=168,
+        ge=1,
+        le=24 * 90,
+        description="How long after a seller denies a return the buyer may dispute the denial "
+        "to an admin.",
+    )
+    return_rate_cap_percent: Decimal = Field(
+        default=Decimal(15),
+        ge=0,
+        le=100,
+        max_digits=5,
+        decimal_places=2,
+        description="A buyer whose returns over the rolling window would exceed this share of "
+        "their orders (counting the new one) has the return reviewed by an admin instead of "
+        "the seller.",
+    )
+    return_rate_window_days: int = Field(
+        default=30, ge=1, le=365, description="The rolling window of the return-rate cap."
+    )
+    return_rate_min_orders: int = Field(
+        default=10,
+        ge=0,
+        description="The return-rate cap applies once the buyer has this many orders in the "
+        "window (a first return on a first order is not a 100% rate to act on).",
+    )
+    return_trust_min_orders: int = Field(
+        default=20,
+        ge=1,
+        description="A buyer with at least this many orders (ever) and a low approved-return "
+        "rate is trusted: their returns are approved at once. Admins can also trust a buyer.",
+    )
+    return_trust_max_percent: Decimal = Field(
+        default=Decimal(5),
+        ge=0,
+        le=100,
+        max_digits=5,
+        decimal_places=2,
+        description="The highest approved-return rate (percent of all orders) of a trusted buyer.",
+    )
+    return_evidence_max_bytes: int = Field(
+        default=512_000,
+        ge=1024,
+        le=900_000,
+        description="Largest evidence file attached to a return (it must fit in a request body).",
+    )
+    payout_minimum_cents: int = Field(
+        default=1000,
+        ge=1,
+        description="The scheduled payout pays a seller whose settled balance is at least this; "
+        "a seller may ask for any positive balance.",
+    )
+    payouts_scheduled: bool = Field(
+        default=True,
+        description="Pay sellers their settled balance once a day without being asked.",
     )
     # Feedback and ratings (M3).
     feedback_window_days: int = Field(

@@ -31,6 +31,7 @@ from leadmarket.privacy import (
     retention_tasks,
 )
 from leadmarket.privacy import tasks as privacy_tasks
+from leadmarket.returns import tasks as returns_tasks
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def build_registry(settings: Settings | None = None) -> JobRegistry[JobServices]
     registry.include(marketplace_tasks.registry)
     registry.include(orders_tasks.registry)
     registry.include(privacy_tasks.registry)
+    registry.include(returns_tasks.registry)
     registry.periodic(demo.NEW_DEMO_LEAD_JOB, every=dt.timedelta(minutes=1))(demo.new_demo_lead_job)
     registry.periodic(PURGE_FINISHED_JOBS_KIND, every=dt.timedelta(hours=1))(
         purge_finished_jobs_handler

@@ -264,6 +264,42 @@ ACCESS: dict[str, Access] = {
     # The retention monitor (L4): deadlines and lateness, no personal data.
     "GET /admin/retention": OFFICERS,
     "GET /api/v1/admin/retention": OFFICERS,
+    # After the sale (issue 6): the order's parties, and admins who decide (final, audited).
+    "GET /api/v1/returns/reasons": MEMBERS,
+    "GET /api/v1/orders/{order_id}/after-sale": only(Role.BUYER, Role.SELLER, Role.ADMIN),
+    "POST /api/v1/orders/{order_id}/cancel": BUYERS,
+    "POST /api/v1/orders/{order_id}/returns": BUYERS,
+    "POST /api/v1/orders/{order_id}/claims": TRADERS,
+    "GET /api/v1/returns": only(Role.BUYER, Role.SELLER, Role.ADMIN),
+    "GET /api/v1/returns/{return_id}": only(Role.BUYER, Role.SELLER, Role.ADMIN),
+    "POST /api/v1/returns/{return_id}/decision": SELLERS,
+    "POST /api/v1/returns/{return_id}/dispute": BUYERS,
+    "POST /api/v1/returns/{return_id}/evidence": TRADERS,
+    "GET /api/v1/returns/{return_id}/evidence/{evidence_id}": only(
+        Role.BUYER, Role.SELLER, Role.ADMIN
+    ),
+    "GET /api/v1/claims": only(Role.BUYER, Role.SELLER, Role.ADMIN),
+    "POST /api/v1/admin/returns/{return_id}/decision": ADMINS,
+    "GET /api/v1/admin/disputes": ADMINS,
+    "POST /api/v1/admin/disputes/{dispute_id}/decision": ADMINS,
+    "POST /api/v1/admin/claims/{claim_id}/decision": ADMINS,
+    "PUT /api/v1/admin/trusted-buyers/{username}": ADMINS,
+    "DELETE /api/v1/admin/trusted-buyers/{username}": ADMINS,
+    "GET /api/v1/payouts": SELLERS,
+    "POST /api/v1/payouts": SELLERS,
+    "POST /orders/{order_id}/cancel": BUYERS,
+    "POST /orders/{order_id}/returns": BUYERS,
+    "POST /orders/{order_id}/dispute": BUYERS,
+    "POST /orders/{order_id}/claims": BUYERS,
+    "GET /seller/sales/{order_id}": SELLERS,
+    "POST /seller/sales/{order_id}/decision": SELLERS,
+    "POST /seller/sales/{order_id}/claims": SELLERS,
+    "GET /seller/payouts": SELLERS,
+    "POST /seller/payouts": SELLERS,
+    "GET /admin/after-sale": ADMINS,
+    "POST /admin/after-sale/returns/{return_id}": ADMINS,
+    "POST /admin/after-sale/disputes/{dispute_id}": ADMINS,
+    "POST /admin/after-sale/claims/{claim_id}": ADMINS,
 }
 
 PLACEHOLDER = "placeholder0"

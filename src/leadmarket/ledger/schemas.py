@@ -48,7 +48,7 @@ class EntryOut(BaseModel):
     amount_cents: int = Field(description="Signed: + into this account, − out of it.")
     balance_after_cents: int
     currency: str
-    kind: str = Field(description="deposit, hold, release, settle or refund")
+    kind: str = Field(description="deposit, hold, release, settle, refund or payout")
     reference: str = Field(description="What caused it: a deposit id, an order id…")
     transaction_id: str
     created_at: dt.datetime

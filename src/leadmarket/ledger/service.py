@@ -537,8 +537,9 @@ async def settle_sale(
 async def refund_settled_sale(session: AsyncSession, reference: str) -> LedgerHold:
     """Give a settled sale's price back to the buyer's wallet (a dispute decided for the buyer
     after settlement): seller payable (price − fee) + platform fees (fee) → wallet. The seller's
-    payable may go below zero: then the seller owes the platform (payouts are not built yet, so
-    it cannot today). Raises NotFound, or :class:`HoldClosed` unless the sale is settled."""
+    payable may go below zero when the seller was paid out meanwhile: then the seller owes the
+    platform (a claw-back, see :mod:`leadmarket.payouts.service`). Raises NotFound, or
+    :class:`HoldClosed` unless the sale is settled."""
     async with session.begin_nested():
         hold = await _advance_hold(
             session, reference, from_status=HoldStatus.SETTLED, to_status=HoldStatus.REFUNDED

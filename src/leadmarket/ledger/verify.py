@@ -44,7 +44,10 @@ MAX_PROBLEMS_PER_CHECK = 100
 LedgerCheck = Callable[[AsyncSession], Awaitable[list[str]]]
 
 # Modules that register checks with @ledger_check (e.g. "leadmarket.orders.ledger_checks").
-CHECK_MODULES: tuple[str, ...] = ("leadmarket.orders.ledger_checks",)
+CHECK_MODULES: tuple[str, ...] = (
+    "leadmarket.orders.ledger_checks",
+    "leadmarket.returns.ledger_checks",
+)
 _REGISTERED: dict[str, LedgerCheck] = {}
 
 

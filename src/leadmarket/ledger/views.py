@@ -60,6 +60,7 @@ KIND_NAMES = {
     "release": "Hold released",
     "settle": "Sale paid to the seller",
     "refund": "Refund",
+    "payout": "Paid out to you",
 }
 
 

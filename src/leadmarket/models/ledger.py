@@ -56,6 +56,7 @@ class TransactionKind(enum.StrEnum):
     RELEASE = "release"  # held → wallet
     SETTLE = "settle"  # held → seller payable + platform fees (+ wallet for what was not spent)
     REFUND = "refund"  # seller payable + platform fees → wallet, after a settlement
+    PAYOUT = "payout"  # seller payable → processor clearing (paid out to the seller)
 
 
 class HoldStatus(enum.StrEnum):

@@ -31,8 +31,15 @@ from leadmarket.kit.ids import new_id
 class OrderStatus(enum.StrEnum):
     HELD = "held"  # the price is held in the buyer's funds; the return window is open
     SETTLED = "settled"  # paid to the seller after the return window
-    CANCELLED = "cancelled"  # released back to the buyer (returns, issue 6)
-    REFUNDED = "refunded"  # refunded after settlement (disputes, issue 6)
+    CANCELLED = "cancelled"  # held funds released back to the buyer: cancelled or returned
+    REFUNDED = "refunded"  # refunded after settlement (a dispute decided for the buyer)
+
+
+class RefundCause(enum.StrEnum):
+    """Why an order's money went back to its buyer (``orders.refund_cause``)."""
+
+    CANCELLED = "cancelled"  # the buyer cancelled before the lead was delivered
+    RETURN = "return"  # an approved return (seller, silence, trust, admin or dispute)
 
 
 class SaleVia(enum.StrEnum):
@@ -69,6 +76,12 @@ class Order(Base):
     return_window_ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     fee_cents: Mapped[int | None] = mapped_column(BigInteger)
+    # When the buyer first got the contact (the order page, the API or a webhook delivery): from
+    # then on the lead counts as delivered and the order can no longer be cancelled, only
+    # returned (issue 6).
+    contact_opened_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    refund_cause: Mapped[str | None] = mapped_column(String(12))  # RefundCause
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # cancelled or refunded
 
 
 class Disclosure(Base):

@@ -37,6 +37,17 @@ class OrderOut(BaseModel):
     purchased_at: dt.datetime
     return_window_ends_at: dt.datetime
     settled_at: dt.datetime | None
+    fee_cents: int | None = Field(
+        default=None, description="The platform's fee, taken at settlement (refunded on a return)."
+    )
+    expected_fee_cents: int = Field(
+        default=0, description="The platform's fee this order settles with, at today's rate."
+    )
+    contact_opened_at: dt.datetime | None = Field(
+        default=None,
+        description="When the buyer first got the contact: from then on the lead is delivered "
+        "and the order can be returned, no longer cancelled.",
+    )
     pii_expires_at: dt.datetime | None
     pii_destroyed_at: dt.datetime | None
     consent_withdrawn_at: dt.datetime | None = Field(

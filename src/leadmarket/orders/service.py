@@ -35,8 +35,14 @@ from leadmarket.kit.errors import Conflict, Forbidden, NotFound
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.leads.service import consent_withdrawn_at
-from leadmarket.leads.vault import PersonalDataDestroyed, Purpose, Reader, reveal_personal_data
-from leadmarket.ledger.service import HoldClosed, hold_funds, hold_of, settle_sale
+from leadmarket.leads.vault import (
+    LIVE_ORDER_STATUSES,
+    PersonalDataDestroyed,
+    Purpose,
+    Reader,
+    reveal_personal_data,
+)
+from leadmarket.ledger.service import HoldClosed, hold_funds, hold_of, platform_fee, settle_sale
 from leadmarket.models import (
     Consent,
     HoldStatus,
@@ -58,6 +64,7 @@ from leadmarket.privacy.disclosures import (
     record_disclosure,
 )
 from leadmarket.privacy.retention import listing_ends_at, listing_length
+from leadmarket.returns.service import no_open_return
 from leadmarket.verticals.registry import CONSENT_EVIDENCE_CATEGORIES, get_vertical
 from leadmarket.webhooks import service as webhooks
 
@@ -381,6 +388,22 @@ async def list_orders(
     return list(await session.scalars(query))
 
 
+async def _mark_contact_opened(session: AsyncSession, order: Order) -> bool:
+    """Record that the buyer got the contact (the lead is delivered from then on, so the order
+    can no longer be cancelled, issue 6): one conditional UPDATE of the order row, which
+    serialises with a cancellation's (:func:`leadmarket.returns.service.cancel_order`). False
+    if the order is no longer live (cancelled meanwhile): then nothing is revealed."""
+    now = utcnow()
+    moved = await session.execute(
+        update(Order)
+        .where(Order.id == order.id, Order.status.in_(LIVE_ORDER_STATUSES))
+        .values(contact_opened_at=func.coalesce(Order.contact_opened_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(order, attribute_names=["status", "contact_opened_at"])
+    return int(getattr(moved, "rowcount", 0) or 0) == 1
+
+
 async def open_contact(
     session: AsyncSession, settings: Settings, order: Order, reader: User
 ) -> dict[str, Any] | None:
@@ -390,6 +413,8 @@ async def open_contact(
     if reader.id != order.buyer_id:
         return None
     if await consent_withdrawn_at(session, order.lead_id) is not None:
+        return None
+    if order.contact_opened_at is None and not await _mark_contact_opened(session, order):
         return None
     try:
         return await reveal_personal_data(
@@ -423,11 +448,18 @@ def _contact_of(lead: Lead, values: dict[str, Any]) -> ContactOut:
 
 
 async def order_out(
-    session: AsyncSession, settings: Settings, order: Order, viewer: User
+    session: AsyncSession,
+    settings: Settings,
+    order: Order,
+    viewer: User,
+    *,
+    reveal_contact: bool = True,
 ) -> OrderOut:
+    """The order as ``viewer`` may see it. ``reveal_contact=False`` leaves the contact closed
+    (the order page of an order not yet delivered, which the buyer may still cancel)."""
     lead = await session.get(Lead, order.lead_id)
     assert lead is not None
-    values = await open_contact(session, settings, order, viewer)
+    values = await open_contact(session, settings, order, viewer) if reveal_contact else None
     attributes = dict(lead.preview_attributes)
     if values is not None:
         attributes.update(values.get("attributes") or {})
@@ -445,6 +477,9 @@ async def order_out(
         purchased_at=order.purchased_at,
         return_window_ends_at=order.return_window_ends_at,
         settled_at=order.settled_at,
+        fee_cents=order.fee_cents,
+        expected_fee_cents=platform_fee(order.price_cents, settings.platform_fee_percent),
+        contact_opened_at=order.contact_opened_at,
         pii_expires_at=lead.pii_expires_at,
         pii_destroyed_at=lead.pii_destroyed_at,
         consent_withdrawn_at=consent.withdrawn_at if consent is not None else None,
@@ -510,13 +545,16 @@ async def settle_due_orders(
             .where(
                 Order.status == OrderStatus.HELD.value,
                 Order.return_window_ends_at <= now,
+                # An open return (requested, in review, disputed) keeps the money held until
+                # it is decided (issue 6).
+                no_open_return(),
             )
             .order_by(Order.return_window_ends_at, Order.id)
             .limit(SETTLE_BATCH)
             .with_for_update(skip_locked=True)
         )
     ).all()
-    settled = 0
+    settled: list[tuple[Order, int]] = []
     for order in due:
         try:
             settlement = await settle_sale(
@@ -531,14 +569,18 @@ async def settle_due_orders(
         order.status = OrderStatus.SETTLED.value
         order.settled_at = now
         order.fee_cents = settlement.fee_cents
+        settled.append((order, settlement.fee_cents))
+    # The audit entries come last: the audit head is the one row every money path locks at its
+    # end, so a batch that took it after its first order while locking the next order's ledger
+    # accounts could deadlock with a sale, a refund or a payout doing the same in their order.
+    for order, fee_cents in settled:
         await record(
             session,
             actor=Actor.system(),
             action="order.settled",
             subject_type="order",
             subject_id=order.id,
-            details={"price_cents": order.price_cents, "fee_cents": settlement.fee_cents},
+            details={"price_cents": order.price_cents, "fee_cents": fee_cents},
         )
-        settled += 1
     await session.flush()
-    return settled
+    return len(settled)

@@ -30,8 +30,10 @@ from leadmarket.leads import service as leads_service
 from leadmarket.leads.views import lead_row, seller_page
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.views import buyer_page
-from leadmarket.models import Lead, LeadStatus, Order, User
+from leadmarket.models import Lead, LeadStatus, Order, OrderStatus, User
 from leadmarket.orders import service
+from leadmarket.returns import notices as returns_notices
+from leadmarket.returns import service as returns_service
 from leadmarket.verticals.registry import all_verticals
 from leadmarket.webhooks import service as webhooks
 
@@ -216,6 +218,47 @@ async def orders(
     )
 
 
+async def render_buyer_order(
+    request: Request,
+    session: AsyncSession,
+    order_id: str,
+    buyer: User,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    """The buyer's order page: the order, its contact, deliveries, and what may be done after
+    the sale (cancel, return, dispute, claim) with its history. An order not yet delivered
+    (contact never opened) keeps its contact closed until the buyer asks for it, since opening
+    it ends the right to cancel; an order just bought on the Buy button opens at once."""
+    order = await service.get_order(session, order_id, buyer)
+    done = request.query_params.get("done", "")
+    reveal = (
+        order.contact_opened_at is not None
+        or done == "bought"
+        or request.query_params.get("show") == "contact"
+    )
+    out = await service.order_out(session, _settings(request), order, buyer, reveal_contact=reveal)
+    return _render(
+        request,
+        "orders/order.html",
+        {
+            "order": out,
+            "undelivered": not reveal and order.status == OrderStatus.HELD.value,
+            "deliveries": await webhooks.deliveries_of(session, order.id),
+            "endpoint": await webhooks.get_endpoint(session, buyer.id),
+            "notice": NOTICES.get(done) or returns_notices.PAGE_NOTICES.get(done),
+            "after": await returns_service.after_sale_out(session, order, buyer),
+            "reasons": returns_service.REASON_LABELS,
+            "claim_categories": returns_service.CLAIM_LABELS,
+            "form_key": random_token(18),
+            "error": error,
+            **await feedback_panel(session, _settings(request), order.id, buyer),
+        },
+        status_code=status_code,
+    )
+
+
 @router.get(ORDERS + "/{order_id}")
 async def order_page(
     order_id: Id,
@@ -223,19 +266,7 @@ async def order_page(
     session: Session,
     principal: Principal = Depends(buyer_page(Action.VIEW_ORDERS)),
 ) -> Response:
-    order = await service.get_order(session, order_id, principal.user)
-    out = await service.order_out(session, _settings(request), order, principal.user)
-    return _render(
-        request,
-        "orders/order.html",
-        {
-            "order": out,
-            "deliveries": await webhooks.deliveries_of(session, order.id),
-            "endpoint": await webhooks.get_endpoint(session, principal.user.id),
-            "notice": NOTICES.get(request.query_params.get("done", "")),
-            **await feedback_panel(session, _settings(request), order.id, principal.user),
-        },
-    )
+    return await render_buyer_order(request, session, order_id, principal.user)
 
 
 @router.post(ORDERS + "/{order_id}/deliveries/{delivery_id}/replay")
