@@ -6,6 +6,7 @@ from leadmarket.models.account import ApiKey, LoginFailure, Role, User, UserSess
 from leadmarket.models.auction import Auction, AuctionOutcome, Bid, BidStatus
 from leadmarket.models.audit import AuditEvent, AuditHead
 from leadmarket.models.campaign import Campaign, CampaignCapCounter, MatchingVersion
+from leadmarket.models.fraud import FraudCase, FraudCaseAction, FraudCaseStatus, FraudSignal
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -41,6 +42,7 @@ from leadmarket.models.mail import (
     MailTopic,
     OutboundMail,
 )
+from leadmarket.models.messages import MemberMessage
 from leadmarket.models.opt_out import ConsumerOptOut
 from leadmarket.models.order import (
     DeliveryStatus,
@@ -95,6 +97,10 @@ __all__ = [
     "Deposit",
     "DepositStatus",
     "Disclosure",
+    "FraudCase",
+    "FraudCaseAction",
+    "FraudCaseStatus",
+    "FraudSignal",
     "HoldStatus",
     "IdempotencyRecord",
     "Job",
@@ -120,6 +126,7 @@ __all__ = [
     "MailSuppression",
     "MailTopic",
     "MatchingVersion",
+    "MemberMessage",
     "OnBehalf",
     "Order",
     "OrderStatus",
