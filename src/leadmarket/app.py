@@ -110,6 +110,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.admin import api as admin_api
     from leadmarket.campaigns import api as campaigns_api
     from leadmarket.campaigns import views as campaigns_views
+    from leadmarket.fraud import api as fraud_api
+    from leadmarket.fraud import views as fraud_views
     from leadmarket.leads import api as leads_api
     from leadmarket.leads import uploads_api, uploads_views
     from leadmarket.leads import views as leads_views
@@ -117,6 +119,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.ledger import views as ledger_views
     from leadmarket.marketplace import api as marketplace_api
     from leadmarket.marketplace import views as marketplace_views
+    from leadmarket.messages import api as messages_api
+    from leadmarket.messages import views as messages_views
     from leadmarket.notifications import views as notifications_views
     from leadmarket.orders import api as orders_api
     from leadmarket.orders import views as orders_views
@@ -151,6 +155,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, preferences_api.router)
     include_guarded(app, preferences_views.router)
     include_guarded(app, orders_views.router)
+    include_guarded(app, messages_api.router)
+    include_guarded(app, messages_views.router)
+    include_guarded(app, fraud_api.router)
+    include_guarded(app, fraud_views.router)
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)
