@@ -110,9 +110,11 @@ async def add_signal(
     reason: str | None = None,
     dedupe_key: str | None = None,
     now: dt.datetime | None = None,
+    count_repeat: bool = True,
 ) -> Recorded:
     """Record one signal in the member's open case. With ``dedupe_key``, a second signal with
-    the same key is not a new row: the existing one's ``occurrences`` goes up."""
+    the same key is not a new row: the existing one's ``occurrences`` goes up, or, without
+    ``count_repeat`` (an idempotent retry of the same event), nothing changes."""
     now = now or utcnow()
     case = await open_case(session, subject_user_id, now)
     signal_id = new_id("frs")
@@ -137,7 +139,7 @@ async def add_signal(
         )
     )
     created = int(getattr(inserted, "rowcount", 0) or 0) == 1
-    if not created:
+    if not created and count_repeat:
         assert dedupe_key is not None
         await session.execute(
             update(FraudSignal)
@@ -151,9 +153,10 @@ async def add_signal(
         .execution_options(populate_existing=True)
     )
     assert signal is not None
-    case.signal_count += 1
-    case.last_signal_at = now
-    await session.flush()
+    if created or count_repeat:
+        case.signal_count += 1
+        case.last_signal_at = now
+        await session.flush()
     return Recorded(signal, case, created)
 
 
@@ -170,7 +173,8 @@ async def record_fraud_signal(
 ) -> FraudSignal:
     """The interface for other features: record that ``subject_user_id`` did something
     suspicious (ids and codes in ``details``, never a consumer's personal data). It lands in the
-    member's open case on the admin's queue, in the caller's transaction.
+    member's open case on the admin's queue, in the caller's transaction. A call with the
+    ``dedupe_key`` of an earlier one (a retried job) changes nothing and returns that signal.
 
     A :attr:`SignalKind.FRAUD_RETURN` also checks the seller against the fraud-return threshold
     (``settings``, else the defaults) and adds :attr:`SignalKind.MANY_FRAUD_RETURNS` once per
@@ -186,8 +190,9 @@ async def record_fraud_signal(
         lead_id=lead_id,
         dedupe_key=dedupe_key,
         now=now,
+        count_repeat=False,
     )
-    if kind is SignalKind.FRAUD_RETURN:
+    if kind is SignalKind.FRAUD_RETURN and recorded.created:
         threshold, window_days = _fraud_return_limits(settings)
         since = now - dt.timedelta(days=window_days)
         count = await fraud_returns_of(session, subject_user_id, since=since)
