@@ -339,9 +339,8 @@ async def test_a_warning_names_the_username_and_the_lead_and_nothing_of_the_cons
     user = await session.get(User, t.seller.user.id, populate_existing=True)
     assert user is not None and user.status == "active"
     assert (await case_of(session, t.seller)).resolution == "warned"
-    # A new report after the decision opens a new case.
-    more = {"subject_type": "member", "subject_id": t.seller.username, "reason": "scam"}
-    assert (await client.post(REPORTS, json=more, headers=t.buyer.headers)).status_code == 201
+    # After the decision, the same complaint is heard again, in a new case.
+    assert (await client.post(REPORTS, json=complaint, headers=t.buyer.headers)).status_code == 201
     assert (await case_of(session, t.seller)).id != case.id
 
 

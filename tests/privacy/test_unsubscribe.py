@@ -32,6 +32,7 @@ from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.accounts import PASSWORD, signed_in
 from tests.fixtures.leads import lead_body
 from tests.fixtures.ledger import fund
+from tests.fixtures.trades import drive_message_and_fraud_mail
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "leadmarket"
 PREFERENCES = "/api/v1/me/preferences"
@@ -272,6 +273,8 @@ async def drive_every_mail_the_code_sends(
         "/api/v1/admin/privacy/notices", json=notice_body("7.0"), headers=admin
     )
     assert published.status_code == 201, published.text
+    # messages/new_message and the fraud review's notices.
+    await drive_message_and_fraud_mail(client, session, settings)
     await run_jobs(db, settings)
 
 

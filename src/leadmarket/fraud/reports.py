@@ -10,8 +10,9 @@ Who may complain about what, so a complaint is never a way to learn something:
 * **feedback**: through a resolver the feedback feature registers with
   :func:`register_report_subject`; until one is registered, 422.
 
-A member files each complaint once (409 after), at most ``fraud_reports_per_day`` complaints and
-spam reports a day (429). The reporter's own words are kept as the signal's ``note``."""
+A member files each complaint once per case (409 until the case is decided), at most
+``fraud_reports_per_day`` complaints and spam reports a day (429). The reporter's own words
+are kept as the signal's ``note``."""
 
 from __future__ import annotations
 
@@ -229,6 +230,8 @@ async def file_report(
         reporter_id=reporter.id,
         reason=reason.value,
         dedupe_key=f"complaint:{reporter.id}:{subject_type.value}:{key}",
+        # Once per case: after a decision, the same reporter may complain again.
+        per_case=True,
     )
     if not recorded.created:
         raise AlreadyReported(f"You reported this {subject_type.value} already.")

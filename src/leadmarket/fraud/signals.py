@@ -111,12 +111,17 @@ async def add_signal(
     dedupe_key: str | None = None,
     now: dt.datetime | None = None,
     count_repeat: bool = True,
+    per_case: bool = False,
 ) -> Recorded:
     """Record one signal in the member's open case. With ``dedupe_key``, a second signal with
     the same key is not a new row: the existing one's ``occurrences`` goes up, or, without
-    ``count_repeat`` (an idempotent retry of the same event), nothing changes."""
+    ``count_repeat`` (an idempotent retry of the same event), nothing changes. ``per_case``
+    scopes the key to the open case: the same thing may be signalled again once the case is
+    decided."""
     now = now or utcnow()
     case = await open_case(session, subject_user_id, now)
+    if per_case and dedupe_key is not None:
+        dedupe_key = f"{case.id}:{dedupe_key}"
     signal_id = new_id("frs")
     inserted = await session.execute(
         insert_ignoring_conflicts(
