@@ -32,6 +32,7 @@ from leadmarket.models import (
     HoldStatus,
     Lead,
     LedgerHold,
+    Order,
     OutboundMail,
     User,
 )
@@ -461,3 +462,40 @@ async def test_withdrawing_auctions_concurrently_with_bids_keeps_the_ledger_exac
     # bidder held nothing any more and is told nothing.
     assert len(await mails(session, bidders[1].email, "fraud/auction_withdrawn")) == 2
     assert await mails(session, bidders[0].email, "fraud/auction_withdrawn") == []
+
+
+async def test_a_suspended_bidder_wins_no_auction_and_gets_the_hold_back(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    seller = await party(client, session, "seller")
+    lead = await open_auction(session, seller.user.id)
+    honest, cheat = await party(client, session, "buyer"), await party(client, session, "buyer")
+    for bidder in (honest, cheat):
+        await fund(session, bidder.user, 10_000)
+    await session.commit()
+    broker = LocalBroker()
+    await marketplace.place_bid(
+        session, settings, broker, lead_id=lead.id, buyer=honest.user, amount_cents=2000
+    )
+    await marketplace.place_bid(
+        session, settings, broker, lead_id=lead.id, buyer=cheat.user, amount_cents=5000
+    )
+    await session.commit()
+    body = {"subject_type": "member", "subject_id": cheat.username, "reason": "scam"}
+    assert (await client.post(REPORTS, json=body, headers=seller.headers)).status_code == 201
+    reviewer = await admin(client, session)
+    assert (
+        await act(client, reviewer, (await case_of(session, cheat)).id, "suspend")
+    ).status_code == 200
+
+    locked = await session.get(Lead, lead.id, populate_existing=True)
+    assert locked is not None
+    orders = await marketplace.close_auction(session, settings, broker, locked)
+    assert len(orders) == 1
+    order = await session.get(Order, orders[0])
+    assert order is not None and order.buyer_id == honest.user.id
+    # Priced as if the suspended bid had never been: the honest maximum alone.
+    assert order.price_cents == settings.auction_opening_bid_cents
+    cheat_wallet = await wallet_summary(session, cheat.user.id, "USD")
+    assert (cheat_wallet.balance_cents, cheat_wallet.held_cents) == (10_000, 0)
+    assert (await verify_ledger(session)).ok
