@@ -5,10 +5,12 @@ feeding the fraud queue."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
+from leadmarket.messages import views
 from leadmarket.models import FraudSignal, MemberMessage
 from tests.fixtures.trades import party, trade
 from tests.ledger.test_wallet_page import field, sign_in
@@ -81,3 +83,41 @@ async def test_a_member_who_is_not_a_party_finds_no_thread(
     posted = await client.post(url, data={"csrf_token": token, "body": "Want cheap leads?"})
     assert posted.status_code == 404
     assert await count(session, MemberMessage) == 0
+
+
+async def test_the_page_shows_the_newest_messages_of_a_long_thread(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(views, "PAGE_MESSAGES", 3)
+    t = await trade(client, session, settings)
+    for n in range(5):
+        sent = await client.post(
+            f"/api/v1/orders/{t.order_id}/messages",
+            json={"body": f"note number {n}"},
+            headers=t.buyer.headers,
+        )
+        assert sent.status_code == 201
+    await sign_in(client, t.seller.username)
+    page = await client.get(f"/orders/{t.order_id}/messages")
+    assert [f"note number {n}" in page.text for n in range(5)] == [False, False, True, True, True]
+    # Opening the page read them all: the next message is worth an email again.
+    unread = await session.scalar(
+        select(func.count()).where(
+            MemberMessage.recipient_id == t.seller.user.id, MemberMessage.read_at.is_(None)
+        )
+    )
+    assert unread == 0
+    api = await client.get(
+        f"/api/v1/orders/{t.order_id}/messages", params={"limit": 2}, headers=t.buyer.headers
+    )
+    assert [m["body"] for m in api.json()["items"]] == ["note number 0", "note number 1"]
+    rest = await client.get(
+        f"/api/v1/orders/{t.order_id}/messages",
+        params={"limit": 10, "cursor": api.json()["next_cursor"]},
+        headers=t.buyer.headers,
+    )
+    assert [m["body"] for m in rest.json()["items"]] == [f"note number {n}" for n in range(2, 5)]
+    assert rest.json()["next_cursor"] is None

@@ -261,19 +261,22 @@ async def thread(
     after_id: str | None = None,
     limit: int = 200,
     mark_read: bool = True,
+    latest: bool = False,
 ) -> tuple[Order, list[MessageView]]:
-    """The order's messages, oldest first (``limit`` + 1 after ``after_id``), for its two
-    parties only; reading marks the viewer's unread messages read."""
+    """The order's messages, oldest first, for its two parties only: ``limit`` + 1 after
+    ``after_id`` (pages of the API), or with ``latest`` the newest ``limit`` (the page).
+    Reading marks the viewer's unread messages among them read."""
     order = await get_order(session, order_id, viewer)
-    query = (
-        select(MemberMessage)
-        .where(MemberMessage.order_id == order.id)
-        .order_by(MemberMessage.id)
-        .limit(limit + 1)
-    )
+    query = select(MemberMessage).where(MemberMessage.order_id == order.id)
+    if latest:
+        query = query.order_by(MemberMessage.id.desc()).limit(limit)
+    else:
+        query = query.order_by(MemberMessage.id).limit(limit + 1)
     if after_id is not None:
         query = query.where(MemberMessage.id > after_id)
     rows = list(await session.scalars(query))
+    if latest:
+        rows.reverse()
     names = await _usernames(session, {order.buyer_id, order.seller_id})
     if mark_read and any(m.recipient_id == viewer.id and m.read_at is None for m in rows):
         now = utcnow()

@@ -32,6 +32,7 @@ Id = Annotated[str, Path(max_length=40)]
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 THREAD = "/orders/{order_id}/messages"
+PAGE_MESSAGES = 500  # the newest; the API pages through all of them
 NOTICES = {
     "sent": "Your message was sent.",
     "reported": "Thank you: the message was reported as spam and goes to our fraud review.",
@@ -68,8 +69,7 @@ async def _thread_page(
     errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    order, views = await service.thread(session, viewer, order_id, limit=500)
-    views = views[-500:]
+    order, views = await service.thread(session, viewer, order_id, limit=PAGE_MESSAGES, latest=True)
     is_buyer = viewer.id == order.buyer_id
     counterpart = await session.get(User, service.counterpart_id(order, viewer))
     return render_page(
