@@ -4,6 +4,7 @@ work the review queue. Rules live in :mod:`leadmarket.fraud.reports` and
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
@@ -78,22 +79,24 @@ def member_out(user: User) -> MemberOut:
     return MemberOut(id=user.id, username=user.username, role=user.role, status=user.status)
 
 
-def summary_out(case: FraudCase, member: User, kinds: dict[str, int]) -> CaseSummaryOut:
+def summary_out(
+    case: FraudCase, member: User, kinds: dict[str, int], last_signal_at: dt.datetime | None
+) -> CaseSummaryOut:
     return CaseSummaryOut(
         id=case.id,
         member=member_out(member),
         status=case.status,
         resolution=case.resolution,
-        signal_count=case.signal_count,
+        signal_count=sum(kinds.values()),
         kinds=kinds,
         opened_at=case.opened_at,
-        last_signal_at=case.last_signal_at,
+        last_signal_at=last_signal_at,
         closed_at=case.closed_at,
     )
 
 
 def case_out(detail: service.CaseDetail) -> CaseOut:
-    summary = summary_out(detail.case, detail.member, detail.kinds)
+    summary = summary_out(detail.case, detail.member, detail.kinds, detail.last_signal_at)
     return CaseOut(
         **summary.model_dump(),
         open_leads=detail.open_leads,
@@ -147,7 +150,7 @@ async def list_cases(
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
-        items=[summary_out(r.case, r.member, r.kinds) for r in rows],
+        items=[summary_out(r.case, r.member, r.kinds, r.last_signal_at) for r in rows],
         next_cursor=encode_cursor(rows[-1].case.id) if more and rows else None,
     )
 

@@ -39,7 +39,7 @@ class CaseSummaryOut(BaseModel):
     signal_count: int = Field(description="Every signal, counting repeats.")
     kinds: dict[str, int] = Field(description="Signals by kind, counting repeats.")
     opened_at: dt.datetime
-    last_signal_at: dt.datetime
+    last_signal_at: dt.datetime | None
     closed_at: dt.datetime | None
 
 

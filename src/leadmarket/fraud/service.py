@@ -133,13 +133,19 @@ class ActionNotApplicable(Conflict):
 class CaseRow:
     case: FraudCase
     member: User
-    kinds: dict[str, int]
+    kinds: dict[str, int]  # signals by kind, counting repeats
+    last_signal_at: dt.datetime | None
+
+    @property
+    def signal_count(self) -> int:
+        return sum(self.kinds.values())
 
 
 async def list_cases(
     session: AsyncSession, *, status: str | None, limit: int, before_id: str | None = None
 ) -> list[CaseRow]:
-    """Cases, newest first (``limit`` + 1), each with its member and signal counts by kind."""
+    """Cases, newest first (``limit`` + 1), each with its member, its signal counts by kind and
+    its latest signal (one grouped query for the page)."""
     query = (
         select(FraudCase, User)
         .join(User, User.id == FraudCase.subject_user_id)
@@ -152,15 +158,26 @@ async def list_cases(
         query = query.where(FraudCase.id < before_id)
     rows = [(row[0], row[1]) for row in await session.execute(query)]
     kinds: dict[str, dict[str, int]] = defaultdict(dict)
+    latest: dict[str, dt.datetime] = {}
     if rows:
         counted = await session.execute(
-            select(FraudSignal.case_id, FraudSignal.kind, func.sum(FraudSignal.occurrences))
+            select(
+                FraudSignal.case_id,
+                FraudSignal.kind,
+                func.sum(FraudSignal.occurrences),
+                func.max(FraudSignal.last_seen_at),
+            )
             .where(FraudSignal.case_id.in_([c.id for c, _ in rows]))
             .group_by(FraudSignal.case_id, FraudSignal.kind)
         )
-        for case_id, kind, total in counted:
+        for case_id, kind, total, last in counted:
             kinds[str(case_id)][str(kind)] = int(total or 0)
-    return [CaseRow(case, member, dict(sorted(kinds[case.id].items()))) for case, member in rows]
+            if last is not None and (str(case_id) not in latest or last > latest[str(case_id)]):
+                latest[str(case_id)] = last
+    return [
+        CaseRow(case, member, dict(sorted(kinds[case.id].items())), latest.get(case.id))
+        for case, member in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,14 @@ class CaseDetail:
     open_leads: int
     earlier_cases: list[FraudCase] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def signal_count(self) -> int:
+        return sum(self.kinds.values())
+
+    @property
+    def last_signal_at(self) -> dt.datetime | None:
+        return max((v.signal.last_seen_at for v in self.signals), default=None)
 
 
 async def case_detail(session: AsyncSession, case_id: str, admin: User) -> CaseDetail:

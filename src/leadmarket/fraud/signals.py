@@ -62,9 +62,11 @@ def _table(model: type[Any]) -> Table:
 
 
 async def open_case(session: AsyncSession, subject_user_id: str, now: dt.datetime) -> FraudCase:
-    """The member's open case, opened if there is none, row-locked until the transaction ends
-    (an admin closing it concurrently waits, or is waited for: a signal never lands in a case
-    closed under it). ``open_key`` is unique, so two first signals open one case."""
+    """The member's open case, opened if there is none, share-locked until the transaction
+    ends: signal writers do not wait for each other, an admin closing the case (``FOR UPDATE``)
+    waits for them or is waited for, so a signal never lands in a case closed under it (the
+    re-checked ``open_key`` no longer matches and a new case opens). ``open_key`` is unique, so
+    two first signals open one case. (SQLite's write lock serialises it all anyway.)"""
     for _ in range(3):
         await session.execute(
             insert_ignoring_conflicts(
@@ -74,15 +76,13 @@ async def open_case(session: AsyncSession, subject_user_id: str, now: dt.datetim
                 subject_user_id=subject_user_id,
                 open_key=subject_user_id,
                 status=FraudCaseStatus.OPEN.value,
-                signal_count=0,
                 opened_at=now,
-                last_signal_at=now,
             )
         )
         case = await session.scalar(
             select(FraudCase)
             .where(FraudCase.open_key == subject_user_id)
-            .with_for_update()
+            .with_for_update(read=True)
             .execution_options(populate_existing=True)
         )
         if case is not None:
@@ -158,10 +158,6 @@ async def add_signal(
         .execution_options(populate_existing=True)
     )
     assert signal is not None
-    if created or count_repeat:
-        case.signal_count += 1
-        case.last_signal_at = now
-        await session.flush()
     return Recorded(signal, case, created)
 
 
@@ -333,8 +329,6 @@ async def record_intake_signals(
                 "last_seen_at": now,
             }
         )
-        case.signal_count += tally.occurrences
-        case.last_signal_at = now
     table = _table(FraudSignal)
     upsert = dialect_insert(session, table)
     upsert = upsert.on_conflict_do_update(

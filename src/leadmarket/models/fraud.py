@@ -7,7 +7,9 @@ case per member for an admin to review, and what the admin did about it.
   or a recurring intake signal one row, counted in ``occurrences``.
 * A :class:`FraudCase` gathers the signals about one member until an admin closes it.
   ``open_key`` is the member's id while the case is open and NULL once closed: being unique, it
-  keeps at most one open case per member on both databases, without a partial index.
+  keeps at most one open case per member on both databases, without a partial index. Signal
+  writers never update the case row (its counts are summed from the signals when read), so
+  a seller's concurrent intake batches do not queue up behind one hot row.
 * A :class:`FraudCaseAction` is each admin decision, with the note; the audit log records it
   too (A4).
 
@@ -43,9 +45,7 @@ class FraudCase(Base):
     subject_user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     open_key: Mapped[str | None] = mapped_column(String(40), unique=True)
     status: Mapped[str] = mapped_column(String(10), default=FraudCaseStatus.OPEN.value)
-    signal_count: Mapped[int] = mapped_column(Integer, default=0)
     opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_signal_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # How it ended: dismissed, warned, suspended, banned (fraud.service.CLOSING_ACTIONS).
     resolution: Mapped[str | None] = mapped_column(String(20))
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
