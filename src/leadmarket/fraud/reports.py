@@ -108,7 +108,9 @@ def clean_note(note: str | None) -> str | None:
 async def check_report_quota(session: AsyncSession, settings: Settings, reporter_id: str) -> None:
     """429 once the member filed ``fraud_reports_per_day`` reports in the last 24 hours (counted
     under their row lock, like the message caps)."""
-    await session.execute(select(User.id).where(User.id == reporter_id).with_for_update())
+    await session.execute(
+        select(User.id).where(User.id == reporter_id).with_for_update(key_share=True)
+    )
     now = utcnow()
     day = dt.timedelta(days=1)
     row = (

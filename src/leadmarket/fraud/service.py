@@ -409,20 +409,39 @@ async def act_on_case(
     :class:`CaseClosed` or :class:`ActionNotApplicable`; then nothing is changed."""
     text = clean_admin_note(note)
     now = utcnow()
+    subject_user_id = await session.scalar(
+        select(FraudCase.subject_user_id).where(FraudCase.id == case_id)
+    )
+    if subject_user_id is None:
+        raise NotFound("No such fraud case.")
+    # Lock order (PostgreSQL): the member's row, their sessions and API keys, then the case,
+    # then leads, ledger, audit. Signal writers may hold the member's row (a message's rate
+    # check) or an API key row (intake) while they wait for the case's share lock, so those
+    # are taken before the case. FOR NO KEY UPDATE: only the status changes, so rows being
+    # inserted that refer to the member (an intake batch's leads) are not waited for.
+    member = await session.scalar(
+        select(User)
+        .where(User.id == subject_user_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    assert member is not None
+    if member.role not in (Role.BUYER.value, Role.SELLER.value):
+        raise ActionNotApplicable("Staff accounts are not handled through the fraud queue.")
+    revoked = 0
+    if action in (CaseAction.SUSPEND, CaseAction.BAN):
+        # Rolled back with everything else if the action is refused below.
+        revoked = await accounts.revoke_sessions(session, member.id, now)
+        await accounts.revoke_api_keys(session, member.id, now)
     case = await session.scalar(
         select(FraudCase)
         .where(FraudCase.id == case_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    if case is None:
-        raise NotFound("No such fraud case.")
+    assert case is not None
     if action in NEEDS_OPEN_CASE and case.status != FraudCaseStatus.OPEN.value:
         raise CaseClosed(f"This case was closed ({case.resolution}).")
-    member = await accounts.user_by_id(session, case.subject_user_id, for_update=True)
-    assert member is not None
-    if member.role not in (Role.BUYER.value, Role.SELLER.value):
-        raise ActionNotApplicable("Staff accounts are not handled through the fraud queue.")
     await _check_lead(session, member, lead_id)
     if action is CaseAction.CONFIRM_LEAD_FRAUD and lead_id is None:
         raise ValidationFailed(
@@ -457,6 +476,7 @@ async def act_on_case(
     elif action in (CaseAction.SUSPEND, CaseAction.BAN):
         if action is CaseAction.BAN and member.status == UserStatus.CLOSED.value:
             raise ActionNotApplicable("The account is closed already.")
+        effects["sessions_revoked"] = revoked
         effects.update(await _stop_member(session, settings, broker, member, action, now))
         if action is CaseAction.SUSPEND:
             await _mail_suspended(session, settings, member, concerned, text)
@@ -508,17 +528,15 @@ async def _stop_member(
     action: CaseAction,
     now: dt.datetime,
 ) -> dict[str, Any]:
-    """Suspend or close the account: status first (every request checks it), then every
-    session and API key revoked, then the seller's leads off the market or the buyer's
-    campaigns paused."""
+    """Suspend or close the account (every request checks the status; the sessions and API
+    keys were revoked already, see :func:`act_on_case`), then take the seller's leads off the
+    market or pause the buyer's campaigns."""
     if action is CaseAction.BAN:
         member.status = UserStatus.CLOSED.value
         member.closed_at = now
     else:
         member.status = UserStatus.SUSPENDED.value
-    sessions = await accounts.revoke_sessions(session, member.id, now)
-    await accounts.revoke_api_keys(session, member.id, now)
-    effects: dict[str, Any] = {"sessions_revoked": sessions}
+    effects: dict[str, Any] = {}
     if member.role == Role.SELLER.value:
         withdrawal = await withdraw_open_leads(session, settings, broker, member.id, now=now)
         effects.update(_effects_of(withdrawal))

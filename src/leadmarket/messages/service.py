@@ -124,8 +124,11 @@ async def _check_rate(
 ) -> None:
     """429 when the sender is at the hourly or the daily cap; Retry-After says when the oldest
     message in the window leaves it."""
-    # The sender's row lock serialises their concurrent sends on PostgreSQL.
-    await session.execute(select(User.id).where(User.id == sender_id).with_for_update())
+    # The sender's row lock serialises their concurrent sends on PostgreSQL. FOR NO KEY
+    # UPDATE: it does not wait for, nor block, rows being inserted that refer to the member.
+    await session.execute(
+        select(User.id).where(User.id == sender_id).with_for_update(key_share=True)
+    )
     for window, cap, name in (
         (HOUR, settings.messages_per_hour, "hour"),
         (DAY, settings.messages_per_day, "day"),
