@@ -22,6 +22,8 @@ from leadmarket.kit.jobs import Worker
 from leadmarket.messages.service import NEW_MESSAGE_TEMPLATE
 from leadmarket.models import FraudCase, FraudSignal, MemberMessage, OutboundMail
 from leadmarket.tasks import build_registry, build_services
+from tests.fixtures.leads import lead_body
+from tests.fixtures.ledger import fund
 from tests.fixtures.staff import staff_member
 from tests.fixtures.trades import Trade, admin, party, trade
 
@@ -278,3 +280,37 @@ async def test_a_spam_report_goes_to_the_fraud_queue_once(
     assert signal["message_body"] == "Cheap followers, visit my site"
     assert signal["reporter"] == t.buyer.username
     assert signal["details"]["note"] == "Unsolicited ad"
+
+
+async def test_the_consumers_contact_details_cannot_be_pasted_into_a_message(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """L4: the consumer's email and phone are destroyed 48 hours after the sale; a copy in a
+    thread would outlive them. Found through the lead's blind indexes, however it is written."""
+    seller = await party(client, session, "seller")
+    body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
+    posted = await client.post("/api/v1/leads", json=body, headers=seller.headers)
+    assert posted.status_code == 201, posted.text
+    buyer = await party(client, session, "buyer")
+    await fund(session, buyer.user, 10_000)
+    await session.commit()
+    bought = await client.post(
+        f"/api/v1/leads/{posted.json()['id']}/purchase", headers=buyer.headers
+    )
+    assert bought.status_code == 201, bought.text
+    url = messages_url(bought.json()["id"])
+    email_address = body["contact"]["email"]
+    phone = body["contact"]["phone"]  # +1559XXXYYYY
+    national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
+    for text in (
+        f"Is {email_address.upper()} right?",
+        f"I called {national} twice, no answer.",
+        f"Try {phone[2:5]}.{phone[5:8]}.{phone[8:]} maybe",
+    ):
+        refused = await client.post(url, json={"body": text}, headers=buyer.headers)
+        assert refused.status_code == 422, text
+        assert "consumer" in refused.json()["errors"][0]["message"]
+    assert await stored(session) == 0
+    # Other addresses and numbers are the members' business.
+    mine = "Reach me at sales@leadhunter.example or (415) 555-0100 if needed."
+    assert (await client.post(url, json={"body": mine}, headers=buyer.headers)).status_code == 201

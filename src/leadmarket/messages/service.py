@@ -18,6 +18,10 @@ else. The one rule set behind the API and the pages.
   with the unsubscribe link every mail carries, P7) is queued only for the first unread message
   of a thread, so a burst of messages is one email. The email names the sender's username and
   the order, not the text: the conversation stays where it can be reported as spam.
+* **No consumer contact details in messages.** A message carrying the email address or phone
+  number of the order's consumer is refused (422): the consumer's data must be destroyed 48
+  hours after the sale (L4) and a copy in a thread would outlive it. It is found without
+  decrypting anything, by the lead's blind indexes (as long as they exist).
 * **Report as spam**: the recipient of a message may report it once; it becomes a fraud signal
   against the sender (:mod:`leadmarket.fraud.signals`)."""
 
@@ -26,9 +30,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 
+import phonenumbers
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,7 +51,16 @@ from leadmarket.kit.errors import (
     ValidationFailed,
 )
 from leadmarket.kit.ids import new_id
-from leadmarket.models import FraudSignal, MailTopic, MemberMessage, Order, User, UserStatus
+from leadmarket.leads.vault import BlindIndexer, IndexKind
+from leadmarket.models import (
+    FraudSignal,
+    LeadBlindIndex,
+    MailTopic,
+    MemberMessage,
+    Order,
+    User,
+    UserStatus,
+)
 from leadmarket.notifications.service import queue_mail
 from leadmarket.orders.service import get_order
 
@@ -54,6 +69,7 @@ HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 # Characters a message may contain besides printable text.
 _ALLOWED_CONTROLS = frozenset("\n\t")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 class CounterpartInactive(Conflict):
@@ -117,6 +133,45 @@ def body_digest(text: str) -> str:
     capital is still the same paste."""
     folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     return hashlib.sha256(folded.encode()).hexdigest()
+
+
+def _contact_digests(settings: Settings, text: str) -> set[str]:
+    """Blind-index digests of every email address and phone number written in ``text``."""
+    indexer = BlindIndexer(settings.signing_key())
+    digests = {indexer.digest(IndexKind.EMAIL, m.group(0)) for m in _EMAIL.finditer(text)}
+    for match in phonenumbers.PhoneNumberMatcher(text, "US"):
+        e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+        digests.add(indexer.digest(IndexKind.PHONE, e164))
+    return digests
+
+
+async def _refuse_consumer_contact(
+    session: AsyncSession, settings: Settings, order: Order, text: str
+) -> None:
+    digests = _contact_digests(settings, text)
+    if not digests:
+        return
+    found = await session.scalar(
+        select(LeadBlindIndex.id)
+        .where(
+            LeadBlindIndex.lead_id == order.lead_id,
+            LeadBlindIndex.kind.in_([IndexKind.EMAIL.value, IndexKind.PHONE.value]),
+            LeadBlindIndex.digest.in_(digests),
+        )
+        .limit(1)
+    )
+    if found is not None:
+        raise ValidationFailed(
+            "The message contains the consumer's contact details.",
+            errors=[
+                FieldError(
+                    "body",
+                    "Leave out the consumer's email address and phone number: they are "
+                    "destroyed 48 hours after the sale, and a message would keep them. "
+                    "Refer to the order instead.",
+                )
+            ],
+        )
 
 
 async def _check_rate(
@@ -197,6 +252,7 @@ async def send_message(
     that refusal recorded, and nothing else was written)."""
     order = await get_order(session, order_id, sender)
     text = clean_body(body, settings)
+    await _refuse_consumer_contact(session, settings, order, text)
     recipient = await session.get(User, counterpart_id(order, sender))
     if recipient is None or recipient.status != UserStatus.ACTIVE.value:
         raise CounterpartInactive("The other party's account is not active.")
