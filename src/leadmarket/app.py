@@ -118,6 +118,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.campaigns import views as campaigns_views
     from leadmarket.feedback import api as feedback_api
     from leadmarket.feedback import views as feedback_views
+    from leadmarket.fraud import api as fraud_api
+    from leadmarket.fraud import views as fraud_views
     from leadmarket.leads import api as leads_api
     from leadmarket.leads import uploads_api, uploads_views
     from leadmarket.leads import views as leads_views
@@ -125,6 +127,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     from leadmarket.ledger import views as ledger_views
     from leadmarket.marketplace import api as marketplace_api
     from leadmarket.marketplace import views as marketplace_views
+    from leadmarket.messages import api as messages_api
+    from leadmarket.messages import views as messages_views
     from leadmarket.notifications import views as notifications_views
     from leadmarket.orders import api as orders_api
     from leadmarket.orders import views as orders_views
@@ -174,6 +178,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, returns_api.admin)
     include_guarded(app, payouts_api.router)
     include_guarded(app, returns_views.router)
+    include_guarded(app, messages_api.router)
+    include_guarded(app, messages_views.router)
+    include_guarded(app, fraud_api.router)
+    include_guarded(app, fraud_views.router)
     include_guarded(app, pingpost_views.router)
     include_guarded(app, accounts_views.router)
     include_guarded(app, notifications_views.router)

@@ -315,6 +315,44 @@ class Settings(BaseSettings):
         "call into its own network).",
     )
 
+    # Member messages (M4) and fraud review (M6).
+    message_max_chars: int = Field(
+        default=2000, ge=1, le=20_000, description="Longest member message, in characters."
+    )
+    messages_per_hour: int = Field(
+        default=20, ge=1, description="Member messages one member may send per hour (429 above)."
+    )
+    messages_per_day: int = Field(
+        default=100, ge=1, description="Member messages one member may send per day (429 above)."
+    )
+    message_same_text_max_threads: int = Field(
+        default=3,
+        ge=1,
+        description="The same text may be sent into this many order threads a day; more is "
+        "bulk messaging (refused, and recorded as a fraud signal).",
+    )
+    fraud_reports_per_day: int = Field(
+        default=20,
+        ge=1,
+        description="Fraud complaints and spam reports one member may file per day (429 above).",
+    )
+    fraud_low_quality_score: int = Field(
+        default=40,
+        ge=0,
+        le=101,
+        description="A new lead whose quality score is below this is a fraud signal against "
+        "its seller (0 turns the signal off).",
+    )
+    fraud_returns_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Approved returns for a fake or fraudulent identity within the window that "
+        "make a seller a 'many fraud returns' case.",
+    )
+    fraud_returns_window_days: int = Field(
+        default=30, ge=1, le=365, description="The window of fraud_returns_threshold, in days."
+    )
+
     # Sessions and accounts.
     session_hours: int = Field(default=12, ge=1, description="Lifetime of a normal session.")
     remember_days: int = Field(default=30, ge=1, description="Lifetime of a 'stay signed in' one.")

@@ -300,6 +300,22 @@ ACCESS: dict[str, Access] = {
     "POST /admin/after-sale/returns/{return_id}": ADMINS,
     "POST /admin/after-sale/disputes/{dispute_id}": ADMINS,
     "POST /admin/after-sale/claims/{claim_id}": ADMINS,
+    # Member messages (M4): the two parties of an order; staff have no threads.
+    "GET /api/v1/orders/{order_id}/messages": TRADERS,
+    "POST /api/v1/orders/{order_id}/messages": TRADERS,
+    "POST /api/v1/messages/{message_id}/spam-report": TRADERS,
+    "GET /orders/{order_id}/messages": TRADERS,
+    "POST /orders/{order_id}/messages": TRADERS,
+    "POST /orders/{order_id}/messages/{message_id}/spam-report": TRADERS,
+    "POST /orders/{order_id}/report": TRADERS,
+    # Fraud (M6): members report; the review queue shows who reported whom: admins only.
+    "POST /api/v1/reports": TRADERS,
+    "GET /api/v1/admin/fraud/cases": ADMINS,
+    "GET /api/v1/admin/fraud/cases/{case_id}": ADMINS,
+    "POST /api/v1/admin/fraud/cases/{case_id}/actions": ADMINS,
+    "GET /admin/fraud": ADMINS,
+    "GET /admin/fraud/{case_id}": ADMINS,
+    "POST /admin/fraud/{case_id}/actions": ADMINS,
 }
 
 PLACEHOLDER = "placeholder0"

@@ -38,6 +38,7 @@ from tests.fixtures.auctions import open_auction
 from tests.fixtures.feedback import Deal
 from tests.fixtures.leads import lead_body
 from tests.fixtures.ledger import fund
+from tests.fixtures.trades import drive_message_and_fraud_mail
 from tests.notifications.test_notify import tell_everything
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "leadmarket"
@@ -328,6 +329,8 @@ async def drive_every_mail_the_code_sends(
         "/api/v1/admin/privacy/notices", json=notice_body("7.0"), headers=admin
     )
     assert published.status_code == 201, published.text
+    # messages/new_message and the fraud review's notices.
+    await drive_message_and_fraud_mail(client, session, settings)
     await run_jobs(db, settings)
 
 

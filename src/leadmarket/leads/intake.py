@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.repository import recheck_api_keys
 from leadmarket.config import Settings
+from leadmarket.fraud.signals import record_intake_signals
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import (
@@ -400,6 +401,9 @@ async def write_leads(
         created = CreatedLead(lead=lead, certificate=submission.prepared.consent["certificate"])
         batch.outcomes[i] = Written(201, created_answer(created), created)
     await _insert(session, [s for _, s in accepted], batch, now)
+    # M6: low-quality and velocity leads become fraud signals against their seller, tallied
+    # per batch (nothing at all for a clean batch).
+    await record_intake_signals(session, kit.settings, [s.prepared.lead for _, s in accepted])
     outcomes = [o for o in batch.outcomes if o is not None]
     assert len(outcomes) == len(submissions)
     return outcomes

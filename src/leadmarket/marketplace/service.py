@@ -52,6 +52,7 @@ from leadmarket.models import (
     SaleMode,
     SaleVia,
     User,
+    UserStatus,
 )
 from leadmarket.notifications.notify import Event, notify_later
 from leadmarket.orders.service import OwnLead, sell
@@ -527,6 +528,18 @@ async def close_auction(
         )
     )
     candidates = _candidates(bids)
+    if candidates:
+        # A bidder suspended or banned since bidding (fraud review, M6) wins nothing: no
+        # consumer's contact goes to an account that was stopped.
+        active = set(
+            await session.scalars(
+                select(User.id).where(
+                    User.id.in_({c.buyer_id for c in candidates}),
+                    User.status == UserStatus.ACTIVE.value,
+                )
+            )
+        )
+        candidates = [c for c in candidates if c.buyer_id in active]
     places = max(0, lead.max_buyers - lead.sold_count)
     preview = LeadPreview.of_lead(lead)
     orders: list[str] = []

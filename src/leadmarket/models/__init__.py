@@ -13,6 +13,7 @@ from leadmarket.models.feedback import (
     FeedbackReportStatus,
     FeedbackSide,
 )
+from leadmarket.models.fraud import FraudCase, FraudCaseAction, FraudCaseStatus, FraudSignal
 from leadmarket.models.job import Job, JobStatus
 from leadmarket.models.lead import (
     Consent,
@@ -48,6 +49,7 @@ from leadmarket.models.mail import (
     MailTopic,
     OutboundMail,
 )
+from leadmarket.models.messages import MemberMessage
 from leadmarket.models.opt_out import ConsumerOptOut
 from leadmarket.models.order import (
     DeliveryStatus,
@@ -135,6 +137,10 @@ __all__ = [
     "FeedbackReportReason",
     "FeedbackReportStatus",
     "FeedbackSide",
+    "FraudCase",
+    "FraudCaseAction",
+    "FraudCaseStatus",
+    "FraudSignal",
     "HoldStatus",
     "IdempotencyRecord",
     "Job",
@@ -160,6 +166,7 @@ __all__ = [
     "MailSuppression",
     "MailTopic",
     "MatchingVersion",
+    "MemberMessage",
     "OnBehalf",
     "Order",
     "OrderClaim",

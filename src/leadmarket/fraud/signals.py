@@ -1,0 +1,344 @@
+"""Fraud signals (promise M6): the one way any part of Leadmarket says "an admin should look at
+this member", and the case that gathers them.
+
+Other features call :func:`record_fraud_signal`; intake calls :func:`record_intake_signals`
+once per batch. Each signal lands in the member's open case (one per member, opened by the
+first signal), in the caller's transaction. This module imports only models and the kit, so
+intake and the messages can use it without importing the admin side.
+
+For the returns feature: when a return for a fake or fraudulent identity is approved, call::
+
+    await record_fraud_signal(
+        session, kind=SignalKind.FRAUD_RETURN, subject_user_id=order.seller_id,
+        lead_id=order.lead_id, source=SignalSource.RETURNS,
+        details={"return_id": ..., "order_id": ...}, dedupe_key=f"return:{return_id}",
+    )
+
+Once a seller has ``fraud_returns_threshold`` of them within ``fraud_returns_window_days``, the
+same call adds a :attr:`SignalKind.MANY_FRAUD_RETURNS` signal (once per case), and
+:func:`sellers_with_many_fraud_returns` lists such sellers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadmarket.config import Settings
+from leadmarket.kit.db import dialect_insert, insert_ignoring_conflicts, utcnow
+from leadmarket.kit.ids import new_id
+from leadmarket.models import FraudCase, FraudCaseStatus, FraudSignal
+
+
+class SignalKind(enum.StrEnum):
+    COMPLAINT = "complaint"  # a member's fraud complaint about a lead or a member
+    SPAM_REPORT = "spam_report"  # a member message reported as spam by its recipient
+    BULK_MESSAGING = "bulk_messaging"  # the same text pasted into many order threads
+    LOW_QUALITY_LEAD = "low_quality_lead"  # intake: quality score below the threshold
+    VELOCITY = "velocity"  # intake: seller burst or many leads from one consumer address
+    FRAUD_RETURN = "fraud_return"  # a return approved as "fake or fraudulent identity"
+    MANY_FRAUD_RETURNS = "many_fraud_returns"  # a seller past the fraud-return threshold
+
+
+class SignalSource(enum.StrEnum):
+    MEMBER = "member"
+    MESSAGES = "messages"
+    INTAKE = "intake"
+    RETURNS = "returns"
+
+
+# The intake quality reasons (leads.quality) that are velocity hits.
+VELOCITY_CODES = frozenset({"seller_burst", "ip_velocity"})
+
+
+def _table(model: type[Any]) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+async def open_case(session: AsyncSession, subject_user_id: str, now: dt.datetime) -> FraudCase:
+    """The member's open case, opened if there is none, share-locked until the transaction
+    ends: signal writers do not wait for each other, an admin closing the case (``FOR UPDATE``)
+    waits for them or is waited for, so a signal never lands in a case closed under it (the
+    re-checked ``open_key`` no longer matches and a new case opens). ``open_key`` is unique, so
+    two first signals open one case. (SQLite's write lock serialises it all anyway.)"""
+    for _ in range(3):
+        await session.execute(
+            insert_ignoring_conflicts(
+                session, FraudCase, index_elements=[FraudCase.open_key]
+            ).values(
+                id=new_id("frc"),
+                subject_user_id=subject_user_id,
+                open_key=subject_user_id,
+                status=FraudCaseStatus.OPEN.value,
+                opened_at=now,
+            )
+        )
+        case = await session.scalar(
+            select(FraudCase)
+            .where(FraudCase.open_key == subject_user_id)
+            .with_for_update(read=True)
+            .execution_options(populate_existing=True)
+        )
+        if case is not None:
+            return case
+    raise RuntimeError("could not open a fraud case")  # closed three times in a row meanwhile
+
+
+@dataclass(frozen=True)
+class Recorded:
+    signal: FraudSignal
+    case: FraudCase
+    created: bool  # False: the dedupe key existed, its occurrences went up by one
+
+
+async def add_signal(
+    session: AsyncSession,
+    *,
+    kind: SignalKind,
+    subject_user_id: str,
+    source: SignalSource | str,
+    details: Mapping[str, Any] | None = None,
+    lead_id: str | None = None,
+    message_id: str | None = None,
+    reporter_id: str | None = None,
+    reason: str | None = None,
+    dedupe_key: str | None = None,
+    now: dt.datetime | None = None,
+    count_repeat: bool = True,
+    per_case: bool = False,
+) -> Recorded:
+    """Record one signal in the member's open case. With ``dedupe_key``, a second signal with
+    the same key is not a new row: the existing one's ``occurrences`` goes up, or, without
+    ``count_repeat`` (an idempotent retry of the same event), nothing changes. ``per_case``
+    scopes the key to the open case: the same thing may be signalled again once the case is
+    decided."""
+    now = now or utcnow()
+    case = await open_case(session, subject_user_id, now)
+    if per_case and dedupe_key is not None:
+        dedupe_key = f"{case.id}:{dedupe_key}"
+    signal_id = new_id("frs")
+    inserted = await session.execute(
+        insert_ignoring_conflicts(
+            session, FraudSignal, index_elements=[FraudSignal.dedupe_key]
+        ).values(
+            id=signal_id,
+            case_id=case.id,
+            kind=kind.value,
+            source=str(source),
+            subject_user_id=subject_user_id,
+            lead_id=lead_id,
+            message_id=message_id,
+            reporter_id=reporter_id,
+            reason=reason,
+            details=dict(details or {}),
+            dedupe_key=dedupe_key,
+            occurrences=1,
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    created = int(getattr(inserted, "rowcount", 0) or 0) == 1
+    if not created and count_repeat:
+        assert dedupe_key is not None
+        await session.execute(
+            update(FraudSignal)
+            .where(FraudSignal.dedupe_key == dedupe_key)
+            .values(occurrences=FraudSignal.occurrences + 1, last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    signal = await session.scalar(
+        select(FraudSignal)
+        .where(FraudSignal.id == signal_id if created else FraudSignal.dedupe_key == dedupe_key)
+        .execution_options(populate_existing=True)
+    )
+    assert signal is not None
+    return Recorded(signal, case, created)
+
+
+async def record_fraud_signal(
+    session: AsyncSession,
+    *,
+    kind: SignalKind | str,
+    subject_user_id: str,
+    lead_id: str | None = None,
+    source: SignalSource | str,
+    details: Mapping[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    settings: Settings | None = None,
+) -> FraudSignal:
+    """The interface for other features: record that ``subject_user_id`` did something
+    suspicious (ids and codes in ``details``, never a consumer's personal data). It lands in the
+    member's open case on the admin's queue, in the caller's transaction. A call with the
+    ``dedupe_key`` of an earlier one (a retried job) changes nothing and returns that signal.
+
+    A :attr:`SignalKind.FRAUD_RETURN` also checks the seller against the fraud-return threshold
+    (``settings``, else the defaults) and adds :attr:`SignalKind.MANY_FRAUD_RETURNS` once per
+    case when it is reached."""
+    kind = SignalKind(kind)
+    now = utcnow()
+    recorded = await add_signal(
+        session,
+        kind=kind,
+        subject_user_id=subject_user_id,
+        source=source,
+        details=details,
+        lead_id=lead_id,
+        dedupe_key=dedupe_key,
+        now=now,
+        count_repeat=False,
+    )
+    if kind is SignalKind.FRAUD_RETURN and recorded.created:
+        threshold, window_days = _fraud_return_limits(settings)
+        since = now - dt.timedelta(days=window_days)
+        count = await fraud_returns_of(session, subject_user_id, since=since)
+        if count >= threshold:
+            await add_signal(
+                session,
+                kind=SignalKind.MANY_FRAUD_RETURNS,
+                subject_user_id=subject_user_id,
+                source=source,
+                lead_id=lead_id,
+                details={"approved_fraud_returns": count, "window_days": window_days},
+                dedupe_key=f"many_fraud_returns:{recorded.case.id}",
+                now=now,
+            )
+    return recorded.signal
+
+
+def _fraud_return_limits(settings: Settings | None) -> tuple[int, int]:
+    if settings is not None:
+        return settings.fraud_returns_threshold, settings.fraud_returns_window_days
+    fields = Settings.model_fields
+    threshold = fields["fraud_returns_threshold"].default
+    window = fields["fraud_returns_window_days"].default
+    assert isinstance(threshold, int)
+    assert isinstance(window, int)
+    return threshold, window
+
+
+async def fraud_returns_of(session: AsyncSession, seller_id: str, *, since: dt.datetime) -> int:
+    """Approved fraud returns of one seller since ``since``."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(FraudSignal.occurrences), 0)).where(
+            FraudSignal.kind == SignalKind.FRAUD_RETURN.value,
+            FraudSignal.subject_user_id == seller_id,
+            FraudSignal.created_at >= since,
+        )
+    )
+    return int(total or 0)
+
+
+async def sellers_with_many_fraud_returns(
+    session: AsyncSession, settings: Settings, *, now: dt.datetime | None = None
+) -> list[tuple[str, int]]:
+    """Sellers with at least ``fraud_returns_threshold`` approved returns for a fake or
+    fraudulent identity in the last ``fraud_returns_window_days``, most first:
+    ``[(seller id, count)]``."""
+    now = now or utcnow()
+    since = now - dt.timedelta(days=settings.fraud_returns_window_days)
+    total = func.sum(FraudSignal.occurrences)
+    rows = await session.execute(
+        select(FraudSignal.subject_user_id, total)
+        .where(
+            FraudSignal.kind == SignalKind.FRAUD_RETURN.value,
+            FraudSignal.created_at >= since,
+        )
+        .group_by(FraudSignal.subject_user_id)
+        .having(total >= settings.fraud_returns_threshold)
+        .order_by(total.desc(), FraudSignal.subject_user_id)
+    )
+    return [(str(seller), int(count)) for seller, count in rows]
+
+
+# Intake ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    occurrences: int = 0
+    last_lead_id: str = ""
+    lowest_score: int = 101
+    codes: set[str] = field(default_factory=set)
+
+
+def intake_kinds(lead: Mapping[str, Any], settings: Settings) -> list[SignalKind]:
+    """The signals one new lead raises against its seller."""
+    kinds: list[SignalKind] = []
+    score = int(lead["quality_score"])
+    if settings.fraud_low_quality_score and score < settings.fraud_low_quality_score:
+        kinds.append(SignalKind.LOW_QUALITY_LEAD)
+    codes = {str(r.get("code")) for r in lead.get("quality_reasons") or ()}
+    if codes & VELOCITY_CODES:
+        kinds.append(SignalKind.VELOCITY)
+    return kinds
+
+
+async def record_intake_signals(
+    session: AsyncSession, settings: Settings, leads: Sequence[Mapping[str, Any]]
+) -> int:
+    """Called by intake once per written batch, after its leads are inserted (``leads`` are
+    their rows: ``id``, ``seller_id``, ``quality_score``, ``quality_reasons``). Only leads that
+    score below ``fraud_low_quality_score`` or carry a velocity hit count; a clean batch costs
+    nothing. The rest are tallied per seller and kind into one signal row a day per case
+    (``occurrences`` counts the leads, ``lead_id`` names the latest), so a seller's file of ten
+    thousand bad rows is one row on the queue, not ten thousand. Returns the leads counted."""
+    tallies: dict[tuple[str, SignalKind], _Tally] = {}
+    for lead in leads:
+        for kind in intake_kinds(lead, settings):
+            tally = tallies.setdefault((str(lead["seller_id"]), kind), _Tally())
+            tally.occurrences += 1
+            tally.last_lead_id = max(tally.last_lead_id, str(lead["id"]))
+            tally.lowest_score = min(tally.lowest_score, int(lead["quality_score"]))
+            tally.codes |= {str(r.get("code")) for r in lead.get("quality_reasons") or ()}
+    if not tallies:
+        return 0
+    now = utcnow()
+    day = now.strftime("%Y-%m-%d")
+    cases: dict[str, FraudCase] = {}
+    # Sellers in a fixed order: two batches lock their cases in the same order, never crosswise.
+    for seller_id in sorted({seller for seller, _ in tallies}):
+        cases[seller_id] = await open_case(session, seller_id, now)
+    rows = []
+    for (seller_id, kind), tally in sorted(tallies.items()):
+        case = cases[seller_id]
+        rows.append(
+            {
+                "id": new_id("frs"),
+                "case_id": case.id,
+                "kind": kind.value,
+                "source": SignalSource.INTAKE.value,
+                "subject_user_id": seller_id,
+                "lead_id": tally.last_lead_id,
+                "message_id": None,
+                "reporter_id": None,
+                "reason": None,
+                "details": {
+                    "lowest_score": tally.lowest_score,
+                    "codes": sorted(tally.codes),
+                    "day": day,
+                },
+                "dedupe_key": f"intake:{kind.value}:{case.id}:{day}",
+                "occurrences": tally.occurrences,
+                "created_at": now,
+                "last_seen_at": now,
+            }
+        )
+    table = _table(FraudSignal)
+    upsert = dialect_insert(session, table)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[table.c.dedupe_key],
+        set_={
+            "occurrences": table.c.occurrences + upsert.excluded.occurrences,
+            "last_seen_at": upsert.excluded.last_seen_at,
+            "lead_id": upsert.excluded.lead_id,
+        },
+    )
+    await session.execute(upsert, rows)
+    await session.flush()
+    return sum(t.occurrences for t in tallies.values())

@@ -1,0 +1,1 @@
+"""Member-to-member messages, threaded per order (M4)."""
