@@ -1,6 +1,10 @@
 """The demo market (`leadmarket demo`, `make run`): members, leads in every vertical, buyers
 with money and campaigns; loading twice changes nothing; and with the sweeps running, it lives:
-campaigns bid on new auctions, a new demo lead comes in, auctions end and sell."""
+campaigns bid on new auctions, a new demo lead comes in, auctions end and sell. Its story (issue
+6 item 6, issue 5): returns of every outcome, disputes, a claim, feedback both ways, messages, a
+fraud case, a payout (M2–M6, M5), leads destroyed by the 48-hour rule (L4), rights requests in
+the officer's queue (P1–P5), a notice version (P12) and a law-enforcement request (P10), with
+the ledger and the audit chain intact."""
 
 from __future__ import annotations
 
@@ -8,15 +12,39 @@ import datetime as dt
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.audit.service import verify_chain
 from leadmarket.config import Settings
 from leadmarket.demo import DEMO_CAMPAIGNS, DEMO_WALLET_CENTS, load_demo_data, post_demo_lead
+from leadmarket.demo_story import NOTICE_VERSION
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace.service import campaigns_bid_on_new_auctions, close_due_auctions
-from leadmarket.models import Bid, Campaign, Lead, Order, User
+from leadmarket.models import (
+    Bid,
+    Campaign,
+    Feedback,
+    FraudCase,
+    FraudSignal,
+    Lead,
+    LegalRequest,
+    MemberMessage,
+    Order,
+    OrderClaim,
+    OrderReturn,
+    Payout,
+    PiiDestruction,
+    PrivacyNotice,
+    PrivacyRequest,
+    ReturnDispute,
+    User,
+)
+from leadmarket.payouts.service import payable_balance
+from leadmarket.privacy.requests import is_overdue, queue_query
+from leadmarket.privacy.retention import retention_monitor
 from leadmarket.verticals.registry import all_verticals
 
 pytestmark = pytest.mark.committed
@@ -46,7 +74,14 @@ async def test_the_demo_loads_once_and_its_market_lives(
         buyer = await session.scalar(select(User).where(User.username == "lakeside_mortgage"))
         assert buyer is not None
         wallet = await wallet_summary(session, buyer.id, "USD")
-        assert wallet.balance_cents == DEMO_WALLET_CENTS
+        # What the demo deposited is in the wallet, held for orders, or paid for settled ones.
+        settled = await session.scalar(
+            select(func.coalesce(func.sum(Order.price_cents), 0)).where(
+                Order.buyer_id == buyer.id, Order.status == "settled"
+            )
+        )
+        assert wallet.balance_cents + wallet.held_cents + int(settled or 0) == DEMO_WALLET_CENTS
+        assert wallet.held_cents > 0
 
     broker = LocalBroker()
     async with committed_db.transaction() as session:
@@ -67,3 +102,145 @@ async def test_the_demo_loads_once_and_its_market_lives(
         assert sold, "campaigns should have won some demo auctions"
         report = await verify_ledger(session)
         assert report.ok, report.problems
+
+
+STORY_TABLES = (
+    Order,
+    OrderReturn,
+    ReturnDispute,
+    OrderClaim,
+    Feedback,
+    MemberMessage,
+    FraudSignal,
+    Payout,
+    PiiDestruction,
+    PrivacyRequest,
+    PrivacyNotice,
+    LegalRequest,
+)
+
+
+async def story_counts(db: Database) -> dict[str, int]:
+    async with db.transaction() as session:
+        return {
+            table.__tablename__: int(
+                await session.scalar(select(func.count()).select_from(table)) or 0
+            )
+            for table in STORY_TABLES
+        }
+
+
+async def user_id(session: AsyncSession, username: str) -> str:
+    found = await session.scalar(select(User.id).where(User.username == username))
+    assert found is not None, username
+    return str(found)
+
+
+async def test_the_demo_tells_what_happens_after_the_sale_and_on_the_privacy_side(
+    committed_db: Database, settings: Settings
+) -> None:
+    await load_demo_data(settings)
+    first = await story_counts(committed_db)
+    await load_demo_data(settings)
+    assert await story_counts(committed_db) == first  # the story is told once
+
+    async with committed_db.transaction() as session:
+        admin = await user_id(session, "admin")
+        sunbelt = await user_id(session, "sunbelt_leads")
+        quotehound = await user_id(session, "quotehound")
+
+        # Returns of every outcome (M2), both disputes, the admin's decision for the buyer.
+        returns = sorted(
+            (r.status, r.decided_by or "") for r in await session.scalars(select(OrderReturn))
+        )
+        assert returns == [
+            ("approved", "dispute"),
+            ("approved", "seller"),
+            ("denied", "seller"),
+            ("disputed", "seller"),
+            ("requested", ""),
+        ]
+        disputes = {d.status: d for d in await session.scalars(select(ReturnDispute))}
+        assert set(disputes) == {"open", "decided"}
+        assert disputes["decided"].outcome == "for_buyer"
+        assert disputes["decided"].decided_by == admin
+        refunded = await session.scalars(
+            select(Order.status)
+            .join(OrderReturn, OrderReturn.order_id == Order.id)
+            .where(OrderReturn.status == "approved")
+        )
+        assert list(refunded) == ["cancelled", "cancelled"]  # held → released to the buyer
+        assert await session.scalar(select(func.count()).where(OrderClaim.status == "open")) == 1
+
+        # Feedback both ways (M3), with replies.
+        feedback = list(await session.scalars(select(Feedback)))
+        assert {f.side for f in feedback} == {"buyer", "seller"}
+        assert any(f.reply for f in feedback if f.subject_id == sunbelt)
+        assert any(f.reply for f in feedback if f.subject_id == quotehound)
+
+        # A thread going both ways (M4), and a message reported as spam.
+        messages = list(await session.scalars(select(MemberMessage)))
+        by_order: dict[str, set[str]] = {}
+        for m in messages:
+            by_order.setdefault(m.order_id, set()).add(m.sender_id)
+        assert any(len(senders) == 2 for senders in by_order.values())
+
+        # The fraud case against quotehound (M6) with its signals.
+        case = await session.scalar(
+            select(FraudCase).where(FraudCase.subject_user_id == quotehound)
+        )
+        assert case is not None and case.status == "open"
+        kinds = set(
+            await session.scalars(select(FraudSignal.kind).where(FraudSignal.case_id == case.id))
+        )
+        assert {"complaint", "spam_report"} <= kinds
+
+        # Settled sales and a payout (M5): sunbelt was paid its settled balance.
+        assert await session.scalar(select(func.count()).where(Order.status == "settled")) == 4
+        payout = await session.scalar(select(Payout).where(Payout.seller_id == sunbelt))
+        assert payout is not None and payout.amount_cents > 0
+        assert await payable_balance(session, sunbelt, "USD") == 0
+        assert await payable_balance(session, quotehound, "USD") > 0  # not asked for yet
+
+        # The 48-hour rule (L4): the history's leads destroyed, a few seconds late each, all
+        # inside the monitor's 7 days and some inside its 24 hours.
+        destroyed = list(await session.scalars(select(PiiDestruction)))
+        assert len(destroyed) == 8
+        assert len({d.lateness_ms for d in destroyed}) > 3
+        assert all(0 < d.lateness_ms < 60_000 for d in destroyed)
+        monitor = await retention_monitor(session, settings)
+        day, week = monitor.lateness
+        assert (day.count, week.count) == (4, 8)
+        assert monitor.overdue_count == 0
+        destroyed_leads = await session.scalars(
+            select(Lead).where(Lead.pii_destroyed_at.is_not(None))
+        )
+        assert all(lead.pii_expires_at <= lead.pii_destroyed_at for lead in destroyed_leads)
+
+        # Rights requests (P1–P5): the officer's queue shows the overdue one first.
+        now = utcnow()
+        queue = list(
+            await session.scalars(queue_query(status="open", type_=None, now=now, limit=50))
+        )
+        assert len(queue) == 2
+        assert is_overdue(queue[0], now) and not is_overdue(queue[1], now)
+        assert queue[0].proof_status == "awaiting_review"
+        answered = await session.scalar(
+            select(func.count()).where(PrivacyRequest.status == "fulfilled")
+        )
+        assert answered == 1
+
+        # A published notice version (P12), effective later; a subpoena entered, unverified.
+        notice = await session.scalar(
+            select(PrivacyNotice).where(PrivacyNotice.version == NOTICE_VERSION)
+        )
+        assert notice is not None and notice.published_by == admin
+        assert notice.effective_at > now
+        legal = list(await session.scalars(select(LegalRequest)))
+        assert [(r.status, r.verified_by) for r in legal] == [("entered", None)]
+
+        # The books and the audit log hold.
+        report = await verify_ledger(session)
+        assert report.ok, report.problems
+        chain = await verify_chain(session)
+        assert chain.ok, chain.problems

@@ -1,6 +1,10 @@
 """Demo data: a small, believable marketplace of lead sellers, buyers and staff, with leads in
 every vertical (auctions ending over the next minutes to a day, fixed-price leads), buyers with
-money in their wallets and campaigns that bid by themselves. Loading twice changes nothing.
+money in their wallets and campaigns that bid by themselves; and what the market has been through
+(:mod:`leadmarket.demo_story`): a week of sales with returns, disputes, claims, feedback, member
+messages, a fraud case, settlement and a payout, leads destroyed by the 48-hour rule, rights
+requests in the privacy officer's queue, a new privacy notice version and a law-enforcement
+request. Loading twice changes nothing.
 
 With ``LEADMARKET_DEMO_MARKET=true`` (``make run`` sets it) the market keeps living: a new demo
 lead arrives every minute, campaigns bid on it, auctions end and sell (the auction sweeps of
@@ -20,6 +24,7 @@ from leadmarket.accounts import repository
 from leadmarket.accounts.service import AccountsKit
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
+from leadmarket.demo_story import load_demo_story
 from leadmarket.kit.db import Database, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
 from leadmarket.kit.jobs import JobContext
@@ -124,11 +129,17 @@ def _demo_lead(
     rng: random.Random,
     *,
     durations: tuple[int, ...] = (5, 15, 30, 60, 180, 1440),
+    fixed_price_cents: int | None = None,
+    consent_given_at: dt.datetime | None = None,
 ) -> LeadIn:
+    """A demo consumer's request: an auction or a fixed-price listing by ``n``, or a
+    fixed-price listing at ``fixed_price_cents`` (the after-sale stories of
+    :mod:`leadmarket.demo_story`), consented to a while before now or at
+    ``consent_given_at``."""
     city, state, zip_code, area = rng.choice(DEMO_PLACES)
     first, last = rng.choice(DEMO_FIRST_NAMES), rng.choice(DEMO_LAST_NAMES)
     now = utcnow()
-    auction = n % 3 != 2
+    auction = n % 3 != 2 and fixed_price_cents is None
     sale: dict[str, Any] = (
         {
             "mode": "auction",
@@ -138,7 +149,11 @@ def _demo_lead(
             "exclusive": n % 4 != 0,
         }
         if auction
-        else {"mode": "fixed", "price_cents": rng.choice([1800, 2900, 4500]), "exclusive": True}
+        else {
+            "mode": "fixed",
+            "price_cents": fixed_price_cents or rng.choice([1800, 2900, 4500]),
+            "exclusive": True,
+        }
     )
     return LeadIn.model_validate(
         {
@@ -166,7 +181,9 @@ def _demo_lead(
                 "page_url": f"https://{seller.username.replace('_', '-')}.example.com/quote",
                 "ip": f"198.51.100.{rng.randint(1, 254)}",
                 "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) Safari/604.1",
-                "given_at": (now - dt.timedelta(minutes=rng.randint(1, 600))).isoformat(),
+                "given_at": (
+                    consent_given_at or now - dt.timedelta(minutes=rng.randint(1, 600))
+                ).isoformat(),
             },
             "sale": sale,
         }
@@ -313,11 +330,16 @@ async def load_demo_data(settings: Settings) -> str:
             leads = await _load_demo_leads(session, settings)
         async with db.transaction() as session:
             campaigns = await _load_demo_money_and_campaigns(session, settings)
+        story = await load_demo_story(db, settings)
     finally:
         await db.dispose()
     names = ", ".join(m.username for m in DEMO_MEMBERS)
     return (
         f"Demo data ready ({created} members, {leads} leads and {campaigns} campaigns added). "
+        f"After the sale: {story.orders} orders, {story.returns} returns, {story.disputes} "
+        f"disputes, {story.payouts} payout, {story.destroyed} leads past the 48-hour rule; "
+        f"privacy: {story.privacy_requests} rights requests, {story.notices} notice version, "
+        f"{story.legal_requests} law-enforcement request (added).\n"
         f"Sign in as any of: {names}\n"
         f"Password for every demo account: {DEMO_PASSWORD}"
     )
