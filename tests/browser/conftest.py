@@ -66,6 +66,7 @@ def off_loop(func: Callable[..., T], *args: object) -> T:
 class LiveSite:
     base_url: str
     mail_dir: Path
+    settings: Settings  # the server's own, for a test that works on its database directly
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -137,7 +138,7 @@ def live_site(site_database: str, tmp_path_factory: pytest.TempPathFactory) -> I
         log_level="WARNING",
     )
     with live_server(settings, port) as base_url:
-        yield LiveSite(base_url=base_url, mail_dir=mail_dir)
+        yield LiveSite(base_url=base_url, mail_dir=mail_dir, settings=settings)
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +214,10 @@ def register_member(site: LiveSite, role: str, username_stem: str, name: str) ->
     return username
 
 
-def sign_in_at_account(page: Page, site: LiveSite, login: str) -> None:
+def sign_in_at_account(page: Page, site: LiveSite, login: str, password: str = PASSWORD) -> None:
     """Sign in through the page and wait for the account page."""
     page.goto(site.url("/signin"))
     page.get_by_label("Email address or username").fill(login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(site.url("/account"))
