@@ -281,6 +281,43 @@ async def test_access_gives_the_pieces_decrypted_audited_and_as_csv(
     assert flat[("note", "")] == report["note"]
 
 
+async def test_a_lead_past_its_deadline_counts_as_destroyed_but_an_erasure_still_takes_it(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    settings: Settings,
+    kit: LeadsKit,
+    seller: dict[str, str],
+) -> None:
+    """L4: past ``pii_expires_at`` the data is gone for every reader even before the sweep, so
+    an access report leaves that lead out (and does not fail on it); an erasure does not wait
+    for the sweep and shreds it at once."""
+    bo = person("bo")
+    kept = await post_lead(client, seller, bo, "auto-insurance")
+    expired = await post_lead(client, seller, bo, "mortgage")
+    lead = await session.get(Lead, expired["id"])
+    assert lead is not None
+    lead.pii_expires_at = utcnow() - dt.timedelta(seconds=1)
+    await session.flush()
+    consumer = consumer_from(kit, email=bo.email, phone=None)
+
+    assert await consumer_data.find_consumer_leads(session, consumer) == [kept["id"]]
+    report = await consumer_data.build_report(
+        session,
+        settings,
+        consumer,
+        since=utcnow() - dt.timedelta(days=365),
+        include_pieces=True,
+        request_id=REQUEST_ID,
+    )
+    assert [p["lead_id"] for p in report["pieces"]] == [kept["id"]]
+
+    outcome = await consumer_data.erase_consumer(
+        session, settings, consumer, request_id=REQUEST_ID, now=utcnow()
+    )
+    assert sorted(outcome.erased_lead_ids) == sorted([kept["id"], expired["id"]])
+    assert await session.get(LeadVault, expired["id"]) is None
+
+
 async def test_only_the_privacy_engine_opens_data_for_a_rights_request(
     client: httpx.AsyncClient, session: AsyncSession, settings: Settings, seller: dict[str, str]
 ) -> None:

@@ -45,6 +45,7 @@ from leadmarket.leads.schemas import age_on, check_birth_date, normalize_consume
 from leadmarket.leads.vault import (
     BlindIndexer,
     IndexKind,
+    PersonalDataDestroyed,
     Purpose,
     Reader,
     destroy_personal_data,
@@ -166,11 +167,19 @@ def _matches(consumer: Consumer) -> Any:
 
 
 async def find_consumer_leads(
-    session: AsyncSession, consumer: Consumer, *, since: dt.datetime | None = None
+    session: AsyncSession,
+    consumer: Consumer,
+    *,
+    since: dt.datetime | None = None,
+    include_past_deadline: bool = False,
 ) -> list[str]:
     """Ids of the leads whose personal data is still held for this consumer (through the blind
     indexes), newest first, optionally only those created at or after ``since``. One indexed
-    statement: ``(kind, digest)`` leads the blind-index index."""
+    statement: ``(kind, digest)`` leads the blind-index index.
+
+    A lead past its ``pii_expires_at`` counts as destroyed (L4) even before the retention
+    sweep reaches it, so it is left out, unless ``include_past_deadline``: an erasure takes
+    it too, rather than leave its data to the next sweep."""
     if not consumer.index_keys():
         return []
     ids = select(LeadBlindIndex.lead_id).where(_matches(consumer)).distinct().subquery()
@@ -180,6 +189,8 @@ async def find_consumer_leads(
         .where(Lead.pii_destroyed_at.is_(None))
         .order_by(Lead.created_at.desc(), Lead.id.desc())
     )
+    if not include_past_deadline:
+        query = query.where(or_(Lead.pii_expires_at.is_(None), Lead.pii_expires_at > utcnow()))
     if since is not None:
         query = query.where(Lead.created_at >= since)
     return list(await session.scalars(query))
@@ -206,18 +217,22 @@ async def _open(
     request_id: str,
     fields: Iterable[str] | None = None,
 ) -> dict[str, Any] | None:
-    """A lead's sealed data for the request, audited; None when destroyed meanwhile."""
+    """A lead's sealed data for the request, audited; None when destroyed, or past its
+    deadline, since it was found."""
     if await session.get(LeadVault, lead_id) is None:
         return None
-    return await reveal_personal_data(
-        session,
-        settings,
-        lead_id,
-        reader=_reader(),
-        purpose=Purpose.RIGHTS_REQUEST,
-        reason=_reason(request_id),
-        fields=fields,
-    )
+    try:
+        return await reveal_personal_data(
+            session,
+            settings,
+            lead_id,
+            reader=_reader(),
+            purpose=Purpose.RIGHTS_REQUEST,
+            reason=_reason(request_id),
+            fields=fields,
+        )
+    except PersonalDataDestroyed:
+        return None
 
 
 # Verification --------------------------------------------------------------------------------
@@ -732,7 +747,7 @@ async def erase_consumer(
     erasure is in the audit log. The consent certificate itself is kept (it holds only digests;
     see :class:`KeptRecord`)."""
     outcome = ErasureOutcome()
-    lead_ids = await find_consumer_leads(session, consumer)
+    lead_ids = await find_consumer_leads(session, consumer, include_past_deadline=True)
     if not lead_ids:
         return outcome
     leads = await _leads(session, lead_ids, lock=True)
