@@ -227,6 +227,7 @@ async def load(
         )
         categories = {v: json.dumps(disclosed_categories(v)) for v in VERTICALS}
         counts = dict.fromkeys(("leads", "vaults", "indexes", "consents", "disclosures"), 0)
+        loaded_at = dt.datetime.now(dt.UTC)
         for part in _chunks(len(plan.ids)):
             leads, vaults, indexes, consents, disclosures = [], [], [], [], []
             for i in part:
@@ -234,6 +235,10 @@ async def load(
                 vertical = VERTICALS[i % len(VERTICALS)]
                 sold, destroyed = plan.sold[i], plan.destroyed[i]
                 expires = created + dt.timedelta(hours=49) if sold or destroyed else None
+                if expires is not None and not destroyed:
+                    # Still held, so its deadline is still ahead (past it, the data counts as
+                    # destroyed and a rights request leaves the lead out).
+                    expires = max(expires, loaded_at + dt.timedelta(hours=1))
                 leads.append(
                     (
                         lead_id,
