@@ -224,6 +224,9 @@ async def record_fraud_signal(
                 details={"approved_fraud_returns": count, "window_days": window_days},
                 dedupe_key=f"many_fraud_returns:{recorded.case.id}",
                 now=now,
+                # Once per case: the returns past the threshold are counted as fraud_return
+                # signals, not as more escalations.
+                count_repeat=False,
             )
     return recorded.signal
 
