@@ -261,6 +261,7 @@ async def test_suspension_stops_sessions_and_keys_at_once_and_withdraws_open_auc
         json={"login": seller.username, "password": PASSWORD, "remember": False},
     )
     assert signin.status_code == 403
+    assert signin.json()["type"] == "/problems/account-not-active"
     # Open leads left the market; the bidder's hold went back to their wallet.
     for lead_id in (auction.id, fixed.id):
         lead = await session.get(Lead, lead_id, populate_existing=True)
