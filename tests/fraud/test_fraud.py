@@ -30,12 +30,14 @@ from leadmarket.models import (
     FraudCase,
     FraudSignal,
     HoldStatus,
+    Job,
     Lead,
     LedgerHold,
     Order,
     OutboundMail,
     User,
 )
+from leadmarket.notifications.notify import NOTIFY_JOB
 from tests.fixtures.accounts import PASSWORD, login
 from tests.fixtures.auctions import open_auction
 from tests.fixtures.leads import lead_body
@@ -135,7 +137,10 @@ async def test_a_complaint_opens_a_case_once_and_only_about_what_the_reporter_ma
             {"subject_type": "member", "subject_id": t.seller.username, "reason": "mean"},
             422,
         ),
-        (stranger, {"subject_type": "feedback", "subject_id": "fb_1", "reason": "spam"}, 422),
+        # Feedback is taken (the feedback feature resolves it), with its own reasons.
+        (stranger, {"subject_type": "feedback", "subject_id": "fb_1", "reason": "spam"}, 404),
+        (stranger, {"subject_type": "feedback", "subject_id": "fb_1", "reason": "scam"}, 422),
+        (stranger, {"subject_type": "lead", "subject_id": t.lead.id, "reason": "abusive"}, 422),
         (stranger, {"subject_type": "lead", "subject_id": t.lead.id}, 422),
     ]
     for who, body, expected in refusals:
@@ -245,14 +250,18 @@ async def test_suspension_stops_sessions_and_keys_at_once_and_withdraws_open_auc
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "closed" and done.json()["resolution"] == "suspended"
 
-    # At once: the bearer session, the API key and a new sign-in are all refused.
-    assert (await client.get("/api/v1/me", headers=seller.headers)).status_code == 401
-    assert (await client.get("/api/v1/me", headers=api_key)).status_code == 401
+    # At once: the bearer session, the API key and a new sign-in are all refused, saying why.
+    for credential in (seller.headers, api_key):
+        refused = await client.get("/api/v1/me", headers=credential)
+        assert refused.status_code == 403
+        assert refused.json()["type"] == "/problems/account-not-active"
+        assert refused.json()["detail"] == "This account is suspended."
     signin = await client.post(
         "/api/v1/auth/login",
         json={"login": seller.username, "password": PASSWORD, "remember": False},
     )
     assert signin.status_code == 403
+    assert signin.json()["type"] == "/problems/account-not-active"
     # Open leads left the market; the bidder's hold went back to their wallet.
     for lead_id in (auction.id, fixed.id):
         lead = await session.get(Lead, lead_id, populate_existing=True)
@@ -268,11 +277,17 @@ async def test_suspension_stops_sessions_and_keys_at_once_and_withdraws_open_auc
     )
     assert rebid.status_code == 404
 
-    # Told, by name and lead; the bidder too.
-    [notice] = await mails(session, seller.email, "fraud/account_suspended")
-    assert seller.username in notice.subject
-    [released] = await mails(session, bidder.email, "fraud/auction_withdrawn")
+    # Told, by name and lead; the bidder too, once (not again by the auction's end).
+    [notice] = await mails(session, seller.email, "notify/account_suspended")
+    assert seller.username in notice.subject and case.id in notice.text_body
+    assert "complaints from members" in notice.text_body
+    assert "Reviewed the reports" not in notice.text_body  # the admin's note stays on the case
+    [released] = await mails(session, bidder.email, "notify/auction_withdrawn")
     assert auction.id in released.subject and seller.username in released.text_body
+    assert "$30.00" in released.subject
+    assert await mails(session, bidder.email, "notify/auction_lost") == []
+    told_later = await session.scalars(select(Job.payload).where(Job.kind == NOTIFY_JOB))
+    assert auction.id not in {payload["ref"] for payload in told_later}
     # Audited, with what it did.
     event = await session.scalar(select(AuditEvent).where(AuditEvent.action == "fraud.suspend"))
     assert (
@@ -338,11 +353,11 @@ async def test_a_warning_names_the_username_and_the_lead_and_nothing_of_the_cons
         f"{CASES}/{case.id}/actions", json={"action": "warn", "note": " "}, headers=reviewer.headers
     )
     assert blank.status_code == 422 and blank.json()["errors"][0]["field"] == "note"
-    assert await mails(session, t.seller.email, "fraud/warning") == []
+    assert await mails(session, t.seller.email, "notify/fraud_warning") == []
 
     warned = await act(client, reviewer, case.id, "warn")
     assert warned.status_code == 200, warned.text
-    [mail] = await mails(session, t.seller.email, "fraud/warning")
+    [mail] = await mails(session, t.seller.email, "notify/fraud_warning")
     assert t.seller.username in mail.subject and t.lead.id in mail.subject
     assert t.seller.username in mail.text_body and t.lead.id in mail.text_body
     assert t.consumer_email not in mail.text_body and "Silva" not in mail.text_body
@@ -378,7 +393,7 @@ async def test_buyers_of_a_lead_confirmed_fraudulent_are_alerted(
     confirmed = await act(client, reviewer, case.id, "confirm_lead_fraud", lead_id=t.lead.id)
     assert confirmed.status_code == 200, confirmed.text
     assert confirmed.json()["status"] == "open"  # still to be decided about the seller
-    [alert] = await mails(session, t.buyer.email, "fraud/lead_confirmed_fraudulent")
+    [alert] = await mails(session, t.buyer.email, "notify/fraud_alert")
     assert t.lead.id in alert.subject
     assert t.seller.username in alert.text_body and t.order_id in alert.text_body
     assert t.consumer_email not in alert.text_body
@@ -406,7 +421,7 @@ async def test_ban_closes_the_account_for_good(
     )
     assert signin.status_code == 401
     assert (await act(client, reviewer, case.id, "reinstate")).status_code == 409
-    assert len(await mails(session, seller.email, "fraud/account_closed")) == 1
+    assert len(await mails(session, seller.email, "notify/account_closed")) == 1
 
 
 async def test_the_admin_pages_list_cases_and_act_with_csrf(
@@ -467,10 +482,12 @@ async def test_withdrawing_auctions_concurrently_with_bids_keeps_the_ledger_exac
         wallet = await wallet_summary(session, bidder.user.id, "USD")
         assert (wallet.balance_cents, wallet.held_cents) == (20_000, 0)
     assert (await verify_ledger(session)).ok
-    # The leader of both auctions had both holds released, and is told twice; the outbid
-    # bidder held nothing any more and is told nothing.
-    assert len(await mails(session, bidders[1].email, "fraud/auction_withdrawn")) == 2
-    assert await mails(session, bidders[0].email, "fraud/auction_withdrawn") == []
+    # Every bidder hears of both auctions, once each: the leader that both holds are
+    # released, the outbid bidder that nothing was held for them any more.
+    led = await mails(session, bidders[1].email, "notify/auction_withdrawn")
+    assert len(led) == 2 and all("$26.00 is released" in m.subject for m in led)
+    outbid = await mails(session, bidders[0].email, "notify/auction_withdrawn")
+    assert len(outbid) == 2 and all("nothing is held" in m.text_body for m in outbid)
 
 
 async def test_a_suspended_bidder_wins_no_auction_and_gets_the_hold_back(

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.jobs import Worker
-from leadmarket.messages.service import NEW_MESSAGE_TEMPLATE
 from leadmarket.models import FraudCase, FraudSignal, MemberMessage, OutboundMail
+from leadmarket.notifications.notify import Event, template_of
 from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.leads import lead_body
 from tests.fixtures.ledger import fund
@@ -38,6 +38,9 @@ def settings(settings: Settings) -> Settings:
             "message_max_chars": 200,
         }
     )
+
+
+NEW_MESSAGE_TEMPLATE = template_of(Event.MESSAGE_RECEIVED)
 
 
 def messages_url(order_id: str) -> str:

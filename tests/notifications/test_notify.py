@@ -199,17 +199,21 @@ async def test_a_sale_outright_tells_the_seller_after_the_commit(
 
 
 async def tell_everything(session: AsyncSession, settings: Settings, deal: Deal) -> None:
-    """Each after-sale event, through its typed function (the features that raise them are
-    built beside this one and call the same functions)."""
+    """Each after-sale and fraud-review event through its typed function, with the context the
+    features give it (returns, payouts, messages, feedback and the fraud review call these same
+    functions; their own tests and the unsubscribe test drive them through the real flows)."""
     order = await session.get(Order, deal.order_id)
     assert order is not None
+    seller = await session.get(User, order.seller_id)
+    assert seller is not None
     now = dt.datetime.now(dt.UTC)
+    await notify.notify_order_cancelled(session, settings, order=order, lead_reopened=True)
     await notify.notify_return_requested(
         session,
         settings,
         order=order,
         return_id="ret_1",
-        reason="wrong_number",
+        reason="disconnected_or_wrong_number",
         decide_by=now + dt.timedelta(days=2),
     )
     await notify.notify_return_decided(
@@ -217,9 +221,21 @@ async def tell_everything(session: AsyncSession, settings: Settings, deal: Deal)
         settings,
         order=order,
         return_id="ret_1",
-        approved=False,
+        outcome="denied",
         decided_by="seller",
         dispute_until=now + dt.timedelta(days=3),
+    )
+    await notify.notify_return_decided(
+        session,
+        settings,
+        order=order,
+        return_id="ret_2",
+        outcome="approved",
+        decided_by="silence",
+        refund_cents=2500,
+    )
+    await notify.notify_return_disputed(
+        session, settings, order=order, return_id="ret_1", dispute_id="dsp_1"
     )
     await notify.notify_dispute_decided(
         session, settings, order=order, dispute_id="dsp_1", in_favour_of="buyer", refund_cents=2500
@@ -231,18 +247,10 @@ async def tell_everything(session: AsyncSession, settings: Settings, deal: Deal)
         payout_id="po_1",
         amount_cents=2250,
         currency="USD",
-        orders=1,
+        processor_reference="sandbox-1",
     )
     await notify.notify_message_received(
         session, settings, order=order, message_id="msg_1", sender_id=order.buyer_id
-    )
-    await notify.notify_fraud_alert(
-        session,
-        settings,
-        user_id=order.seller_id,
-        what=f"Buyer {deal.buyer['username']} reported lead {order.lead_id} as fake.",
-        lead_id=order.lead_id,
-        case_id="case_1",
     )
     await notify.notify_feedback_received(
         session,
@@ -253,6 +261,26 @@ async def tell_everything(session: AsyncSession, settings: Settings, deal: Deal)
         subject_id=order.seller_id,
         rating=5,
     )
+    for event in (
+        Event.FRAUD_WARNING,
+        Event.ACCOUNT_SUSPENDED,
+        Event.ACCOUNT_REINSTATED,
+        Event.LEADS_WITHDRAWN,
+        Event.ACCOUNT_CLOSED,
+    ):
+        await notify.notify_fraud_action(
+            session,
+            settings,
+            event,
+            member=seller,
+            case_id="frc_1",
+            lead_id=order.lead_id,
+            grounds=["complaints from members"],
+            lead_ids=[order.lead_id],
+        )
+    await notify.notify_fraud_alert(
+        session, settings, lead_id=order.lead_id, seller=seller, now=now
+    )
     await session.commit()
 
 
@@ -262,15 +290,24 @@ async def test_every_after_sale_event_reaches_its_party_with_unsubscribe_and_no_
     deal = await a_deal(client, session, settings)
     await tell_everything(session, settings, deal)
     await run_jobs(db, settings)
+    buyer, seller = deal.buyer["email"], deal.seller["email"]
     expected = {
-        Event.RETURN_REQUESTED: {deal.seller["email"]},
-        Event.RETURN_DECIDED: {deal.buyer["email"]},
-        Event.DISPUTE_DECIDED: {deal.buyer["email"], deal.seller["email"]},
-        Event.PAYOUT_SENT: {deal.seller["email"]},
-        Event.MESSAGE_RECEIVED: {deal.seller["email"]},
-        Event.FRAUD_ALERT: {deal.seller["email"]},
-        Event.FEEDBACK_RECEIVED: {deal.seller["email"]},
-        Event.LEAD_SOLD: {deal.seller["email"]},
+        Event.ORDER_CANCELLED: [seller],
+        Event.RETURN_REQUESTED: [seller],
+        # Denied: the buyer; approved by silence: the buyer and the seller who did not decide.
+        Event.RETURN_DECIDED: [buyer, buyer, seller],
+        Event.RETURN_DISPUTED: [seller],
+        Event.DISPUTE_DECIDED: [buyer, seller],
+        Event.PAYOUT_SENT: [seller],
+        Event.MESSAGE_RECEIVED: [seller],
+        Event.FEEDBACK_RECEIVED: [seller],
+        Event.LEAD_SOLD: [seller],
+        Event.FRAUD_WARNING: [seller],
+        Event.ACCOUNT_SUSPENDED: [seller],
+        Event.ACCOUNT_REINSTATED: [seller],
+        Event.LEADS_WITHDRAWN: [seller],
+        Event.ACCOUNT_CLOSED: [seller],
+        Event.FRAUD_ALERT: [buyer],
     }
     messages = sent_messages(settings)
     order = await session.get(Order, deal.order_id)
@@ -288,24 +325,58 @@ async def test_every_after_sale_event_reaches_its_party_with_unsubscribe_and_no_
     secrets = [consumer["email"], consumer["last_name"], consumer["phone"], consumer["street"]]
     for event, recipients in expected.items():
         rows = await mails(session, template_of(event))
-        assert {m.to_address for m in rows} == recipients, event
+        assert sorted(m.to_address for m in rows) == sorted(recipients), event
         for mail in rows:
             assert mail.status == MailStatus.SENT.value, event
             message = messages[str(mail.message_id)]
             body = text_of(message)
             assert str(message["List-Unsubscribe"]).strip("<>") in body, event
             assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click", event
+            assert "{{" not in body and "None" not in body, event  # every value filled in
             for secret in secrets:
                 assert secret not in body and secret not in str(message["Subject"]), event
-    (fraud,) = await mails(session, template_of(Event.FRAUD_ALERT))
-    # M6: the notice names the username and the lead.
-    assert deal.seller["username"] in fraud.subject and deal.lead_id in fraud.text_body
+    # M6: the fraud review's notices name the username and the lead.
+    for event in (Event.FRAUD_WARNING, Event.ACCOUNT_SUSPENDED, Event.ACCOUNT_CLOSED):
+        (notice,) = await mails(session, template_of(event))
+        assert deal.seller["username"] in notice.subject, event
+        assert deal.lead_id in notice.text_body and "frc_1" in notice.text_body, event
+    (alert,) = await mails(session, template_of(Event.FRAUD_ALERT))
+    assert deal.lead_id in alert.subject and deal.seller["username"] in alert.text_body
+    assert "fake or fraudulent identity" in alert.text_body  # the window is still open
     (buyer_view,) = [
-        m
-        for m in await mails(session, template_of(Event.DISPUTE_DECIDED))
-        if m.to_address == deal.buyer["email"]
+        m for m in await mails(session, template_of(Event.DISPUTE_DECIDED)) if m.to_address == buyer
     ]
-    assert "refunded to your wallet" in buyer_view.text_body
+    assert "$25.00 is back in your wallet" in buyer_view.text_body
+    assert f"/orders/{deal.order_id}" in buyer_view.text_body
+    (silence_seller,) = [
+        m for m in await mails(session, template_of(Event.RETURN_DECIDED)) if m.to_address == seller
+    ]
+    assert "did not decide by the deadline" in silence_seller.text_body
+    assert f"/seller/sales/{deal.order_id}" in silence_seller.text_body
+    (requested,) = await mails(session, template_of(Event.RETURN_REQUESTED))
+    assert "disconnected or wrong number" in requested.text_body
+
+
+async def test_a_dispute_approval_is_told_once_as_the_dispute_decision(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    deal = await a_deal(client, session, settings)
+    order = await session.get(Order, deal.order_id)
+    assert order is not None
+    told = await notify.notify_return_decided(
+        session,
+        settings,
+        order=order,
+        return_id="ret_1",
+        outcome="approved",
+        decided_by="dispute",
+        refund_cents=2500,
+    )
+    assert told == []
+    with pytest.raises(ValueError, match="outcome is one of"):
+        await notify.notify_return_decided(
+            session, settings, order=order, return_id="ret_1", outcome="maybe", decided_by=None
+        )
 
 
 async def test_email_turned_off_stops_member_message_mail_but_not_transaction_mail(
@@ -320,7 +391,7 @@ async def test_email_turned_off_stops_member_message_mail_but_not_transaction_ma
     (message_mail,) = await mails(session, template_of(Event.MESSAGE_RECEIVED))
     assert message_mail.status == MailStatus.SUPPRESSED.value
     assert message_mail.suppressed_reason == "preference"
-    for event in (Event.RETURN_REQUESTED, Event.PAYOUT_SENT, Event.FRAUD_ALERT):
+    for event in (Event.RETURN_REQUESTED, Event.PAYOUT_SENT, Event.FRAUD_WARNING):
         (mail,) = await mails(session, template_of(event))
         assert mail.status == MailStatus.QUEUED.value, event  # transactional: still goes
     await run_jobs(db, settings)
@@ -349,8 +420,8 @@ async def test_urgent_events_go_by_text_only_to_members_who_turned_texts_on(
     seller = await member(session, deal.seller)
     assert seller.phone
     texts_before = await session.scalar(select(func.count()).where(Job.kind == SEND_TEXT_JOB))
-    (alert,) = await notify.notify_fraud_alert(
-        session, settings, user_id=seller.id, what="Someone tried your password.", lead_id=None
+    (alert,) = await notify.notify_fraud_action(
+        session, settings, Event.ACCOUNT_SUSPENDED, member=seller, case_id="frc_1"
     )
     (feedback,) = await notify.notify_feedback_received(
         session,
@@ -370,7 +441,7 @@ async def test_urgent_events_go_by_text_only_to_members_who_turned_texts_on(
         assert job is not None and seller.phone not in str(job.payload)  # sealed, not clear
 
 
-async def test_a_closed_account_is_told_nothing(
+async def test_a_closed_account_is_told_nothing_but_that_the_fraud_review_closed_it(
     client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     deal = await a_deal(client, session, settings)
@@ -384,7 +455,19 @@ async def test_a_closed_account_is_told_nothing(
         )
         == []
     )
+    assert (
+        await notify.notify_fraud_action(
+            session, settings, Event.FRAUD_WARNING, member=seller, case_id="frc_1"
+        )
+        == []
+    )
     assert await session.scalar(select(func.count()).select_from(OutboundMail)) == before
+    # The ban's own notice reaches the account it closed (its data is kept: P3's exception).
+    (closed,) = await notify.notify_fraud_action(
+        session, settings, Event.ACCOUNT_CLOSED, member=seller, case_id="frc_1"
+    )
+    assert closed.mail_status == MailStatus.QUEUED.value
+    assert [e for e, spec in SPECS.items() if spec.reaches_closed] == [Event.ACCOUNT_CLOSED]
 
 
 async def test_a_privacy_requester_with_only_a_phone_is_told_by_text(

@@ -185,7 +185,7 @@ ACCESS: dict[str, Access] = {
     "POST /api/v1/campaigns": BUYERS,
     "POST /api/v1/consents/{certificate}/withdrawal": ANYONE,
     "POST /api/v1/feedback/{feedback_id}/reply": TRADERS,
-    "POST /api/v1/feedback/{feedback_id}/reports": MEMBERS,
+    "POST /api/v1/feedback/{feedback_id}/reports": TRADERS,  # = POST /api/v1/reports
     "POST /api/v1/lead-uploads": SELLERS,
     "POST /api/v1/leads": SELLERS,
     "POST /api/v1/leads/{lead_id}/bids": BUYERS,
@@ -205,7 +205,7 @@ ACCESS: dict[str, Access] = {
     "POST /consents/{certificate}": ANYONE,
     "POST /feedback/{feedback_id}/edit": TRADERS,
     "POST /feedback/{feedback_id}/reply": TRADERS,
-    "POST /feedback/{feedback_id}/report": MEMBERS,
+    "POST /feedback/{feedback_id}/report": TRADERS,
     "POST /forgot-password": ANYONE,
     "POST /forms/{vertical_slug}": ANYONE,
     "POST /market/leads/{lead_id}/purchase": BUYERS,

@@ -84,7 +84,10 @@ async def test_an_undelivered_order_is_cancelled_and_its_lead_goes_back_on_sale(
     # The cancelled order shows no contact, and the seller was told.
     detail = await client.get(f"/api/v1/orders/{order_id}", headers=buyer.headers)
     assert detail.json()["contact"] is None and detail.json()["status"] == "cancelled"
-    assert "returns/order_cancelled" in {m.template for m in await mails_to(session, seller.id)}
+    [told] = [
+        m for m in await mails_to(session, seller.id) if m.template == "notify/order_cancelled"
+    ]
+    assert "back on the market" in told.text_body
     # Another buyer can buy the lead now.
     other = await member(client, session, "buyer", cents=10_000)
     again = await client.post(f"/api/v1/leads/{lead_id}/purchase", headers=other.headers)
@@ -178,7 +181,7 @@ async def test_payouts_pay_only_settled_money_once(
     assert await payable(session, seller.id) == 0
     listed = await client.get("/api/v1/payouts", headers=seller.headers)
     assert [p["id"] for p in listed.json()["items"]] == [paid.json()["id"]]
-    [mail] = [m for m in await mails_to(session, seller.id) if m.template == "returns/payout_sent"]
+    [mail] = [m for m in await mails_to(session, seller.id) if m.template == "notify/payout_sent"]
     assert "$22.50" in mail.subject
     entries = await client.get("/api/v1/wallet/entries", headers=seller.headers)
     assert "payout" in {e["kind"] for e in entries.json()["items"]}

@@ -106,10 +106,10 @@ async def test_a_return_approved_by_the_seller_refunds_the_buyer(
     expected = utcnow() + dt.timedelta(hours=settings.return_decision_hours)
     assert abs((decide_by - expected).total_seconds()) < 60
     # The seller was told, with no consumer data and not the buyer's own words either.
-    [told] = [m for m in await mails_to(session, seller.id) if m.template.startswith("returns/")]
-    assert told.template == "returns/return_requested" and told.topic == "account"
+    [told] = [m for m in await mails_to(session, seller.id) if m.template.startswith("notify/")]
+    assert told.template == "notify/return_requested" and told.topic == "account"
     assert consumer_email not in told.text_body and "disconnected." not in told.text_body
-    assert order_id in told.text_body
+    assert order_id in told.text_body and f"/seller/sales/{order_id}" in told.text_body
 
     # The seller sees the return (reason, note, evidence) in their list and decides.
     listed = await client.get("/api/v1/returns", headers=seller.headers)
@@ -142,9 +142,12 @@ async def test_a_return_approved_by_the_seller_refunds_the_buyer(
     ).json()
     assert [e["event"] for e in after["history"]] == ["return_requested", "return_approved"]
     assert after["return"]["decided_by"] == "seller"
-    decided_mail = [m for m in await mails_to(session, buyer.id) if m.template.startswith("ret")]
-    assert [m.template for m in decided_mail] == ["returns/return_decided"]
+    decided_mail = [m for m in await mails_to(session, buyer.id) if m.template.startswith("not")]
+    assert [m.template for m in decided_mail] == ["notify/return_decided"]
     assert consumer_email not in decided_mail[0].text_body
+    assert "approved by the seller" in decided_mail[0].text_body
+    # The seller decided it: they are not told their own decision.
+    assert "notify/return_decided" not in {m.template for m in await mails_to(session, seller.id)}
     # Settlement finds nothing to pay the seller, ever.
     later = utcnow() + dt.timedelta(hours=settings.return_window_hours + 1)
     assert await orders.settle_due_orders(session, settings, now=later) == 0
@@ -295,9 +298,10 @@ async def test_silence_approves_and_a_late_denial_is_refused(
     assert (ret.status, ret.decided_by, ret.refund_kind) == ("approved", "silence", "released")
     assert await wallet(session, buyer.id) == (10_000, 0)
     # Both sides are told; the seller learns their silence approved it.
-    assert "returns/return_approved_seller" in {
-        m.template for m in await mails_to(session, seller.id)
-    }
+    [seller_told] = [
+        m for m in await mails_to(session, seller.id) if m.template == "notify/return_decided"
+    ]
+    assert "did not decide by the deadline" in seller_told.text_body
     await ledger_ok(session)
 
 
@@ -477,7 +481,7 @@ async def test_a_dispute_is_decided_once_and_finally(
     assert event.reason == "The seller's call log shows an answer."
     # Both parties are told.
     for who in (buyer, seller):
-        assert "returns/dispute_decided" in {m.template for m in await mails_to(session, who.id)}
+        assert "notify/dispute_decided" in {m.template for m in await mails_to(session, who.id)}
     # The seller is paid once the window passes.
     later = utcnow() + dt.timedelta(hours=settings.return_window_hours + 1)
     assert await orders.settle_due_orders(session, settings, now=later) == 1

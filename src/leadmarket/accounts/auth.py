@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts import repository
@@ -26,7 +27,7 @@ from leadmarket.kit.crypto import token_digest
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Forbidden, ReauthRequired, Unauthenticated
 from leadmarket.kit.routing import end_transaction_early, get_session, guard
-from leadmarket.models import ApiKey, Role, User, UserSession, UserStatus
+from leadmarket.models import ApiKey, FraudCase, Role, User, UserSession, UserStatus
 from leadmarket.privacy.preferences import gpc_requested, honour_gpc
 
 SESSION_COOKIE = "lm_session"
@@ -34,6 +35,44 @@ SESSION_TOKEN_PREFIX = "lms_"
 API_KEY_PREFIX = "lmk_"
 # Writing last_used_at on every request would turn every read into a write.
 _TOUCH_INTERVAL = dt.timedelta(minutes=1)
+
+
+class AccountNotActive(Forbidden):
+    slug = "account-not-active"
+    title = "This account is not active"
+    explanation = (
+        "The account was suspended or closed (by Leadmarket's fraud review, or by its member), "
+        "so it can do nothing: no bids, purchases, returns, feedback, messages or payouts. "
+        "Its sessions and API keys stopped working when it was suspended; a reinstated "
+        "member signs in again and makes new API keys."
+    )
+
+
+async def _stopped_owner(session: AsyncSession, token: str) -> str | None:
+    """Why a credential that no longer works stopped, when its account was stopped by the
+    fraud review (suspended, or closed by a ban): so the caller learns why (403), not just
+    that the token is dead (401). The token proves they held it; nobody else learns anything.
+    An account its member closed stays a plain 401: it is gone (A5)."""
+    digest = token_digest(token)
+    if token.startswith(API_KEY_PREFIX):
+        owner = select(ApiKey.user_id).where(ApiKey.key_hash == digest)
+    else:
+        owner = select(UserSession.user_id).where(UserSession.token_hash == digest)
+    row = (await session.execute(select(User.id, User.status).where(User.id.in_(owner)))).first()
+    if row is None:
+        return None
+    user_id, status = str(row[0]), str(row[1])
+    if status == UserStatus.SUSPENDED.value:
+        return "This account is suspended."
+    if status == UserStatus.CLOSED.value:
+        banned = await session.scalar(
+            select(FraudCase.id)
+            .where(FraudCase.subject_user_id == user_id, FraudCase.resolution == "banned")
+            .limit(1)
+        )
+        if banned is not None:
+            return "This account was closed by Leadmarket's fraud review."
+    return None
 
 
 @dataclass
@@ -109,9 +148,12 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
     if principal is None:
         if from_cookie:
             return None  # a stale cookie just means "signed out"
+        stopped = await _stopped_owner(session, token)
+        if stopped is not None:
+            raise AccountNotActive(stopped)
         raise Unauthenticated("The token is unknown, expired or revoked.")
     if principal.user.status != UserStatus.ACTIVE:
-        raise Forbidden(f"This account is {principal.user.status}.")
+        raise AccountNotActive(f"This account is {principal.user.status}.")
     if gpc_requested(request.headers):
         # Global Privacy Control from a member's browser is their opt-out of sale and sharing:
         # stored with their preferences, in this request's transaction (one read once stored).

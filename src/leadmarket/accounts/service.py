@@ -14,7 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts import repository
-from leadmarket.accounts.auth import API_KEY_PREFIX, SESSION_TOKEN_PREFIX, Principal
+from leadmarket.accounts.auth import (
+    API_KEY_PREFIX,
+    SESSION_TOKEN_PREFIX,
+    AccountNotActive,
+    Principal,
+)
 from leadmarket.accounts.passwords import PasswordPolicy
 from leadmarket.accounts.schemas import MePatch, RegisterIn
 from leadmarket.audit.service import Actor, record
@@ -264,7 +269,7 @@ async def login(
         raise InvalidCredentials()
     assert user is not None
     if user.status == UserStatus.SUSPENDED:
-        raise Forbidden("This account is suspended.")
+        raise AccountNotActive("This account is suspended.")
     if kit.passwords.needs_rehash(user.password_hash):
         user.password_hash = kit.passwords.hash(password)
     await repository.forget_failures(session, "account", keys[0][1])

@@ -3,8 +3,9 @@ report abusive feedback, read a member's public feedback, and the admins' report
 the rules are in :mod:`leadmarket.feedback.service`.
 
 Who may call what: the two parties of an order leave feedback on it (anyone else gets 404);
-only the author changes it, only its subject replies (403); any signed-in member may report
-feedback; admins hide it or dismiss reports; anyone reads a member's public feedback."""
+only the author changes it, only its subject replies (403); buyers and sellers report feedback
+(here or through ``POST /api/v1/reports``, the same function); admins hide it or dismiss
+reports; anyone reads a member's public feedback."""
 
 from __future__ import annotations
 
@@ -130,16 +131,28 @@ async def reply(
     "/feedback/{feedback_id}/reports",
     status_code=status.HTTP_201_CREATED,
     summary="Report abusive feedback to the admins (once per member)",
-    responses={409: {"description": "Reported already, or your own feedback"}},
+    description=(
+        'The same as `POST /api/v1/reports` with `subject_type: "feedback"` (one function '
+        "behind both): the admins' feedback queue gets it, and the author's fraud case a "
+        "complaint. Counts toward the daily report cap."
+    ),
+    responses={
+        404: {"description": "No such feedback shown"},
+        409: {"description": "Reported already"},
+        422: {"description": "Your own feedback, or an unknown reason"},
+        429: {"description": "Daily report cap reached"},
+    },
 )
 async def report(
     feedback_id: Id,
     body: ReportIn,
+    request: Request,
     session: Session,
-    principal: Principal = Depends(requires(Action.LEAVE_FEEDBACK)),
+    principal: Principal = Depends(requires(Action.AFTER_SALE, Role.BUYER, Role.SELLER)),
 ) -> ReportOut:
-    created = await service.report_feedback(
+    created = await service.file_feedback_report(
         session,
+        _settings(request),
         feedback_id=feedback_id,
         reporter=principal.user,
         reason=body.reason,

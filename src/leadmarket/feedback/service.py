@@ -9,9 +9,14 @@
 * Everything is public by **username** (A1), never by name or contact data; a comment or reply
   that contains an email address or a phone number is refused (422), because it would publish
   someone's contact data, quite possibly a consumer's.
-* Members may report a feedback item (once each); an admin may hide it, which is recorded in
-  the audit log with the reason and upholds the open reports, or dismiss a report. Hidden
-  feedback is counted nowhere and shown nowhere.
+* Buyers and sellers may report a feedback item (once each), through the one report path of
+  the platform, :func:`leadmarket.fraud.reports.file_report` (``POST /api/v1/reports`` with
+  ``subject_type: "feedback"``, ``POST /api/v1/feedback/{id}/reports`` and the profile page's
+  form all go through it): the report lands in the admins' feedback queue
+  (:func:`report_feedback`, registered as the feedback subject's resolver) and, as a
+  complaint signal, in the author's fraud case (M6). An admin may hide the feedback, which is
+  recorded in the audit log with the reason and upholds the open reports, or dismiss a report.
+  Hidden feedback is counted nowhere and shown nowhere.
 * The rated member is told through the notification center (``feedback_received``).
 """
 
@@ -33,6 +38,15 @@ from leadmarket.feedback.schemas import (
     PublicFeedback,
     ReplyOut,
 )
+from leadmarket.fraud.reports import (
+    AlreadyReported,
+    Filing,
+    ReportReason,
+    ResolvedSubject,
+    SubjectType,
+    file_report,
+    register_report_subject,
+)
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from leadmarket.kit.ids import new_id
@@ -49,6 +63,7 @@ from leadmarket.models import (
 from leadmarket.notifications.notify import notify_feedback_received
 
 RECENT_ON_PROFILE = 20
+REPORT_NOTE_MAX = 1000  # FeedbackReport.note
 
 
 class FeedbackNotFound(NotFound):
@@ -84,7 +99,7 @@ class FeedbackAlreadyReplied(Conflict):
     explanation = "The member a feedback is about may reply once."
 
 
-class FeedbackAlreadyReported(Conflict):
+class FeedbackAlreadyReported(AlreadyReported):
     slug = "feedback-already-reported"
     title = "Already reported"
     explanation = "You reported this feedback already; an admin will look at it."
@@ -262,16 +277,25 @@ async def report_feedback(
     reason: FeedbackReportReason,
     note: str | None,
 ) -> FeedbackReport:
-    """A member's abuse report, for the admins' queue (once per member and feedback)."""
+    """Keep a member's abuse report for the admins' feedback queue (once per member and
+    feedback). Called by :func:`leadmarket.fraud.reports.file_report` through the resolver
+    registered below, never directly: reports go through that one path."""
     feedback = await _visible(session, feedback_id)
     if feedback.author_id == reporter.id:
-        raise Conflict("This is your own feedback: change it while you can instead.")
+        message = "This is your own feedback: change it while you can instead."
+        raise ValidationFailed(message, errors=[FieldError("subject_id", message)])
+    text = (note or "").strip() or None
+    if text is not None and len(text) > REPORT_NOTE_MAX:
+        raise ValidationFailed(
+            "The details are too long.",
+            errors=[FieldError("details", f"At most {REPORT_NOTE_MAX} characters.")],
+        )
     report = FeedbackReport(
         id=new_id("fbr"),
         feedback_id=feedback.id,
         reporter_id=reporter.id,
         reason=FeedbackReportReason(reason).value,
-        note=(note or "").strip() or None,
+        note=text,
         status=FeedbackReportStatus.OPEN.value,
         created_at=utcnow(),
     )
@@ -281,6 +305,49 @@ async def report_feedback(
             await session.flush()
     except IntegrityError:
         raise FeedbackAlreadyReported() from None
+    return report
+
+
+async def _resolve_report(session: AsyncSession, filing: Filing) -> ResolvedSubject:
+    """The feedback subject of ``POST /api/v1/reports``: kept in the feedback queue, and a
+    complaint about the feedback's author."""
+    report = await report_feedback(
+        session,
+        feedback_id=filing.subject_id,
+        reporter=filing.reporter,
+        reason=FeedbackReportReason(filing.reason.value),
+        note=filing.note,
+    )
+    feedback = await _visible(session, report.feedback_id)
+    return ResolvedSubject(feedback.author_id, reference=report.id)
+
+
+register_report_subject(SubjectType.FEEDBACK, _resolve_report)
+
+
+async def file_feedback_report(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    feedback_id: str,
+    reporter: User,
+    reason: FeedbackReportReason,
+    note: str | None,
+) -> FeedbackReport:
+    """``POST /api/v1/feedback/{id}/reports`` and the profile page's form: exactly what
+    ``POST /api/v1/reports`` does with ``subject_type: "feedback"`` (the same function, the
+    same checks, quota and answers), returning the feedback queue's record."""
+    recorded = await file_report(
+        session,
+        settings,
+        reporter=reporter,
+        subject_type=SubjectType.FEEDBACK,
+        subject_id=feedback_id,
+        reason=ReportReason(reason.value),
+        details=note,
+    )
+    report = await session.get(FeedbackReport, str(recorded.signal.details["reference"]))
+    assert report is not None
     return report
 
 

@@ -240,14 +240,15 @@ async def report(
     feedback_id: Id,
     request: Request,
     session: Session,
-    principal: Principal = Depends(member_page(Action.LEAVE_FEEDBACK)),
+    principal: Principal = Depends(trader_page(Action.AFTER_SALE)),
 ) -> Response:
     form = await request.form()
     reason = _text(form, "reason")
     if reason not in REASON_LABELS:
         reason = FeedbackReportReason.OTHER.value
-    await service.report_feedback(
+    await service.file_feedback_report(
         session,
+        _settings(request),
         feedback_id=feedback_id,
         reporter=principal.user,
         reason=FeedbackReportReason(reason),

@@ -7,12 +7,19 @@ Who may complain about what, so a complaint is never a way to learn something:
   own lead —, staff) or who bought it; anyone else gets 404, as for the lead itself;
 * **a member**: by their public username, buyers and sellers only, not oneself;
 * **a message**: its recipient only (the sender and anyone else get 404);
-* **feedback**: through a resolver the feedback feature registers with
-  :func:`register_report_subject`; until one is registered, 422.
+* **feedback**: through the resolver the feedback feature registers with
+  :func:`register_report_subject` (:mod:`leadmarket.feedback.service`): any feedback still
+  shown, not one's own; the report also lands in the admins' feedback queue, where the
+  feedback can be hidden. Until a resolver is registered, 422.
 
-A member files each complaint once per case (409 until the case is decided), at most
-``fraud_reports_per_day`` complaints and spam reports a day (429). The reporter's own words
-are kept as the signal's ``note``."""
+Each subject type takes its own reasons (:data:`REASONS_FOR`: a lead, a member or a message
+is fake, a scam, spam, …; feedback is abusive, publishes personal data, is false, …); another
+is a 422 on ``reason``.
+
+A member files each complaint once per case (409 until the case is decided; feedback once for
+good), at most ``fraud_reports_per_day`` complaints and spam reports a day (429). The
+reporter's own words are kept as the signal's ``note``. :func:`file_report` is the one way a
+report is filed, whichever API route or page it comes from; it writes all of it or nothing."""
 
 from __future__ import annotations
 
@@ -49,6 +56,10 @@ class ReportReason(enum.StrEnum):
     SCAM = "scam"  # payment fraud, a sale that was never meant to be honoured
     HARASSMENT = "harassment"
     OTHER = "other"
+    # About feedback (the feedback queue's reasons, FeedbackReportReason).
+    ABUSIVE = "abusive"  # insults, threats, hate
+    PERSONAL_DATA = "personal_data"  # names, contact details or other private facts
+    FALSE = "false"  # about another order, or plainly untrue
 
 
 REASON_LABELS = {
@@ -58,6 +69,9 @@ REASON_LABELS = {
     ReportReason.SCAM: "Scam or payment fraud",
     ReportReason.HARASSMENT: "Harassment",
     ReportReason.OTHER: "Something else",
+    ReportReason.ABUSIVE: "Abusive (insults, threats, hate)",
+    ReportReason.PERSONAL_DATA: "Names, contact details or private facts",
+    ReportReason.FALSE: "False, or about another order",
 }
 
 
@@ -66,6 +80,28 @@ class SubjectType(enum.StrEnum):
     MEMBER = "member"
     MESSAGE = "message"
     FEEDBACK = "feedback"
+
+
+_ABOUT_CONDUCT = (
+    ReportReason.FAKE_OR_FRAUDULENT_IDENTITY,
+    ReportReason.CONSUMER_NEVER_ASKED,
+    ReportReason.SPAM,
+    ReportReason.SCAM,
+    ReportReason.HARASSMENT,
+    ReportReason.OTHER,
+)
+REASONS_FOR: dict[SubjectType, tuple[ReportReason, ...]] = {
+    SubjectType.LEAD: _ABOUT_CONDUCT,
+    SubjectType.MEMBER: _ABOUT_CONDUCT,
+    SubjectType.MESSAGE: _ABOUT_CONDUCT,
+    SubjectType.FEEDBACK: (
+        ReportReason.ABUSIVE,
+        ReportReason.PERSONAL_DATA,
+        ReportReason.FALSE,
+        ReportReason.SPAM,
+        ReportReason.OTHER,
+    ),
+}
 
 
 class AlreadyReported(Conflict):
@@ -81,15 +117,32 @@ class ResolvedSubject:
     subject_user_id: str
     lead_id: str | None = None
     message_id: str | None = None
+    # The registering feature's own record of the report (a feedback report's id).
+    reference: str | None = None
 
 
-SubjectResolver = Callable[[AsyncSession, str, User], Awaitable[ResolvedSubject]]
+@dataclass(frozen=True)
+class Filing:
+    """A report as a registered resolver sees it: checked and cleaned."""
+
+    subject_type: SubjectType
+    subject_id: str
+    reporter: User
+    reason: ReportReason
+    note: str | None
+
+
+SubjectResolver = Callable[[AsyncSession, Filing], Awaitable[ResolvedSubject]]
 _RESOLVERS: dict[SubjectType, SubjectResolver] = {}
 
 
 def register_report_subject(subject_type: SubjectType, resolver: SubjectResolver) -> None:
-    """Let another feature (feedback) say who a report about its ``subject_id`` is about. The
-    resolver raises NotFound for a subject the reporter may not see."""
+    """Let another feature (feedback) take reports about its subjects: the resolver says who
+    a report about ``filing.subject_id`` is about, and may keep its own record of it in the
+    same transaction (it is rolled back with the rest if the report is refused later). It
+    raises NotFound for a subject the reporter may not see, ValidationFailed or a Conflict."""
+    if subject_type in (SubjectType.LEAD, SubjectType.MEMBER, SubjectType.MESSAGE):
+        raise ValueError(f"reports about a {subject_type.value} are resolved here")
     _RESOLVERS[subject_type] = resolver
 
 
@@ -171,9 +224,8 @@ async def _message_subject(
     )
 
 
-async def resolve_subject(
-    session: AsyncSession, subject_type: SubjectType, subject_id: str, reporter: User
-) -> ResolvedSubject:
+async def resolve_subject(session: AsyncSession, filing: Filing) -> ResolvedSubject:
+    subject_type, subject_id, reporter = filing.subject_type, filing.subject_id, filing.reporter
     if subject_type is SubjectType.LEAD:
         return await _lead_subject(session, subject_id, reporter)
     if subject_type is SubjectType.MEMBER:
@@ -186,7 +238,17 @@ async def resolve_subject(
             f"Reports about {subject_type.value} are not taken yet.",
             errors=[FieldError("subject_type", "Report a lead, a member or a message.")],
         )
-    return await resolver(session, subject_id, reporter)
+    return await resolver(session, filing)
+
+
+def check_reason(subject_type: SubjectType, reason: ReportReason) -> None:
+    allowed = REASONS_FOR[subject_type]
+    if reason not in allowed:
+        message = f"About {subject_type.value}: one of {', '.join(r.value for r in allowed)}."
+        raise ValidationFailed(
+            f"'{reason.value}' is not a reason to report {subject_type.value}.",
+            errors=[FieldError("reason", message)],
+        )
 
 
 def _key_of(subject_type: SubjectType, subject: ResolvedSubject, subject_id: str) -> str:
@@ -211,30 +273,36 @@ async def file_report(
     reason: ReportReason,
     details: str | None,
 ) -> Recorded:
-    """A member's fraud complaint: a :attr:`SignalKind.COMPLAINT` signal against the member it
-    is about, in their open case. Raises NotFound, ValidationFailed, TooManyRequests or
-    :class:`AlreadyReported`; then nothing is written."""
-    subject = await resolve_subject(session, subject_type, subject_id, reporter)
-    note = clean_note(details)
-    await check_report_quota(session, settings, reporter.id)
-    key = _key_of(subject_type, subject, subject_id)
-    extra: dict[str, str] = {"subject_type": subject_type.value, "subject_id": subject_id}
-    if note:
-        extra["note"] = note
-    recorded = await add_signal(
-        session,
-        kind=SignalKind.COMPLAINT,
-        subject_user_id=subject.subject_user_id,
-        source=SignalSource.MEMBER,
-        details=extra,
-        lead_id=subject.lead_id,
-        message_id=subject.message_id,
-        reporter_id=reporter.id,
-        reason=reason.value,
-        dedupe_key=f"complaint:{reporter.id}:{subject_type.value}:{key}",
-        # Once per case: after a decision, the same reporter may complain again.
-        per_case=True,
-    )
-    if not recorded.created:
-        raise AlreadyReported(f"You reported this {subject_type.value} already.")
+    """A member's fraud or abuse complaint: a :attr:`SignalKind.COMPLAINT` signal against the
+    member it is about, in their open case (and, for a registered subject such as feedback,
+    the feature's own record of it). Raises NotFound, ValidationFailed, TooManyRequests or a
+    Conflict (:class:`AlreadyReported`); then nothing is written, even when the caller
+    catches the error and commits (a page showing it): all of it is in one savepoint."""
+    check_reason(subject_type, reason)
+    filing = Filing(subject_type, subject_id, reporter, reason, clean_note(details))
+    async with session.begin_nested():
+        subject = await resolve_subject(session, filing)
+        await check_report_quota(session, settings, reporter.id)
+        key = _key_of(subject_type, subject, subject_id)
+        extra: dict[str, str] = {"subject_type": subject_type.value, "subject_id": subject_id}
+        if filing.note:
+            extra["note"] = filing.note
+        if subject.reference:
+            extra["reference"] = subject.reference
+        recorded = await add_signal(
+            session,
+            kind=SignalKind.COMPLAINT,
+            subject_user_id=subject.subject_user_id,
+            source=SignalSource.MEMBER,
+            details=extra,
+            lead_id=subject.lead_id,
+            message_id=subject.message_id,
+            reporter_id=reporter.id,
+            reason=reason.value,
+            dedupe_key=f"complaint:{reporter.id}:{subject_type.value}:{key}",
+            # Once per case: after a decision, the same reporter may complain again.
+            per_case=True,
+        )
+        if not recorded.created:
+            raise AlreadyReported(f"You reported this {subject_type.value} already.")
     return recorded

@@ -25,11 +25,15 @@ no separate "suspended" state: a withdrawn lead never returns to the market) and
 unsold lead's retention clock (L4). An auction is ended through the marketplace's own
 :func:`~leadmarket.marketplace.service.end_auction` with the outcome ``withdrawn``: the leading
 bid's hold is released through the ledger (held → wallet), every bid is lost, and the auction
-page hears about it. Bidders whose hold was released are emailed; the reason is kept on the
-case action and in the audit log.
+page hears about it. Every bidder is told once, by the review, with the seller's username
+(the leader also that their hold is released); the reason is kept on the case action and in
+the audit log.
 
-Alerts are transactional mail (always sent, P7) and name the member's username and the lead
-id, never a consumer's data."""
+Alerts are told through the notification center (:mod:`leadmarket.notifications.notify`):
+transactional mail (always sent, P7), and a text message for the urgent ones to a member who
+chose texts. They name the member's username, the lead and the case, and the kinds of signals
+the review looked at; never a consumer's data, never who reported, and never the admin's note
+(it is kept on the case and in the audit log, and may name a reporter or quote a consumer)."""
 
 from __future__ import annotations
 
@@ -46,10 +50,10 @@ from leadmarket.accounts import repository as accounts
 from leadmarket.audit.service import Actor, record
 from leadmarket.campaigns.service import bump_matching_version
 from leadmarket.config import Settings
+from leadmarket.fraud.signals import SignalKind
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.ids import new_id
-from leadmarket.kit.money import format_money
 from leadmarket.kit.realtime import Broker
 from leadmarket.ledger.service import hold_of
 from leadmarket.marketplace.service import end_auction
@@ -65,21 +69,14 @@ from leadmarket.models import (
     Lead,
     LeadStatus,
     MemberMessage,
-    Order,
     Role,
     SaleMode,
     User,
     UserStatus,
 )
-from leadmarket.notifications.service import queue_mail
+from leadmarket.notifications import notify
+from leadmarket.notifications.notify import Event
 
-WARNING_TEMPLATE = "fraud/warning"
-SUSPENDED_TEMPLATE = "fraud/account_suspended"
-BANNED_TEMPLATE = "fraud/account_closed"
-REINSTATED_TEMPLATE = "fraud/account_reinstated"
-LEADS_WITHDRAWN_TEMPLATE = "fraud/leads_withdrawn"
-AUCTION_WITHDRAWN_TEMPLATE = "fraud/auction_withdrawn"
-LEAD_CONFIRMED_TEMPLATE = "fraud/lead_confirmed_fraudulent"
 NOTE_MIN_CHARS = 5
 NOTE_MAX_CHARS = 2000
 
@@ -308,6 +305,7 @@ class ReleasedHold:
 class Withdrawal:
     lead_ids: list[str] = field(default_factory=list)
     released: list[ReleasedHold] = field(default_factory=list)
+    auction_ids: list[str] = field(default_factory=list)  # ended with bids: bidders to tell
 
 
 async def withdraw_open_leads(
@@ -347,7 +345,12 @@ async def withdraw_open_leads(
                 leader = ReleasedHold(
                     lead.id, hold.reference, hold.buyer_id, hold.amount_cents, hold.currency
                 )
-        await end_auction(session, settings, broker, lead, AuctionOutcome.WITHDRAWN, now=now)
+        # The bidders are told by the review (naming the seller, M6), not by the end.
+        ended = await end_auction(
+            session, settings, broker, lead, AuctionOutcome.WITHDRAWN, now=now, tell=False
+        )
+        if ended is not None and ended.bid_count:
+            result.auction_ids.append(lead.id)
         if leader is not None:
             result.released.append(leader)
     await session.flush()
@@ -455,33 +458,58 @@ async def act_on_case(
         if member.status != UserStatus.SUSPENDED.value:
             raise ActionNotApplicable(f"The member is {member.status}, not suspended.")
         member.status = UserStatus.ACTIVE.value
-        await _mail_reinstated(session, settings, member, text)
+        await notify.notify_fraud_action(
+            session, settings, Event.ACCOUNT_REINSTATED, member=member, case_id=case.id
+        )
     elif action is CaseAction.WITHDRAW_LEADS:
         if member.role != Role.SELLER.value:
             raise ActionNotApplicable("Only sellers have leads to withdraw.")
         withdrawal = await withdraw_open_leads(session, settings, broker, member.id, now=now)
         effects.update(_effects_of(withdrawal))
-        await _mail_leads_withdrawn(session, settings, member, withdrawal, text)
-        await _mail_bidders(session, settings, member, withdrawal)
+        await notify.notify_fraud_action(
+            session,
+            settings,
+            Event.LEADS_WITHDRAWN,
+            member=member,
+            case_id=case.id,
+            lead_ids=withdrawal.lead_ids,
+        )
+        await _tell_bidders(session, settings, member, withdrawal)
     elif action is CaseAction.CONFIRM_LEAD_FRAUD:
         assert lead_id is not None
         withdrawal = await withdraw_open_leads(
             session, settings, broker, member.id, only_lead_id=lead_id, now=now
         )
         effects.update(_effects_of(withdrawal))
-        await _mail_bidders(session, settings, member, withdrawal)
-        effects["buyers_alerted"] = await _alert_buyers(session, settings, member, lead_id)
+        await _tell_bidders(session, settings, member, withdrawal)
+        alerted = await notify.notify_fraud_alert(
+            session, settings, lead_id=lead_id, seller=member, now=now
+        )
+        effects["buyers_alerted"] = [order_id for order_id, _ in alerted]
     elif action is CaseAction.WARN:
-        await _mail_warning(session, settings, member, concerned, text)
+        await notify.notify_fraud_action(
+            session,
+            settings,
+            Event.FRAUD_WARNING,
+            member=member,
+            case_id=case.id,
+            lead_id=concerned,
+            grounds=await _grounds(session, case),
+        )
     elif action in (CaseAction.SUSPEND, CaseAction.BAN):
         if action is CaseAction.BAN and member.status == UserStatus.CLOSED.value:
             raise ActionNotApplicable("The account is closed already.")
         effects["sessions_revoked"] = revoked
         effects.update(await _stop_member(session, settings, broker, member, action, now))
-        if action is CaseAction.SUSPEND:
-            await _mail_suspended(session, settings, member, concerned, text)
-        else:
-            await _mail_banned(session, settings, member, concerned, text)
+        await notify.notify_fraud_action(
+            session,
+            settings,
+            Event.ACCOUNT_SUSPENDED if action is CaseAction.SUSPEND else Event.ACCOUNT_CLOSED,
+            member=member,
+            case_id=case.id,
+            lead_id=concerned,
+            grounds=await _grounds(session, case),
+        )
 
     if action in CLOSING_ACTIONS:
         case.status = FraudCaseStatus.CLOSED.value
@@ -540,7 +568,7 @@ async def _stop_member(
     if member.role == Role.SELLER.value:
         withdrawal = await withdraw_open_leads(session, settings, broker, member.id, now=now)
         effects.update(_effects_of(withdrawal))
-        await _mail_bidders(session, settings, member, withdrawal)
+        await _tell_bidders(session, settings, member, withdrawal)
     else:
         paused = await session.execute(
             update(Campaign)
@@ -555,173 +583,41 @@ async def _stop_member(
     return effects
 
 
-# Alerts (transactional: they always go out, P7) -----------------------------------------------
+# Alerts: told through the notification center (transactional: they always go out, P7) ----
+
+# What a notice says the review looked at: the kinds of signals in the case, in the platform's
+# words (never who reported, never what anyone wrote).
+GROUND_LABELS: dict[str, str] = {
+    SignalKind.COMPLAINT.value: "complaints from members",
+    SignalKind.SPAM_REPORT.value: "messages reported as spam",
+    SignalKind.BULK_MESSAGING.value: "the same message sent into many order threads",
+    SignalKind.LOW_QUALITY_LEAD.value: "leads below the quality threshold",
+    SignalKind.VELOCITY.value: "leads posted unusually fast or repeatedly",
+    SignalKind.FRAUD_RETURN.value: "returns approved for a fake or fraudulent identity",
+    SignalKind.MANY_FRAUD_RETURNS.value: "many such returns in a short time",
+}
 
 
-def _base(settings: Settings) -> str:
-    return settings.base_url.rstrip("/")
-
-
-def _lead_phrase(lead_id: str | None) -> str:
-    return f"lead {lead_id}" if lead_id else "activity on your account"
-
-
-async def _mail_warning(
-    session: AsyncSession, settings: Settings, member: User, lead_id: str | None, note: str
-) -> None:
-    await queue_mail(
-        session,
-        settings,
-        to=member.email,
-        subject=f"Warning about {_lead_phrase(lead_id)} on your account {member.username}",
-        text_body=(
-            f"Hello {member.username},\n\n"
-            f"Leadmarket's fraud review looked at {_lead_phrase(lead_id)} on your account "
-            f"{member.username} and is giving you a warning.\n\n"
-            f"What the reviewer wrote:\n{note}\n\n"
-            "Please make sure your activity follows the member agreement. A further problem "
-            "can lead to the suspension of the account.\n"
-        ),
-        template=WARNING_TEMPLATE,
-        user_id=member.id,
+async def _grounds(session: AsyncSession, case: FraudCase) -> list[str]:
+    kinds = set(
+        await session.scalars(
+            select(FraudSignal.kind).where(FraudSignal.case_id == case.id).distinct()
+        )
     )
+    return [label for kind, label in GROUND_LABELS.items() if kind in kinds]
 
 
-async def _mail_suspended(
-    session: AsyncSession, settings: Settings, member: User, lead_id: str | None, note: str
-) -> None:
-    await queue_mail(
-        session,
-        settings,
-        to=member.email,
-        subject=f"Your account {member.username} is suspended",
-        text_body=(
-            f"Hello {member.username},\n\n"
-            f"Leadmarket's fraud review suspended your account {member.username} "
-            f"(concerning {_lead_phrase(lead_id)}). You are signed out everywhere, your API "
-            "keys no longer work, and open leads you had for sale were withdrawn.\n\n"
-            f"What the reviewer wrote:\n{note}\n\n"
-            "If you think this is a mistake, reply to this email.\n"
-        ),
-        template=SUSPENDED_TEMPLATE,
-        user_id=member.id,
-    )
-
-
-async def _mail_banned(
-    session: AsyncSession, settings: Settings, member: User, lead_id: str | None, note: str
-) -> None:
-    await queue_mail(
-        session,
-        settings,
-        to=member.email,
-        subject=f"Your account {member.username} is closed",
-        text_body=(
-            f"Hello {member.username},\n\n"
-            f"Leadmarket's fraud review closed your account {member.username} "
-            f"(concerning {_lead_phrase(lead_id)}). You can no longer sign in, your API keys "
-            "no longer work, and open leads you had for sale were withdrawn.\n\n"
-            f"What the reviewer wrote:\n{note}\n"
-        ),
-        template=BANNED_TEMPLATE,
-        user_id=member.id,
-    )
-
-
-async def _mail_reinstated(
-    session: AsyncSession, settings: Settings, member: User, note: str
-) -> None:
-    await queue_mail(
-        session,
-        settings,
-        to=member.email,
-        subject=f"Your account {member.username} is active again",
-        text_body=(
-            f"Hello {member.username},\n\n"
-            f"Leadmarket's fraud review lifted the suspension of your account "
-            f"{member.username}. Sign in again at {_base(settings)}/signin; API keys revoked "
-            "during the suspension stay revoked, so make new ones.\n\n"
-            f"What the reviewer wrote:\n{note}\n"
-        ),
-        template=REINSTATED_TEMPLATE,
-        user_id=member.id,
-    )
-
-
-async def _mail_leads_withdrawn(
-    session: AsyncSession, settings: Settings, member: User, withdrawal: Withdrawal, note: str
-) -> None:
-    if not withdrawal.lead_ids:
-        return
-    await queue_mail(
-        session,
-        settings,
-        to=member.email,
-        subject=f"Your open leads were withdrawn, {member.username}",
-        text_body=(
-            f"Hello {member.username},\n\n"
-            "Leadmarket's fraud review withdrew your open leads from the market: "
-            f"{', '.join(withdrawal.lead_ids)}.\n\n"
-            f"What the reviewer wrote:\n{note}\n"
-        ),
-        template=LEADS_WITHDRAWN_TEMPLATE,
-        user_id=member.id,
-    )
-
-
-async def _mail_bidders(
+async def _tell_bidders(
     session: AsyncSession, settings: Settings, seller: User, withdrawal: Withdrawal
 ) -> None:
-    """Each bidder whose hold was released learns that the auction is over and why."""
-    for released in withdrawal.released:
-        bidder = await session.get(User, released.buyer_id)
-        if bidder is None:
-            continue
-        amount = format_money(released.amount_cents, released.currency)
-        await queue_mail(
-            session,
-            settings,
-            to=bidder.email,
-            subject=f"Auction of lead {released.lead_id} withdrawn; your {amount} is released",
-            text_body=(
-                f"Hello {bidder.username},\n\n"
-                f"The auction of lead {released.lead_id}, posted by {seller.username}, was "
-                "withdrawn by Leadmarket's fraud review before it ended. Your bid no longer "
-                f"stands and the {amount} held for it is back in your wallet.\n\n"
-                f"Your wallet: {_base(settings)}/wallet\n"
-            ),
-            template=AUCTION_WITHDRAWN_TEMPLATE,
-            user_id=bidder.id,
+    """Every bidder of each withdrawn auction learns that it is over, why, and (the leader)
+    that their hold is released: one notice each (the auction's end tells nobody else)."""
+    released: dict[str, dict[str, int]] = defaultdict(dict)
+    for hold in withdrawal.released:
+        released[hold.lead_id][hold.buyer_id] = hold.amount_cents
+    for lead_id in withdrawal.auction_ids:
+        lead = await session.get(Lead, lead_id)
+        assert lead is not None
+        await notify.notify_auction_withdrawn(
+            session, settings, lead=lead, seller=seller, released=released[lead_id]
         )
-
-
-async def _alert_buyers(
-    session: AsyncSession, settings: Settings, seller: User, lead_id: str
-) -> list[str]:
-    """Tell each buyer of the lead it was confirmed fraudulent; the ids of the orders."""
-    rows = await session.execute(
-        select(Order.id, User.id, User.email, User.username)
-        .join(User, User.id == Order.buyer_id)
-        .where(Order.lead_id == lead_id)
-        .order_by(Order.id)
-    )
-    alerted: list[str] = []
-    for order_id, buyer_id, email, username in rows:
-        await queue_mail(
-            session,
-            settings,
-            to=email,
-            subject=f"Lead {lead_id} you bought was confirmed fraudulent",
-            text_body=(
-                f"Hello {username},\n\n"
-                f"Leadmarket's fraud review confirmed that lead {lead_id}, which you bought "
-                f"from {seller.username} (order {order_id}), is fraudulent.\n\n"
-                "Do not rely on it. You can return it with the reason 'fake or fraudulent "
-                "identity' from your order while its return window is open:\n"
-                f"{_base(settings)}/orders/{order_id}\n"
-            ),
-            template=LEAD_CONFIRMED_TEMPLATE,
-            user_id=buyer_id,
-        )
-        alerted.append(str(order_id))
-    return alerted

@@ -6,12 +6,15 @@ once per batch. Each signal lands in the member's open case (one per member, ope
 first signal), in the caller's transaction. This module imports only models and the kit, so
 intake and the messages can use it without importing the admin side.
 
-For the returns feature: when a return for a fake or fraudulent identity is approved, call::
+The returns call it when a return for a fake or fraudulent identity is approved (by the
+seller, silence, trust, an admin's review or a dispute's decision), in the approval's
+transaction (:func:`leadmarket.returns.service._signal_fraud_return`)::
 
     await record_fraud_signal(
         session, kind=SignalKind.FRAUD_RETURN, subject_user_id=order.seller_id,
         lead_id=order.lead_id, source=SignalSource.RETURNS,
         details={"return_id": ..., "order_id": ...}, dedupe_key=f"return:{return_id}",
+        settings=settings,
     )
 
 Once a seller has ``fraud_returns_threshold`` of them within ``fraud_returns_window_days``, the
@@ -61,12 +64,18 @@ def _table(model: type[Any]) -> Table:
     return table
 
 
-async def open_case(session: AsyncSession, subject_user_id: str, now: dt.datetime) -> FraudCase:
+async def open_case(
+    session: AsyncSession, subject_user_id: str, now: dt.datetime, *, exclusive: bool = False
+) -> FraudCase:
     """The member's open case, opened if there is none, share-locked until the transaction
     ends: signal writers do not wait for each other, an admin closing the case (``FOR UPDATE``)
     waits for them or is waited for, so a signal never lands in a case closed under it (the
     re-checked ``open_key`` no longer matches and a new case opens). ``open_key`` is unique, so
-    two first signals open one case. (SQLite's write lock serialises it all anyway.)"""
+    two first signals open one case. (SQLite's write lock serialises it all anyway.)
+
+    ``exclusive`` locks it ``FOR UPDATE`` instead, for a writer that counts the case's signals
+    and acts on the count (the fraud-return threshold): two such writers then take turns, and
+    the second counts the first's committed signal."""
     for _ in range(3):
         await session.execute(
             insert_ignoring_conflicts(
@@ -82,7 +91,7 @@ async def open_case(session: AsyncSession, subject_user_id: str, now: dt.datetim
         case = await session.scalar(
             select(FraudCase)
             .where(FraudCase.open_key == subject_user_id)
-            .with_for_update(read=True)
+            .with_for_update(read=not exclusive)
             .execution_options(populate_existing=True)
         )
         if case is not None:
@@ -112,14 +121,15 @@ async def add_signal(
     now: dt.datetime | None = None,
     count_repeat: bool = True,
     per_case: bool = False,
+    exclusive: bool = False,
 ) -> Recorded:
     """Record one signal in the member's open case. With ``dedupe_key``, a second signal with
     the same key is not a new row: the existing one's ``occurrences`` goes up, or, without
     ``count_repeat`` (an idempotent retry of the same event), nothing changes. ``per_case``
     scopes the key to the open case: the same thing may be signalled again once the case is
-    decided."""
+    decided. ``exclusive``: see :func:`open_case`."""
     now = now or utcnow()
-    case = await open_case(session, subject_user_id, now)
+    case = await open_case(session, subject_user_id, now, exclusive=exclusive)
     if per_case and dedupe_key is not None:
         dedupe_key = f"{case.id}:{dedupe_key}"
     signal_id = new_id("frs")
@@ -179,7 +189,11 @@ async def record_fraud_signal(
 
     A :attr:`SignalKind.FRAUD_RETURN` also checks the seller against the fraud-return threshold
     (``settings``, else the defaults) and adds :attr:`SignalKind.MANY_FRAUD_RETURNS` once per
-    case when it is reached."""
+    case when it is reached. It locks the seller's case ``FOR UPDATE`` (not shared), so
+    concurrent approvals are counted one after the other: without that, three approvals
+    committing together would each count only itself and the earlier ones, and none might
+    reach the threshold. Callers take it before any ledger row (the fraud review locks the
+    case before the ledger too)."""
     kind = SignalKind(kind)
     now = utcnow()
     recorded = await add_signal(
@@ -192,6 +206,9 @@ async def record_fraud_signal(
         dedupe_key=dedupe_key,
         now=now,
         count_repeat=False,
+        # Racing approvals of one seller's fraud returns take turns on the case, so the last
+        # of them counts them all and the threshold's signal is never missed.
+        exclusive=kind is SignalKind.FRAUD_RETURN,
     )
     if kind is SignalKind.FRAUD_RETURN and recorded.created:
         threshold, window_days = _fraud_return_limits(settings)
@@ -207,6 +224,9 @@ async def record_fraud_signal(
                 details={"approved_fraud_returns": count, "window_days": window_days},
                 dedupe_key=f"many_fraud_returns:{recorded.case.id}",
                 now=now,
+                # Once per case: the returns past the threshold are counted as fraud_return
+                # signals, not as more escalations.
+                count_repeat=False,
             )
     return recorded.signal
 

@@ -369,10 +369,13 @@ async def end_auction(
     outcome: AuctionOutcome,
     *,
     now: dt.datetime | None = None,
+    tell: bool = True,
 ) -> Auction | None:
     """Close ``lead``'s auction (its row must be locked by the caller) without a winner from
     the bidding: the lead left the market, was bought outright, or the time ran out below the
-    reserve. Every hold is released and every bid lost. None when nobody ever bid."""
+    reserve. Every hold is released and every bid lost. None when nobody ever bid. The bidders
+    are told after the commit, unless ``tell`` is False: the caller tells them itself (the
+    fraud review, whose notice says why and names the seller, M6)."""
     now = now or utcnow()
     auction = await session.get(Auction, lead.id, populate_existing=True)
     if auction is None or auction.closed_at is not None:
@@ -387,7 +390,7 @@ async def end_auction(
     auction.closed_at = now
     auction.outcome = outcome.value
     await session.flush()
-    if auction.bid_count:
+    if auction.bid_count and tell:
         await notify_later(session, Event.AUCTION_ENDED, lead.id)  # the bidders lost
     _publish(session, broker, auction, settings, lead)
     return auction

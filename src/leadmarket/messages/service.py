@@ -13,11 +13,13 @@ else. The one rule set behind the API and the pages.
   ``message_same_text_max_threads`` threads a day is bulk messaging: refused (403) and recorded
   as a fraud signal. The counting happens under the sender's row lock (PostgreSQL; SQLite's
   write lock serialises the whole transaction), so concurrent sends cannot slip past a cap.
-* **Notification by email** respects the recipient's "member messages" preference (P8): the
-  message is always stored and shown in the thread; the email (topic ``member_messages``,
-  with the unsubscribe link every mail carries, P7) is queued only for the first unread message
-  of a thread, so a burst of messages is one email. The email names the sender's username and
-  the order, not the text: the conversation stays where it can be reported as spam.
+* **Notification by email**, through the notification center
+  (:func:`~leadmarket.notifications.notify.notify_message_received`), respects the
+  recipient's "member messages" preference (P8): the message is always stored and shown in
+  the thread; the email (topic ``member_messages``, with the unsubscribe link every mail
+  carries, P7) is asked for only for the first unread message of a thread, so a burst of
+  messages is one email. The email names the sender's username and the order, not the text:
+  the conversation stays where it can be reported as spam.
 * **No consumer contact details in messages.** A message carrying the email address or phone
   number of the order's consumer is refused (422): the consumer's data must be destroyed 48
   hours after the sale (L4) and a copy in a thread would outlive it. It is found without
@@ -55,16 +57,14 @@ from leadmarket.leads.vault import BlindIndexer, IndexKind
 from leadmarket.models import (
     FraudSignal,
     LeadBlindIndex,
-    MailTopic,
     MemberMessage,
     Order,
     User,
     UserStatus,
 )
-from leadmarket.notifications.service import queue_mail
+from leadmarket.notifications.notify import notify_message_received
 from leadmarket.orders.service import get_order
 
-NEW_MESSAGE_TEMPLATE = "messages/new_message"
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 # Characters a message may contain besides printable text.
@@ -279,37 +279,11 @@ async def send_message(
     session.add(message)
     await session.flush()
     if not waiting:
-        await _notify(session, settings, order=order, sender=sender, recipient=recipient)
+        # Only the first unread message of the thread is told: a burst is one email.
+        await notify_message_received(
+            session, settings, order=order, message_id=message.id, sender_id=sender.id
+        )
     return MessageView(message, sender.username, recipient.username, mine=True)
-
-
-def thread_url(settings: Settings, order_id: str) -> str:
-    return f"{settings.base_url.rstrip('/')}/orders/{order_id}/messages"
-
-
-async def _notify(
-    session: AsyncSession, settings: Settings, *, order: Order, sender: User, recipient: User
-) -> None:
-    side = "buyer" if sender.id == order.buyer_id else "seller"
-    await queue_mail(
-        session,
-        settings,
-        to=recipient.email,
-        subject=f"{sender.username} sent you a message about order {order.id}",
-        text_body=(
-            f"Hello {recipient.username},\n\n"
-            f"{sender.username}, the {side} of order {order.id} (lead {order.lead_id}), sent "
-            "you a message on Leadmarket.\n\n"
-            f"Read it and reply: {thread_url(settings, order.id)}\n\n"
-            "We do not copy members' messages into email. If a message is unwanted, report it "
-            "as spam on that page.\n"
-            "You get this email because member-message notifications are on in your "
-            "preferences; turning them off keeps the messages on the site.\n"
-        ),
-        template=NEW_MESSAGE_TEMPLATE,
-        topic=MailTopic.MEMBER_MESSAGES,
-        user_id=recipient.id,
-    )
 
 
 async def thread(

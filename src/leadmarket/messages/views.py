@@ -20,7 +20,7 @@ from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, member_page, render_page, see_other
 from leadmarket.config import Settings
 from leadmarket.fraud import reports
-from leadmarket.fraud.reports import REASON_LABELS, ReportReason, SubjectType
+from leadmarket.fraud.reports import REASON_LABELS, REASONS_FOR, ReportReason, SubjectType
 from leadmarket.kit.errors import DomainError, FieldError, Forbidden, NotFound, ValidationFailed
 from leadmarket.kit.routing import get_session, guard
 from leadmarket.messages import service
@@ -84,7 +84,7 @@ async def _thread_page(
             "typed": typed,
             "errors": errors or {},
             "max_chars": _settings(request).message_max_chars,
-            "reasons": [(r.value, REASON_LABELS[r]) for r in ReportReason],
+            "reasons": [(r.value, REASON_LABELS[r]) for r in REASONS_FOR[SubjectType.MEMBER]],
             "notice": NOTICES.get(request.query_params.get("done", "")),
         },
         status_code=status_code,

@@ -11,22 +11,24 @@ composes member notifications.
 
 * **Email**, through :func:`leadmarket.notifications.service.queue_mail` with the event's
   topic, which applies the member's preferences when the mail is queued and again when it is
-  sent: transaction mail (outbid, won, lost, sold, returns, disputes, payouts, feedback,
-  fraud alerts, privacy requests) **always goes, even to a member who turned the email
-  channel off**: it is about their own money and obligations, and P7 keeps it flowing after
-  any opt-out; member-message mail only while the member keeps both the email channel and the
-  member-messages topic on (P8); marketing is not sent from here at all. A mail not sent is
-  kept as ``suppressed`` with its reason.
-* **Text message**, only for the urgent events (outbid, auction won, fraud alert), only to a
-  member who turned the text channel on and has a phone number. Transactional or not, a text is
-  never sent without that choice.
+  sent: transaction mail (outbid, won, lost, sold, cancellations, returns, disputes,
+  payouts, feedback, the fraud review's notices, privacy requests) **always goes, even to a
+  member who turned the email channel off**: it is about their own money and obligations,
+  and P7 keeps it flowing after any opt-out; member-message mail only while the member keeps
+  both the email channel and the member-messages topic on (P8); marketing is not sent from
+  here at all. A mail not sent is kept as ``suppressed`` with its reason.
+* **Text message**, only for the urgent events (outbid, auction won, and the fraud review's
+  warning, suspension, closure, withdrawal of leads and alert to the buyers of a fraudulent
+  lead: :data:`SPECS`), only to a member who turned the text channel on and has a phone
+  number. Transactional or not, a text is never sent without that choice.
 * Every email carries the unsubscribe link and the RFC 8058 one-click headers (added when the
   message is composed, for every template).
 
 **What a notification may say.** Ids, usernames, amounts, the vertical and region of a lead,
 dates and links: never a consumer's personal data (name, email, phone, address, birth date),
-and never the text of a member message (it may quote the consumer). Notices about suspicious
-activity name the username and the lead (M6).
+and never what members or admins wrote in free text (a member message, a return's note or
+evidence, a reviewer's note: any of them may quote the consumer or name a reporter). Notices
+about suspicious activity name the username and the lead (M6).
 
 **The hot paths stay fast.** A bid, an auction close and a sale do not compose mail: they add
 one small ``notify.event`` job to their own transaction (an outbox row: durable, and gone
@@ -57,6 +59,7 @@ from leadmarket.models import (
     Lead,
     MailTopic,
     Order,
+    OrderStatus,
     SaleVia,
     User,
     UserStatus,
@@ -77,14 +80,25 @@ class Event(enum.StrEnum):
     AUCTION_LOST = "auction_lost"
     AUCTION_ENDED = "auction_ended"  # to the seller: sold or unsold
     LEAD_SOLD = "lead_sold"  # to the seller: bought outright, buy-now, ping/post
-    RETURN_REQUESTED = "return_requested"
-    RETURN_DECIDED = "return_decided"
-    DISPUTE_DECIDED = "dispute_decided"
+    ORDER_CANCELLED = "order_cancelled"  # to the seller: cancelled before delivery
+    RETURN_REQUESTED = "return_requested"  # to the seller, who decides
+    RETURN_DECIDED = "return_decided"  # to the buyer; to the seller when not theirs
+    RETURN_DISPUTED = "return_disputed"  # to the seller whose denial is disputed
+    DISPUTE_DECIDED = "dispute_decided"  # to both parties
     PAYOUT_SENT = "payout_sent"
     MESSAGE_RECEIVED = "message_received"
     PRIVACY_REQUEST_UPDATE = "privacy_request_update"
-    FRAUD_ALERT = "fraud_alert"
     FEEDBACK_RECEIVED = "feedback_received"
+    # The fraud review (M6): to the member it acted on ...
+    FRAUD_WARNING = "fraud_warning"
+    ACCOUNT_SUSPENDED = "account_suspended"
+    ACCOUNT_CLOSED = "account_closed"
+    ACCOUNT_REINSTATED = "account_reinstated"
+    LEADS_WITHDRAWN = "leads_withdrawn"
+    # ... and to members its fraud touched: the bidders of a withdrawn auction, the buyers
+    # of a lead confirmed fraudulent.
+    AUCTION_WITHDRAWN = "auction_withdrawn"
+    FRAUD_ALERT = "fraud_alert"
 
 
 @dataclass(frozen=True)
@@ -92,26 +106,39 @@ class EventSpec:
     topic: MailTopic
     # Also by text message, to a member who turned the text channel on.
     urgent: bool = False
+    # Told even to a closed account: the notice that the fraud review closed it (the account
+    # keeps its data then, P3's fraud exception). Every other event skips closed accounts.
+    reaches_closed: bool = False
 
     @property
     def transactional(self) -> bool:
         return self.topic.category.value == "transactional"
 
 
+_ACCOUNT = EventSpec(MailTopic.ACCOUNT)
+_URGENT = EventSpec(MailTopic.ACCOUNT, urgent=True)
 SPECS: dict[Event, EventSpec] = {
-    Event.OUTBID: EventSpec(MailTopic.ACCOUNT, urgent=True),
-    Event.AUCTION_WON: EventSpec(MailTopic.ACCOUNT, urgent=True),
-    Event.AUCTION_LOST: EventSpec(MailTopic.ACCOUNT),
-    Event.AUCTION_ENDED: EventSpec(MailTopic.ACCOUNT),
-    Event.LEAD_SOLD: EventSpec(MailTopic.ACCOUNT),
-    Event.RETURN_REQUESTED: EventSpec(MailTopic.ACCOUNT),
-    Event.RETURN_DECIDED: EventSpec(MailTopic.ACCOUNT),
-    Event.DISPUTE_DECIDED: EventSpec(MailTopic.ACCOUNT),
-    Event.PAYOUT_SENT: EventSpec(MailTopic.ACCOUNT),
+    Event.OUTBID: _URGENT,
+    Event.AUCTION_WON: _URGENT,
+    Event.AUCTION_LOST: _ACCOUNT,
+    Event.AUCTION_ENDED: _ACCOUNT,
+    Event.LEAD_SOLD: _ACCOUNT,
+    Event.ORDER_CANCELLED: _ACCOUNT,
+    Event.RETURN_REQUESTED: _ACCOUNT,
+    Event.RETURN_DECIDED: _ACCOUNT,
+    Event.RETURN_DISPUTED: _ACCOUNT,
+    Event.DISPUTE_DECIDED: _ACCOUNT,
+    Event.PAYOUT_SENT: _ACCOUNT,
     Event.MESSAGE_RECEIVED: EventSpec(MailTopic.MEMBER_MESSAGES),
-    Event.PRIVACY_REQUEST_UPDATE: EventSpec(MailTopic.ACCOUNT),
-    Event.FRAUD_ALERT: EventSpec(MailTopic.ACCOUNT, urgent=True),
-    Event.FEEDBACK_RECEIVED: EventSpec(MailTopic.ACCOUNT),
+    Event.PRIVACY_REQUEST_UPDATE: _ACCOUNT,
+    Event.FEEDBACK_RECEIVED: _ACCOUNT,
+    Event.FRAUD_WARNING: _URGENT,
+    Event.ACCOUNT_SUSPENDED: _URGENT,
+    Event.ACCOUNT_CLOSED: EventSpec(MailTopic.ACCOUNT, urgent=True, reaches_closed=True),
+    Event.ACCOUNT_REINSTATED: _ACCOUNT,
+    Event.LEADS_WITHDRAWN: _URGENT,
+    Event.AUCTION_WITHDRAWN: _ACCOUNT,
+    Event.FRAUD_ALERT: _URGENT,
 }
 
 
@@ -171,10 +198,13 @@ async def notify_member(
     context: Mapping[str, Any],
 ) -> Notice | None:
     """Tell ``user`` about ``event`` through the channels their preferences allow (module
-    docstring). A closed account (or none) is told nothing: there is nobody left to tell."""
-    if user is None or user.status == UserStatus.CLOSED.value:
+    docstring). A closed account (or none) is told nothing, there is nobody left to tell,
+    except that the fraud review closed it (:attr:`EventSpec.reaches_closed`)."""
+    if user is None:
         return None
     spec = SPECS[event]
+    if user.status == UserStatus.CLOSED.value and not spec.reaches_closed:
+        return None
     subject, body = render(
         event, {**context, "username": user.username, "base_url": _base(settings)}
     )
@@ -386,11 +416,58 @@ _DEFERRED = {
 }
 
 
-# At once, in the caller's transaction: the after-sale events -------------------------------
+# At once, in the caller's transaction: the after-sale and fraud-review events --------------
+#
+# Each is told in the transaction of the change it is about (an outbox row, gone with a
+# rollback), so a refused or rolled-back decision tells nobody, and a decision made once
+# (the returns' conditional UPDATEs) is told once.
 
 
 async def _party(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
+
+
+async def _username(session: AsyncSession, user_id: str, fallback: str) -> str:
+    user = await _party(session, user_id)
+    return user.username if user is not None else fallback
+
+
+def _order_context(order: Order) -> dict[str, Any]:
+    return {
+        "order_id": order.id,
+        "lead_id": order.lead_id,
+        "currency": order.currency,
+        "price_cents": order.price_cents,
+    }
+
+
+async def _tell(
+    session: AsyncSession,
+    settings: Settings,
+    event: Event,
+    user_id: str,
+    context: Mapping[str, Any],
+) -> list[Notice]:
+    notice = await notify_member(session, settings, event, await _party(session, user_id), context)
+    return [notice] if notice else []
+
+
+async def notify_order_cancelled(
+    session: AsyncSession, settings: Settings, *, order: Order, lead_reopened: bool
+) -> list[Notice]:
+    """The seller hears that the buyer cancelled ``order`` before delivery (M2): nothing is
+    settled to them, and whether the lead is back on the market."""
+    return await _tell(
+        session,
+        settings,
+        Event.ORDER_CANCELLED,
+        order.seller_id,
+        {
+            **_order_context(order),
+            "buyer": await _username(session, order.buyer_id, "the buyer"),
+            "lead_reopened": lead_reopened,
+        },
+    )
 
 
 async def notify_return_requested(
@@ -403,26 +480,24 @@ async def notify_return_requested(
     decide_by: dt.datetime,
 ) -> list[Notice]:
     """The seller is asked to decide a buyer's return of ``order`` by ``decide_by`` (silence
-    approves, M2). ``reason`` is the reason code, never the buyer's note (it may quote the
-    consumer)."""
-    buyer = await _party(session, order.buyer_id)
-    notice = await notify_member(
+    approves, M2). ``reason`` is the reason code, never the buyer's note or evidence (they may
+    quote the consumer): those are read behind the sign-in."""
+    return await _tell(
         session,
         settings,
         Event.RETURN_REQUESTED,
-        await _party(session, order.seller_id),
+        order.seller_id,
         {
-            "order_id": order.id,
-            "lead_id": order.lead_id,
+            **_order_context(order),
             "return_id": return_id,
             "reason": reason,
-            "buyer": buyer.username if buyer is not None else "the buyer",
-            "price_cents": order.price_cents,
-            "currency": order.currency,
+            "buyer": await _username(session, order.buyer_id, "the buyer"),
             "decide_by": decide_by,
         },
     )
-    return [notice] if notice else []
+
+
+RETURN_OUTCOMES = ("approved", "denied", "review")
 
 
 async def notify_return_decided(
@@ -431,31 +506,60 @@ async def notify_return_decided(
     *,
     order: Order,
     return_id: str,
-    approved: bool,
-    decided_by: str,
+    outcome: str,
+    decided_by: str | None,
     refund_cents: int | None = None,
+    clawed_back_cents: int | None = None,
     dispute_until: dt.datetime | None = None,
 ) -> list[Notice]:
-    """The buyer hears whether their return was approved (``decided_by``: ``seller``,
-    ``automatic``, ``deadline`` or ``admin``), the refund, and until when a denial can be
-    disputed."""
-    notice = await notify_member(
+    """What became of a return (``outcome``: ``approved``, ``denied``, or ``review`` when it
+    went to an admin over the buyer's return-rate cap; ``decided_by``: ``seller``,
+    ``silence``, ``trusted``, ``admin`` or ``dispute``).
+
+    Who is told: the buyer, always (the refund, or until when a denial can be disputed); the
+    seller too when a return of theirs was approved by anyone but them (silence, trust, an
+    admin), with the refund and any claw-back. An approval by a dispute's decision is told
+    by :func:`notify_dispute_decided` alone, so nobody hears it twice."""
+    if outcome not in RETURN_OUTCOMES:
+        raise ValueError(f"outcome is one of {RETURN_OUTCOMES}")
+    if decided_by == "dispute":
+        return []
+    context = {
+        **_order_context(order),
+        "return_id": return_id,
+        "outcome": outcome,
+        "decided_by": decided_by,
+        "refund_cents": refund_cents or 0,
+        "clawed_back_cents": clawed_back_cents or 0,
+        "dispute_until": dispute_until,
+    }
+    notices = await _tell(
+        session, settings, Event.RETURN_DECIDED, order.buyer_id, {**context, "side": "buyer"}
+    )
+    if outcome == "approved" and decided_by != "seller":
+        notices += await _tell(
+            session, settings, Event.RETURN_DECIDED, order.seller_id, {**context, "side": "seller"}
+        )
+    return notices
+
+
+async def notify_return_disputed(
+    session: AsyncSession, settings: Settings, *, order: Order, return_id: str, dispute_id: str
+) -> list[Notice]:
+    """The seller hears that the buyer disputes their denial (the buyer's note stays on the
+    order page: it may quote the consumer)."""
+    return await _tell(
         session,
         settings,
-        Event.RETURN_DECIDED,
-        await _party(session, order.buyer_id),
+        Event.RETURN_DISPUTED,
+        order.seller_id,
         {
-            "order_id": order.id,
-            "lead_id": order.lead_id,
+            **_order_context(order),
             "return_id": return_id,
-            "approved": approved,
-            "decided_by": decided_by,
-            "refund_cents": refund_cents,
-            "currency": order.currency,
-            "dispute_until": dispute_until,
+            "dispute_id": dispute_id,
+            "buyer": await _username(session, order.buyer_id, "the buyer"),
         },
     )
-    return [notice] if notice else []
 
 
 async def notify_dispute_decided(
@@ -468,28 +572,24 @@ async def notify_dispute_decided(
     refund_cents: int | None = None,
 ) -> list[Notice]:
     """Both parties hear an admin's final decision on a dispute (``in_favour_of``: ``buyer``
-    or ``seller``)."""
+    or ``seller``), never the admin's note."""
     if in_favour_of not in ("buyer", "seller"):
         raise ValueError("in_favour_of is 'buyer' or 'seller'")
-    notices = []
+    notices: list[Notice] = []
     for side, user_id in (("buyer", order.buyer_id), ("seller", order.seller_id)):
-        notice = await notify_member(
+        notices += await _tell(
             session,
             settings,
             Event.DISPUTE_DECIDED,
-            await _party(session, user_id),
+            user_id,
             {
-                "order_id": order.id,
-                "lead_id": order.lead_id,
+                **_order_context(order),
                 "dispute_id": dispute_id,
                 "side": side,
                 "in_favour_of": in_favour_of,
                 "refund_cents": refund_cents,
-                "currency": order.currency,
             },
         )
-        if notice:
-            notices.append(notice)
     return notices
 
 
@@ -501,21 +601,20 @@ async def notify_payout_sent(
     payout_id: str,
     amount_cents: int,
     currency: str,
-    orders: int | None = None,
+    processor_reference: str | None = None,
 ) -> list[Notice]:
-    notice = await notify_member(
+    return await _tell(
         session,
         settings,
         Event.PAYOUT_SENT,
-        await _party(session, seller_id),
+        seller_id,
         {
             "payout_id": payout_id,
             "amount_cents": amount_cents,
             "currency": currency,
-            "orders": orders,
+            "processor_reference": processor_reference,
         },
     )
-    return [notice] if notice else []
 
 
 async def notify_message_received(
@@ -528,45 +627,24 @@ async def notify_message_received(
 ) -> list[Notice]:
     """The other party of ``order`` hears that ``sender_id`` wrote (member-message mail: only
     while they keep email and member messages on, P8). The message itself is not quoted: it
-    is read on the site, behind the sign-in."""
+    is read on the site, behind the sign-in, where it can be reported as spam. Whether a
+    message is told at all (only the first unread one of a thread) is the messages' rule."""
     if sender_id not in (order.buyer_id, order.seller_id):
         raise ValueError("the sender is not a party to the order")
     recipient_id = order.seller_id if sender_id == order.buyer_id else order.buyer_id
-    sender = await _party(session, sender_id)
-    notice = await notify_member(
+    return await _tell(
         session,
         settings,
         Event.MESSAGE_RECEIVED,
-        await _party(session, recipient_id),
+        recipient_id,
         {
             "order_id": order.id,
             "lead_id": order.lead_id,
             "message_id": message_id,
-            "sender": sender.username if sender is not None else "the other party",
+            "sender": await _username(session, sender_id, "the other party"),
+            "sender_side": "buyer" if sender_id == order.buyer_id else "seller",
         },
     )
-    return [notice] if notice else []
-
-
-async def notify_fraud_alert(
-    session: AsyncSession,
-    settings: Settings,
-    *,
-    user_id: str,
-    what: str,
-    lead_id: str | None = None,
-    case_id: str | None = None,
-) -> list[Notice]:
-    """Fraud touched ``user_id``'s account (M6): the notice names their username and the lead,
-    and says ``what`` happened (a sentence written by the platform, never a consumer's data)."""
-    notice = await notify_member(
-        session,
-        settings,
-        Event.FRAUD_ALERT,
-        await _party(session, user_id),
-        {"what": what, "lead_id": lead_id, "case_id": case_id},
-    )
-    return [notice] if notice else []
 
 
 async def notify_feedback_received(
@@ -580,7 +658,6 @@ async def notify_feedback_received(
     rating: int,
 ) -> list[Notice]:
     """The rated member hears the rating and who left it, and where to reply (M3)."""
-    author = await _party(session, author_id)
     subject = await _party(session, subject_id)
     notice = await notify_member(
         session,
@@ -590,12 +667,123 @@ async def notify_feedback_received(
         {
             "feedback_id": feedback_id,
             "order_id": order_id,
-            "author": author.username if author is not None else "a member",
+            "author": await _username(session, author_id, "a member"),
             "rating": rating,
             "profile": subject.username if subject is not None else "",
         },
     )
     return [notice] if notice else []
+
+
+# The fraud review (M6): every notice names the member's username and the lead concerned; the
+# admin's note stays on the case (it may name a reporter or quote a consumer).
+
+FRAUD_ACTION_EVENTS = frozenset(
+    {
+        Event.FRAUD_WARNING,
+        Event.ACCOUNT_SUSPENDED,
+        Event.ACCOUNT_CLOSED,
+        Event.ACCOUNT_REINSTATED,
+        Event.LEADS_WITHDRAWN,
+    }
+)
+
+
+async def notify_fraud_action(
+    session: AsyncSession,
+    settings: Settings,
+    event: Event,
+    *,
+    member: User,
+    case_id: str,
+    lead_id: str | None = None,
+    grounds: list[str] | None = None,
+    lead_ids: list[str] | None = None,
+) -> list[Notice]:
+    """Tell ``member`` what the fraud review did to their account (``event``: a warning, a
+    suspension, a closure, a reinstatement, their open leads withdrawn), naming the lead
+    concerned and ``grounds``, the kinds of signals the review looked at (platform words:
+    never who reported them, never what anyone wrote)."""
+    if event not in FRAUD_ACTION_EVENTS:
+        raise ValueError(f"{event.value} is not a fraud review action")
+    if event is Event.LEADS_WITHDRAWN and not lead_ids:
+        return []
+    notice = await notify_member(
+        session,
+        settings,
+        event,
+        member,
+        {
+            "case_id": case_id,
+            "lead_id": lead_id,
+            "concerning": f"lead {lead_id}" if lead_id else "activity on your account",
+            "grounds": list(grounds or ()),
+            "lead_ids": list(lead_ids or ()),
+            "seller": member.role == "seller",
+        },
+    )
+    return [notice] if notice else []
+
+
+async def notify_auction_withdrawn(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    lead: Lead,
+    seller: User,
+    released: Mapping[str, int],
+) -> list[Notice]:
+    """Every bidder of ``lead``'s auction, withdrawn by the fraud review, hears it with the
+    seller's username (M6); the leader also hears that their hold is released (``released``:
+    buyer id → cents). One notice per bidder: the auction's end tells nobody else."""
+    bidders = list(
+        await session.scalars(
+            select(Bid.buyer_id).where(Bid.lead_id == lead.id).distinct().order_by(Bid.buyer_id)
+        )
+    )
+    notices: list[Notice] = []
+    for buyer_id in bidders:
+        notices += await _tell(
+            session,
+            settings,
+            Event.AUCTION_WITHDRAWN,
+            buyer_id,
+            {
+                **_lead_context(lead),
+                "seller": seller.username,
+                "released_cents": released.get(buyer_id, 0),
+                "currency": lead.currency,
+            },
+        )
+    return notices
+
+
+async def notify_fraud_alert(
+    session: AsyncSession, settings: Settings, *, lead_id: str, seller: User, now: dt.datetime
+) -> list[tuple[str, Notice | None]]:
+    """Each buyer of ``lead_id``, confirmed fraudulent, is alerted (M6: fraud touched their
+    account): the lead, the seller's username, their order, and whether they can still return
+    it. Returns ``(order id, notice)`` for every order, told or not (a closed account)."""
+    orders = list(
+        await session.scalars(select(Order).where(Order.lead_id == lead_id).order_by(Order.id))
+    )
+    alerted: list[tuple[str, Notice | None]] = []
+    for order in orders:
+        told = await _tell(
+            session,
+            settings,
+            Event.FRAUD_ALERT,
+            order.buyer_id,
+            {
+                **_order_context(order),
+                "seller": seller.username,
+                "return_open": order.status == OrderStatus.HELD.value
+                and now < order.return_window_ends_at,
+                "return_window_ends_at": order.return_window_ends_at,
+            },
+        )
+        alerted.append((order.id, told[0] if told else None))
+    return alerted
 
 
 async def notify_privacy_requester(

@@ -33,14 +33,21 @@ from leadmarket.kit.errors import Conflict, DomainError
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.ledger.service import Line, open_account, post_transaction
-from leadmarket.models import AccountKind, LedgerAccount, Payout, TransactionKind, User
+from leadmarket.models import (
+    AccountKind,
+    LedgerAccount,
+    Payout,
+    TransactionKind,
+    User,
+    UserStatus,
+)
+from leadmarket.notifications.notify import notify_payout_sent
 from leadmarket.payments.processor import (
     PaymentProcessor,
     PayoutOutcome,
     PayoutRequest,
     payment_processor,
 )
-from leadmarket.returns import notices
 
 log = logging.getLogger("leadmarket.payouts")
 
@@ -167,8 +174,14 @@ async def pay_out(
                 "transaction_id": transaction.id,
             },
         )
-        await notices.send_notice(
-            session, settings, seller, notices.payout_sent(settings, payout, seller)
+        await notify_payout_sent(
+            session,
+            settings,
+            seller_id=seller.id,
+            payout_id=payout.id,
+            amount_cents=payout.amount_cents,
+            currency=payout.currency,
+            processor_reference=payout.processor_reference,
         )
         await session.flush()
     return PayoutResult(payout, payable.balance_cents)
@@ -230,9 +243,14 @@ async def pay_seller_scheduled(
     session: AsyncSession, settings: Settings, seller_id: str, currency: str
 ) -> bool:
     """One scheduled payout; False when there is (no longer) enough to pay or the processor
-    refused (the next day's run tries again)."""
+    refused (the next day's run tries again), or the seller's account is not active: a seller
+    suspended by the fraud review is paid nothing while their returns may still claw money
+    back (M6); the balance waits for a reinstatement."""
     seller = await session.get(User, seller_id)
     if seller is None:
+        return False
+    if seller.status != UserStatus.ACTIVE.value:
+        log.info("payout held", extra={"seller_id": seller_id, "status": seller.status})
         return False
     try:
         await pay_out(

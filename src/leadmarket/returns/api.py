@@ -353,7 +353,10 @@ async def list_claims(
 
 @admin.post(
     "/returns/{return_id}/decision",
-    summary="An admin decides a return held for review (over the buyer's return-rate cap)",
+    summary=(
+        "An admin decides a return held for review (over the buyer's return-rate cap), or one "
+        "waiting for a seller whose account the fraud review suspended or closed"
+    ),
     responses=BAD_STATE,
 )
 async def review(

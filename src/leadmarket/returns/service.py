@@ -26,7 +26,14 @@ ask to return it, once per order, with a reason code, a note and evidence. Who d
    most ``return_trust_max_percent`` of them): approved at once;
 4. otherwise the seller, by ``decide_by`` (``return_decision_hours``); silence approves (the
    periodic sweep :func:`enqueue_silent_approvals` queues one job per overdue return); a
-   seller's denial after the deadline is refused, an approval is still taken.
+   seller's denial after the deadline is refused, an approval is still taken. While the
+   fraud review has the seller suspended or closed, an admin may decide it too
+   (:func:`admin_reviews`; silence still approves it at the deadline).
+
+An approval for the reason "fake or fraudulent identity", whoever made it, is a fraud signal
+against the seller in the same transaction (M6, :func:`_signal_fraud_return`). Every step is
+told through the notification center (:mod:`leadmarket.notifications.notify`), in the
+transaction of the step.
 
 A seller's denial can be disputed by the buyer until ``dispute_by`` (``return_dispute_hours``);
 an admin decides the dispute, finally (one dispute per return, recorded in the audit log). An
@@ -44,7 +51,10 @@ before any payout. Every state change is a conditional UPDATE from the state bef
 ``requested → approved`` happens once, however many approvals race), and the ledger's holds move
 once, so money moves exactly once.
 
-Lock order: return row, then order row, then lead row, then the ledger, then the audit head."""
+Lock order: return row, then order row, then (a fraud return's approval) the seller's fraud
+case, then lead row, then the ledger, then the audit head. (Request_return's trusted path holds
+the order row before the return's; the fraud review locks no return or order, and takes the
+case before the ledger too, so the case between them closes no cycle.)"""
 
 from __future__ import annotations
 
@@ -55,11 +65,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
+from leadmarket.fraud.signals import SignalKind, SignalSource, record_fraud_signal
 from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -96,9 +107,10 @@ from leadmarket.models import (
     SaleMode,
     TrustedBuyer,
     User,
+    UserStatus,
     WebhookDelivery,
 )
-from leadmarket.returns import notices
+from leadmarket.notifications import notify
 from leadmarket.returns.schemas import (
     AfterSaleOut,
     ClaimOut,
@@ -286,12 +298,6 @@ def _actor(member: User | None) -> Actor:
     return Actor("user", member.id) if member is not None else Actor.system()
 
 
-async def _member(session: AsyncSession, user_id: str) -> User:
-    user = await session.get(User, user_id)
-    assert user is not None
-    return user
-
-
 async def run_once(
     session: AsyncSession,
     principal_id: str,
@@ -402,6 +408,35 @@ async def list_returns(
         query = query.where(OrderReturn.status == status)
     if before_id is not None:
         query = query.where(OrderReturn.id < before_id)
+    return list(await session.scalars(query))
+
+
+def _seller_is_stopped() -> Any:
+    return exists().where(User.id == OrderReturn.seller_id, User.status != UserStatus.ACTIVE.value)
+
+
+async def _seller_stopped(session: AsyncSession, ret: OrderReturn) -> bool:
+    status = await session.scalar(select(User.status).where(User.id == ret.seller_id))
+    return status != UserStatus.ACTIVE.value
+
+
+async def admin_queue_returns(session: AsyncSession, *, limit: int) -> list[OrderReturn]:
+    """The returns admins decide (:func:`admin_reviews`): those in review, and those still
+    waiting for a seller the fraud review stopped; oldest first (``limit``)."""
+    query = (
+        select(OrderReturn)
+        .where(
+            or_(
+                OrderReturn.status == ReturnStatus.REVIEW.value,
+                and_(
+                    OrderReturn.status == ReturnStatus.REQUESTED.value,
+                    _seller_is_stopped(),
+                ),
+            )
+        )
+        .order_by(OrderReturn.requested_at, OrderReturn.id)
+        .limit(limit)
+    )
     return list(await session.scalars(query))
 
 
@@ -574,10 +609,7 @@ async def cancel_order(
                 "lead_reopened": reopened,
             },
         )
-        seller = await _member(session, order.seller_id)
-        await notices.send_notice(
-            session, settings, seller, notices.order_cancelled(settings, order, seller)
-        )
+        await notify.notify_order_cancelled(session, settings, order=order, lead_reopened=reopened)
         await session.flush()
     return order
 
@@ -622,6 +654,31 @@ async def _refund_order(session: AsyncSession, order_id: str, now: dt.datetime) 
     return refund
 
 
+async def _signal_fraud_return(session: AsyncSession, settings: Settings, ret: OrderReturn) -> None:
+    """An approved return for a fake or fraudulent identity is a fraud signal against the
+    seller (M6), in the approval's transaction, once per return (its dedupe key): past
+    ``fraud_returns_threshold`` of them in ``fraud_returns_window_days`` the seller is on the
+    admins' fraud queue with a ``many_fraud_returns`` signal. Taken before the refund moves any
+    money: the signal locks the seller's case (racing approvals count each other's returns, see
+    :func:`leadmarket.fraud.signals.record_fraud_signal`) before the ledger, in the order the
+    fraud review locks them."""
+    lead_id = await session.scalar(select(Order.lead_id).where(Order.id == ret.order_id))
+    await record_fraud_signal(
+        session,
+        kind=SignalKind.FRAUD_RETURN,
+        subject_user_id=ret.seller_id,
+        lead_id=lead_id,
+        source=SignalSource.RETURNS,
+        details={
+            "return_id": ret.id,
+            "order_id": ret.order_id,
+            "decided_by": ret.decided_by,
+        },
+        dedupe_key=f"return:{ret.id}",
+        settings=settings,
+    )
+
+
 async def _approve(
     session: AsyncSession,
     settings: Settings,
@@ -657,6 +714,8 @@ async def _approve(
             raise ReturnDecided(
                 f"This return is {ret.status}.", extra={"return_status": ret.status}
             )
+        if ret.reason == ReturnReason.FAKE_OR_FRAUDULENT_IDENTITY.value:
+            await _signal_fraud_return(session, settings, ret)
         refund = await _refund_order(session, ret.order_id, now)
         ret.refund_kind = refund.kind.value
         ret.refunded_cents = refund.cents
@@ -681,18 +740,16 @@ async def _approve(
             },
         )
         order = await _lock_order(session, ret.order_id)
-        buyer = await _member(session, ret.buyer_id)
-        await notices.send_notice(
-            session, settings, buyer, notices.return_decided(settings, order, ret, buyer)
+        await notify.notify_return_decided(
+            session,
+            settings,
+            order=order,
+            return_id=ret.id,
+            outcome="approved",
+            decided_by=decided_by.value,
+            refund_cents=ret.refunded_cents,
+            clawed_back_cents=ret.clawed_back_cents,
         )
-        if decided_by is not DecidedBy.SELLER:
-            seller = await _member(session, ret.seller_id)
-            await notices.send_notice(
-                session,
-                settings,
-                seller,
-                notices.return_approved_for_seller(settings, order, ret, seller),
-            )
         await session.flush()
     return ret
 
@@ -736,9 +793,14 @@ async def _deny(
     )
     order = await session.get(Order, ret.order_id)
     assert order is not None
-    buyer = await _member(session, ret.buyer_id)
-    await notices.send_notice(
-        session, settings, buyer, notices.return_decided(settings, order, ret, buyer)
+    await notify.notify_return_decided(
+        session,
+        settings,
+        order=order,
+        return_id=ret.id,
+        outcome="denied",
+        decided_by=decided_by.value,
+        dispute_until=ret.dispute_by,
     )
     await session.flush()
     return ret
@@ -973,7 +1035,6 @@ async def request_return(
                 },
             )
 
-        seller = await _member(session, order.seller_id)
         if trusted:
             ret = await _approve(
                 session,
@@ -988,16 +1049,24 @@ async def request_return(
         elif review:
             await record_request()
             _event(session, order.id, None, "return_sent_to_review", subject_id=ret.id, at=now)
-            await notices.send_notice(
-                session, settings, buyer, notices.return_decided(settings, order, ret, buyer)
+            await notify.notify_return_decided(
+                session,
+                settings,
+                order=order,
+                return_id=ret.id,
+                outcome="review",
+                decided_by=None,
             )
         else:
             await record_request()
-            await notices.send_notice(
+            assert ret.decide_by is not None
+            await notify.notify_return_requested(
                 session,
                 settings,
-                seller,
-                notices.return_requested(settings, order, ret, seller, buyer),
+                order=order,
+                return_id=ret.id,
+                reason=ret.reason,
+                decide_by=ret.decide_by,
             )
         await session.flush()
     return ret
@@ -1061,20 +1130,30 @@ async def admin_reviews(
     approve: bool,
     note: str | None,
 ) -> OrderReturn:
-    """An admin decides a return that went to review (over the cap); final either way."""
+    """An admin decides a return that went to review (over the cap), or one still waiting for
+    a seller whose account the fraud review stopped (suspended or closed: they cannot sign in
+    to decide, and the buyer should not have to wait for the silence); final either way."""
     ret = await session.get(OrderReturn, return_id)
     if ret is None:
         raise NotFound("No such return.")
     stated = clean_text(note, "note", limit=2000, required=True)
     assert stated is not None
-    if ret.status != ReturnStatus.REVIEW.value:
-        raise ReturnDecided(f"This return is {ret.status}.", extra={"return_status": ret.status})
+    if ret.status == ReturnStatus.REVIEW.value:
+        from_status = ReturnStatus.REVIEW
+    elif ret.status == ReturnStatus.REQUESTED.value and await _seller_stopped(session, ret):
+        from_status = ReturnStatus.REQUESTED
+    else:
+        raise ReturnDecided(
+            f"This return is {ret.status}"
+            + (": its seller decides it." if ret.status == ReturnStatus.REQUESTED.value else "."),
+            extra={"return_status": ret.status},
+        )
     if approve:
         return await _approve(
             session,
             settings,
             ret,
-            from_status=ReturnStatus.REVIEW,
+            from_status=from_status,
             decided_by=DecidedBy.ADMIN,
             decider=admin,
             note=stated,
@@ -1083,7 +1162,7 @@ async def admin_reviews(
         session,
         settings,
         ret,
-        from_status=ReturnStatus.REVIEW,
+        from_status=from_status,
         decided_by=DecidedBy.ADMIN,
         decider=admin,
         note=stated,
@@ -1148,9 +1227,8 @@ async def dispute_return(
         )
         order = await session.get(Order, ret.order_id)
         assert order is not None
-        seller = await _member(session, ret.seller_id)
-        await notices.send_notice(
-            session, settings, seller, notices.return_disputed(settings, order, dispute, seller)
+        await notify.notify_return_disputed(
+            session, settings, order=order, return_id=ret.id, dispute_id=dispute.id
         )
         await session.flush()
     return dispute
@@ -1240,19 +1318,14 @@ async def decide_dispute(
         )
         order = await session.get(Order, ret.order_id)
         assert order is not None
-        buyer = await _member(session, ret.buyer_id)
-        seller = await _member(session, ret.seller_id)
-        await notices.send_notice(
+        for_buyer = outcome is DisputeOutcome.FOR_BUYER
+        await notify.notify_dispute_decided(
             session,
             settings,
-            buyer,
-            notices.dispute_decided(settings, order, dispute, buyer, buyer=True),
-        )
-        await notices.send_notice(
-            session,
-            settings,
-            seller,
-            notices.dispute_decided(settings, order, dispute, seller, buyer=False),
+            order=order,
+            dispute_id=dispute.id,
+            in_favour_of="buyer" if for_buyer else "seller",
+            refund_cents=ret.refunded_cents if for_buyer else None,
         )
         await session.flush()
     return dispute

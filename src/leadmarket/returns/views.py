@@ -38,7 +38,6 @@ from leadmarket.models import (
     Order,
     OrderReturn,
     ReturnReason,
-    ReturnStatus,
     Role,
     User,
 )
@@ -454,9 +453,7 @@ async def _queue_page(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    reviews = await service.list_returns(
-        session, admin, status=ReturnStatus.REVIEW.value, limit=100
-    )
+    reviews = await service.admin_queue_returns(session, limit=100)
     disputes = await service.list_disputes(session, status=DisputeStatus.OPEN.value, limit=100)
     claims = await service.list_claims(session, admin, status=ClaimStatus.OPEN.value, limit=100)
     disputed = {}
