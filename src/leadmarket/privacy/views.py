@@ -375,7 +375,8 @@ async def verify(
             request, "privacy/expired.html", {"message": exc.detail}, status_code=410
         )
     except requests.AlreadyVerified:
-        pass
+        # A second tab or a double submit: the status page tells where the request stands.
+        return see_other(f"/privacy/requests/{request_id}")
     return see_other(f"/privacy/requests/{request_id}")
 
 
