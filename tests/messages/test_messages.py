@@ -303,7 +303,7 @@ async def test_the_consumers_contact_details_cannot_be_pasted_into_a_message(
     assert bought.status_code == 201, bought.text
     url = messages_url(bought.json()["id"])
     email_address = body["contact"]["email"]
-    phone = body["contact"]["phone"]  # +1559XXXYYYY
+    phone = body["contact"]["phone"]  # E.164, e.g. +15595550123
     national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
     for text in (
         f"Is {email_address.upper()} right?",
