@@ -64,9 +64,9 @@ from leadmarket.models import (
     User,
     UserStatus,
 )
-from leadmarket.models.preferences import PREFERENCE_DEFAULTS, CommunicationPreference
 from leadmarket.notifications.service import queue_mail
 from leadmarket.notifications.sms import queue_text_message
+from leadmarket.privacy.preferences import stored_preferences
 
 log = logging.getLogger("leadmarket.notifications")
 
@@ -179,13 +179,6 @@ class Notice:
     texted: bool
 
 
-async def _preferences(session: AsyncSession, user_id: str) -> dict[str, bool]:
-    row = await session.get(CommunicationPreference, user_id)
-    if row is None:
-        return dict(PREFERENCE_DEFAULTS)
-    return {name: bool(getattr(row, name)) for name in PREFERENCE_DEFAULTS}
-
-
 def _base(settings: Settings) -> str:
     return settings.base_url.rstrip("/")
 
@@ -220,7 +213,7 @@ async def notify_member(
     )
     texted = False
     if spec.urgent and user.phone:
-        prefs = await _preferences(session, user.id)
+        prefs = await stored_preferences(session, user.id)
         if prefs["text"]:
             await queue_text_message(
                 session,
