@@ -260,13 +260,7 @@ async def send_message(
     await _check_rate(session, settings, sender.id, now)
     digest = body_digest(text)
     await _refuse_bulk(session, settings, sender_id=sender.id, order=order, digest=digest, now=now)
-    waiting = await session.scalar(
-        select(func.count()).where(
-            MemberMessage.order_id == order.id,
-            MemberMessage.recipient_id == recipient.id,
-            MemberMessage.read_at.is_(None),
-        )
-    )
+    waiting = await unread_count(session, recipient.id, order.id)
     message = MemberMessage(
         id=new_id("mm"),
         order_id=order.id,
