@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.accounts.repository import usernames
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.feedback.schemas import (
@@ -436,13 +437,6 @@ async def dismiss_report(
 # Reading ----------------------------------------------------------------------------------
 
 
-async def _usernames(session: AsyncSession, ids: set[str]) -> dict[str, str]:
-    if not ids:
-        return {}
-    rows = await session.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    return {str(i): str(u) for i, u in rows}
-
-
 def _public(feedback: Feedback, names: dict[str, str]) -> PublicFeedback:
     return PublicFeedback(
         id=feedback.id,
@@ -468,7 +462,7 @@ def _full(feedback: Feedback, names: dict[str, str]) -> FeedbackOut:
 
 
 async def feedback_out(session: AsyncSession, feedback: Feedback) -> FeedbackOut:
-    names = await _usernames(session, {feedback.author_id, feedback.subject_id})
+    names = await usernames(session, {feedback.author_id, feedback.subject_id})
     return _full(feedback, names)
 
 
@@ -507,7 +501,7 @@ async def public_feedback(
     if before_id is not None:
         query = query.where(Feedback.id < before_id)
     rows = list(await session.scalars(query))
-    names = await _usernames(session, {f.author_id for f in rows})
+    names = await usernames(session, {f.author_id for f in rows})
     return [_public(f, names) for f in rows]
 
 
@@ -522,7 +516,7 @@ async def order_feedback(
             select(Feedback).where(Feedback.order_id == order.id, Feedback.hidden_at.is_(None))
         )
     )
-    names = await _usernames(session, {order.buyer_id, order.seller_id})
+    names = await usernames(session, {order.buyer_id, order.seller_id})
     given = next((f for f in rows if f.author_id == viewer.id), None)
     received = next((f for f in rows if f.subject_id == viewer.id), None)
     mine_exists = await session.scalar(
@@ -556,7 +550,7 @@ async def reports_queue(
     ids: set[str] = set()
     for report, feedback in rows:
         ids |= {report.reporter_id, feedback.author_id, feedback.subject_id}
-    names = await _usernames(session, ids)
+    names = await usernames(session, ids)
     return [
         AdminReportOut(
             id=report.id,

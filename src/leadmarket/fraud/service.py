@@ -232,12 +232,7 @@ async def case_detail(session: AsyncSession, case_id: str, admin: User) -> CaseD
         )
     )
     user_ids |= {a.admin_id for a in actions}
-    names = {
-        str(i): str(n)
-        for i, n in await session.execute(
-            select(User.id, User.username).where(User.id.in_(user_ids or {""}))
-        )
-    }
+    names = await accounts.usernames(session, user_ids)
     message_ids = {s.message_id for s in signals if s.message_id}
     bodies = {
         str(i): str(b)

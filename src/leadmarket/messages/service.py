@@ -40,6 +40,7 @@ import phonenumbers
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.accounts.repository import usernames
 from leadmarket.config import Settings
 from leadmarket.fraud.reports import AlreadyReported, check_report_quota, clean_note
 from leadmarket.fraud.signals import SignalKind, SignalSource, add_signal
@@ -304,7 +305,7 @@ async def thread(
     rows = list(await session.scalars(query))
     if latest:
         rows.reverse()
-    names = await _usernames(session, {order.buyer_id, order.seller_id})
+    names = await usernames(session, {order.buyer_id, order.seller_id})
     if mark_read and any(m.recipient_id == viewer.id and m.read_at is None for m in rows):
         now = utcnow()
         await session.execute(
@@ -328,11 +329,6 @@ async def thread(
         for m in rows
     ]
     return order, views
-
-
-async def _usernames(session: AsyncSession, ids: set[str]) -> dict[str, str]:
-    rows = await session.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    return {str(i): str(name) for i, name in rows}
 
 
 async def unread_count(session: AsyncSession, member_id: str, order_id: str) -> int:
