@@ -53,6 +53,7 @@ from leadmarket.messages.service import report_spam, send_message
 from leadmarket.models import (
     ClaimCategory,
     DisputeOutcome,
+    Feedback,
     Lead,
     LegalDocumentKind,
     LegalRequest,
@@ -357,66 +358,36 @@ async def _after_sale(session: AsyncSession, settings: Settings, counts: StoryCo
     )
 
     # Feedback both ways, and replies.
-    good = await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h1"].id,
-        author=pacific,
-        rating=5,
-        comment="Real, reachable consumer; we wrote the policy the same week.",
+    async def review(order: str, author: User, rating: int, comment: str) -> Feedback:
+        return await leave_feedback(
+            session,
+            settings,
+            order_id=orders[order].id,
+            author=author,
+            rating=rating,
+            comment=comment,
+        )
+
+    good = await review(
+        "h1", pacific, 5, "Real, reachable consumer; we wrote the policy the same week."
     )
-    await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h1"].id,
-        author=sunbelt,
-        rating=5,
-        comment="Clear filters, no surprises.",
-    )
+    await review("h1", sunbelt, 5, "Clear filters, no surprises.")
     await reply_to_feedback(
         session,
         feedback_id=good.id,
         member=sunbelt,
         reply="Thank you! New Phoenix auto leads every morning.",
     )
-    await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h2"].id,
-        author=evergreen,
-        rating=4,
-        comment="Good lead; the consumer preferred a call after 6 pm.",
-    )
-    await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h3"].id,
-        author=brightpath,
-        rating=5,
-        comment="Funded in four days.",
-    )
-    poor = await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h4"].id,
-        author=lakeside,
-        rating=2,
-        comment="The consumer did not remember asking about a mortgage.",
-    )
+    await review("h2", evergreen, 4, "Good lead; the consumer preferred a call after 6 pm.")
+    await review("h3", brightpath, 5, "Funded in four days.")
+    poor = await review("h4", lakeside, 2, "The consumer did not remember asking about a mortgage.")
     await reply_to_feedback(
         session,
         feedback_id=poor.id,
         member=quotehound,
         reply="We keep a consent certificate for every lead; ask us for it.",
     )
-    await leave_feedback(
-        session,
-        settings,
-        order_id=orders["h4"].id,
-        author=quotehound,
-        rating=3,
-        comment="Returned more leads than most buyers.",
-    )
+    await review("h4", quotehound, 3, "Returned more leads than most buyers.")
 
     # Member messages: a thread between a buyer and a seller, and a message reported as spam.
     thread = (
