@@ -20,6 +20,7 @@ from leadmarket.accounts.views import (
     PageRoute,
     member_page,
     render_page,
+    role_page,
     safe_local_path,
     see_other,
 )
@@ -69,16 +70,9 @@ def trader_page(
 
 
 def admin_page(*, return_to: str | None = None) -> Callable[..., Awaitable[Principal]]:
-    member = member_page(Action.ADMINISTER, return_to=return_to)
-
-    @guard
-    async def dependency(principal: Principal = Depends(member)) -> Principal:
-        if principal.user.role != Role.ADMIN.value:
-            raise Forbidden("Only admins moderate feedback.")
-        return principal
-
-    dependency.__name__ = "admin_page_feedback"
-    return dependency
+    return role_page(
+        Action.ADMINISTER, Role.ADMIN, "Only admins moderate feedback.", return_to=return_to
+    )
 
 
 def _text(form: FormData, name: str) -> str:
