@@ -18,7 +18,7 @@ from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.config import Settings
 from leadmarket.kit.errors import NotFound
-from leadmarket.kit.idempotency import check_key
+from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import (
@@ -107,7 +107,7 @@ async def cancel(
             order_id=order.id, status=order.status, released_cents=hold, currency=order.currency
         ).model_dump(mode="json")
 
-    code, answer = await service.run_once(
+    code, answer = await run_once(
         session, buyer.id, check_key(idempotency_key), {"orders.cancel": order_id}, run
     )
     return JSONResponse(answer, status_code=code)
@@ -148,9 +148,7 @@ async def request_return(
         return 201, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"orders.return": [order_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, buyer.id, check_key(idempotency_key), fingerprint, run
-    )
+    code, answer = await run_once(session, buyer.id, check_key(idempotency_key), fingerprint, run)
     return JSONResponse(answer, status_code=code)
 
 
@@ -228,9 +226,7 @@ async def decide(
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"returns.decision": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, seller.id, check_key(idempotency_key), fingerprint, run
-    )
+    code, answer = await run_once(session, seller.id, check_key(idempotency_key), fingerprint, run)
     return JSONResponse(answer, status_code=code)
 
 
@@ -257,9 +253,7 @@ async def dispute(
         return 201, service.dispute_out(opened).model_dump(mode="json")
 
     fingerprint = {"returns.dispute": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, buyer.id, check_key(idempotency_key), fingerprint, run
-    )
+    code, answer = await run_once(session, buyer.id, check_key(idempotency_key), fingerprint, run)
     return JSONResponse(answer, status_code=code)
 
 
@@ -376,9 +370,7 @@ async def review(
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"admin.return_review": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, who.id, check_key(idempotency_key), fingerprint, run
-    )
+    code, answer = await run_once(session, who.id, check_key(idempotency_key), fingerprint, run)
     return JSONResponse(answer, status_code=code)
 
 
@@ -431,9 +423,7 @@ async def decide_dispute(
         return 200, service.dispute_out(decided).model_dump(mode="json")
 
     fingerprint = {"admin.dispute": [dispute_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, who.id, check_key(idempotency_key), fingerprint, run
-    )
+    code, answer = await run_once(session, who.id, check_key(idempotency_key), fingerprint, run)
     return JSONResponse(answer, status_code=code)
 
 

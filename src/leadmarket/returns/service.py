@@ -74,7 +74,6 @@ from leadmarket.fraud.signals import SignalKind, SignalSource, record_fraud_sign
 from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
-from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import open_sealed, seal
@@ -296,29 +295,6 @@ def _event(
 
 def _actor(member: User | None) -> Actor:
     return Actor("user", member.id) if member is not None else Actor.system()
-
-
-async def run_once(
-    session: AsyncSession,
-    principal_id: str,
-    idempotency_key: str | None,
-    request: dict[str, Any],
-    run: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> tuple[int, dict[str, Any]]:
-    """``run`` once per ``idempotency_key`` (scoped to the member): the same key and request
-    give the first answer again; with another request, 409 (``kit.idempotency``). The answer is
-    remembered in the same transaction as what it did."""
-    fingerprint = request_fingerprint(request)
-    if idempotency_key is not None:
-        earlier = await previous_answer(session, principal_id, idempotency_key, fingerprint)
-        if earlier is not None:
-            return earlier.status_code, earlier.response
-    status_code, answer = await run()
-    if idempotency_key is not None:
-        await remember_answer(
-            session, principal_id, idempotency_key, fingerprint, status_code, answer
-        )
-    return status_code, answer
 
 
 # Reading ----------------------------------------------------------------------------------
