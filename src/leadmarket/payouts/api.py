@@ -19,7 +19,7 @@ from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import Payout, Role
 from leadmarket.payouts import service
-from leadmarket.returns.schemas import PayoutIn, PayoutOut
+from leadmarket.payouts.schemas import PayoutIn, PayoutOut
 
 router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["payouts"])
 Session = Annotated[AsyncSession, Depends(get_session)]
