@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -84,6 +85,29 @@ async def remember_answer(
         raise Conflict(
             "A request with this Idempotency-Key is being processed; retry to get its answer."
         ) from None
+
+
+async def run_once(
+    session: AsyncSession,
+    principal_id: str,
+    idempotency_key: str | None,
+    request: dict[str, Any],
+    run: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+) -> tuple[int, dict[str, Any]]:
+    """``run`` once per ``idempotency_key`` (scoped to the member): the same key and request
+    give the first answer again; with another request, 409 (``kit.idempotency``). The answer is
+    remembered in the same transaction as what it did."""
+    fingerprint = request_fingerprint(request)
+    if idempotency_key is not None:
+        earlier = await previous_answer(session, principal_id, idempotency_key, fingerprint)
+        if earlier is not None:
+            return earlier.status_code, earlier.response
+    status_code, answer = await run()
+    if idempotency_key is not None:
+        await remember_answer(
+            session, principal_id, idempotency_key, fingerprint, status_code, answer
+        )
+    return status_code, answer
 
 
 # Clients retry within minutes; a day covers any sane retry policy without keeping answers

@@ -14,13 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.config import Settings
-from leadmarket.kit.idempotency import check_key
+from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import Payout, Role
 from leadmarket.payouts import service
-from leadmarket.returns.schemas import PayoutIn, PayoutOut
-from leadmarket.returns.service import run_once
+from leadmarket.payouts.schemas import PayoutIn, PayoutOut
 
 router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["payouts"])
 Session = Annotated[AsyncSession, Depends(get_session)]

@@ -8,6 +8,7 @@ give the first answer again, another body 409 (``kit.idempotency``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, UploadFile, status
@@ -18,7 +19,7 @@ from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.config import Settings
 from leadmarket.kit.errors import NotFound
-from leadmarket.kit.idempotency import check_key
+from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import (
@@ -30,6 +31,7 @@ from leadmarket.models import (
     ReturnReason,
     ReturnStatus,
     Role,
+    User,
 )
 from leadmarket.returns import service
 from leadmarket.returns.schemas import (
@@ -63,6 +65,19 @@ BAD_STATE: dict[int | str, dict[str, Any]] = {
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def _once(
+    session: AsyncSession,
+    member: User,
+    idempotency_key: str | None,
+    request: dict[str, Any],
+    run: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+) -> JSONResponse:
+    """``run`` once per the member's ``Idempotency-Key`` (:func:`kit.idempotency.run_once`),
+    its answer (or the first one, replayed) as JSON."""
+    code, answer = await run_once(session, member.id, check_key(idempotency_key), request, run)
+    return JSONResponse(answer, status_code=code)
 
 
 @router.get("/returns/reasons", summary="The reason codes a return may give")
@@ -107,10 +122,7 @@ async def cancel(
             order_id=order.id, status=order.status, released_cents=hold, currency=order.currency
         ).model_dump(mode="json")
 
-    code, answer = await service.run_once(
-        session, buyer.id, check_key(idempotency_key), {"orders.cancel": order_id}, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, buyer, idempotency_key, {"orders.cancel": order_id}, run)
 
 
 @router.post(
@@ -148,10 +160,7 @@ async def request_return(
         return 201, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"orders.return": [order_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, buyer.id, check_key(idempotency_key), fingerprint, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, buyer, idempotency_key, fingerprint, run)
 
 
 @router.post(
@@ -228,10 +237,7 @@ async def decide(
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"returns.decision": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, seller.id, check_key(idempotency_key), fingerprint, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, seller, idempotency_key, fingerprint, run)
 
 
 @router.post(
@@ -257,10 +263,7 @@ async def dispute(
         return 201, service.dispute_out(opened).model_dump(mode="json")
 
     fingerprint = {"returns.dispute": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, buyer.id, check_key(idempotency_key), fingerprint, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, buyer, idempotency_key, fingerprint, run)
 
 
 @router.post(
@@ -376,10 +379,7 @@ async def review(
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
     fingerprint = {"admin.return_review": [return_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, who.id, check_key(idempotency_key), fingerprint, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, who, idempotency_key, fingerprint, run)
 
 
 @admin.get("/disputes", summary="Disputes of denied returns, newest first")
@@ -431,10 +431,7 @@ async def decide_dispute(
         return 200, service.dispute_out(decided).model_dump(mode="json")
 
     fingerprint = {"admin.dispute": [dispute_id, body.model_dump(mode="json")]}
-    code, answer = await service.run_once(
-        session, who.id, check_key(idempotency_key), fingerprint, run
-    )
-    return JSONResponse(answer, status_code=code)
+    return await _once(session, who, idempotency_key, fingerprint, run)
 
 
 @admin.post(

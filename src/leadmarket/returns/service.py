@@ -74,11 +74,9 @@ from leadmarket.fraud.signals import SignalKind, SignalSource, record_fraud_sign
 from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
-from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import open_sealed, seal
-from leadmarket.leads.service import consent_withdrawn_at
 from leadmarket.ledger.service import find_account, hold_of, refund_settled_sale, release_hold
 from leadmarket.models import (
     OPEN_RETURN_STATUSES,
@@ -298,29 +296,6 @@ def _actor(member: User | None) -> Actor:
     return Actor("user", member.id) if member is not None else Actor.system()
 
 
-async def run_once(
-    session: AsyncSession,
-    principal_id: str,
-    idempotency_key: str | None,
-    request: dict[str, Any],
-    run: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-) -> tuple[int, dict[str, Any]]:
-    """``run`` once per ``idempotency_key`` (scoped to the member): the same key and request
-    give the first answer again; with another request, 409 (``kit.idempotency``). The answer is
-    remembered in the same transaction as what it did."""
-    fingerprint = request_fingerprint(request)
-    if idempotency_key is not None:
-        earlier = await previous_answer(session, principal_id, idempotency_key, fingerprint)
-        if earlier is not None:
-            return earlier.status_code, earlier.response
-    status_code, answer = await run()
-    if idempotency_key is not None:
-        await remember_answer(
-            session, principal_id, idempotency_key, fingerprint, status_code, answer
-        )
-    return status_code, answer
-
-
 # Reading ----------------------------------------------------------------------------------
 
 
@@ -512,14 +487,15 @@ async def cancel_refusal(session: AsyncSession, order: Order) -> Refusal | None:
     return None
 
 
-async def _free_slot(
-    session: AsyncSession, settings: Settings, lead_id: str, now: dt.datetime
-) -> bool:
+async def _free_slot(session: AsyncSession, lead_id: str, now: dt.datetime) -> bool:
     """Give the cancelled sale's slot back (see the module docstring); True if the lead went
     back on the market."""
     lead = await session.get(Lead, lead_id, populate_existing=True)
     assert lead is not None
-    consent = await session.scalar(select(Consent).where(Consent.lead_id == lead_id))
+    # Read fresh (a withdrawal may have committed since the session loaded the row).
+    consent = await session.scalar(
+        select(Consent).where(Consent.lead_id == lead_id).execution_options(populate_existing=True)
+    )
     reopen = (
         lead.status == LeadStatus.SOLD.value
         and lead.sale_mode == SaleMode.FIXED.value
@@ -528,7 +504,6 @@ async def _free_slot(
         and (consent is None or consent.withdrawn_at is None)
         # GPC with the lead sent to one buyer: not to be sold on to another (resale_prohibited).
         and not (consent is not None and consent.global_privacy_control)
-        and await consent_withdrawn_at(session, lead_id) is None
     )
     await session.execute(
         update(Lead)
@@ -584,7 +559,7 @@ async def cancel_order(
                 "status", "This order cannot be cancelled now."
             )
             raise NotCancellable(refusal.detail, extra={"why": refusal.why})
-        reopened = await _free_slot(session, settings, order.lead_id, now)
+        reopened = await _free_slot(session, order.lead_id, now)
         hold = await release_hold(session, order.hold_reference)
         # Deliveries not yet made are not made any more.
         await session.execute(

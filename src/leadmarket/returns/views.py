@@ -24,7 +24,7 @@ from leadmarket.accounts.views import PageRoute, render_page, role_page, see_oth
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import DomainError, FieldError, NotFound, ValidationFailed
-from leadmarket.kit.idempotency import check_key
+from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.money import format_money
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
@@ -146,7 +146,7 @@ async def cancel(
             await service.cancel_order(session, _settings(request), order_id, buyer)
             return 200, {"order_id": order_id}
 
-        await service.run_once(session, buyer.id, _form_key(form), {"orders.cancel": order_id}, run)
+        await run_once(session, buyer.id, _form_key(form), {"orders.cancel": order_id}, run)
 
     return await _buyer_action(request, session, order_id, buyer.id, act, "cancelled")
 
@@ -191,9 +191,7 @@ async def request_return(
             )
             return 201, {"id": ret.id}
 
-        await service.run_once(
-            session, buyer.id, _form_key(form), {"orders.return_page": order_id}, run
-        )
+        await run_once(session, buyer.id, _form_key(form), {"orders.return_page": order_id}, run)
 
     return await _buyer_action(request, session, order_id, buyer.id, act, "return_requested")
 
@@ -334,7 +332,7 @@ async def seller_decision(
             )
             return 200, {"id": return_id}
 
-        await service.run_once(
+        await run_once(
             session,
             seller.id,
             _form_key(form),
@@ -431,9 +429,7 @@ async def request_payout(
         return 201, {"id": result.payout.id}
 
     try:
-        await service.run_once(
-            session, seller_id, _form_key(form), {"payouts.request_page": "USD"}, run
-        )
+        await run_once(session, seller_id, _form_key(form), {"payouts.request_page": "USD"}, run)
     except DomainError as exc:
         fresh = await _fresh_user(session, seller_id)
         return await _payouts_page(
@@ -528,7 +524,7 @@ async def review_return(
             )
             return 200, {"id": return_id}
 
-        await service.run_once(
+        await run_once(
             session,
             admin.id,
             _form_key(form),
@@ -563,7 +559,7 @@ async def decide_dispute(
             )
             return 200, {"id": dispute_id}
 
-        await service.run_once(
+        await run_once(
             session,
             admin.id,
             _form_key(form),
