@@ -41,6 +41,7 @@ from leadmarket.kit.routing import get_session, guard
 from leadmarket.models import PrivacyRequest, Role
 from leadmarket.models.privacy import OPEN_STATUSES, DenialReason, RequestStatus, RequestType
 from leadmarket.privacy import consumer_data, requests
+from leadmarket.privacy.preferences import gpc_requested
 from leadmarket.privacy.schemas import (
     MAX_PROOF_DOCUMENT_BYTES,
     PROOF_CONTENT_TYPES,
@@ -119,10 +120,6 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _gpc(request: Request) -> bool:
-    return request.headers.get("sec-gpc", "").strip() == "1"
-
-
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
@@ -141,7 +138,7 @@ def _visitor_page(
     response = render_page(
         request,
         template,
-        {**context, "csrf_token": issued.field_value, "gpc": _gpc(request)},
+        {**context, "csrf_token": issued.field_value, "gpc": gpc_requested(request.headers)},
         status_code=status_code,
         headers=headers,
     )
@@ -416,7 +413,7 @@ async def status_page(
             if answer is not None
             else None,
             "has_report": row.report_sealed is not None,
-            "gpc": _gpc(request),
+            "gpc": gpc_requested(request.headers),
         },
     )
 
