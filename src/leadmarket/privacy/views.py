@@ -40,7 +40,8 @@ from leadmarket.kit.http import client_ip
 from leadmarket.kit.routing import get_session, guard
 from leadmarket.models import PrivacyRequest, Role
 from leadmarket.models.privacy import OPEN_STATUSES, DenialReason, RequestStatus, RequestType
-from leadmarket.privacy import consumer_data, requests
+from leadmarket.privacy import requests
+from leadmarket.privacy.api import report_download
 from leadmarket.privacy.preferences import gpc_requested
 from leadmarket.privacy.schemas import (
     MAX_PROOF_DOCUMENT_BYTES,
@@ -457,13 +458,6 @@ async def _report_by_cookie(
     return report
 
 
-def _download_headers(request_id: str, extension: str) -> dict[str, str]:
-    return {
-        "Content-Disposition": f'attachment; filename="leadmarket-{request_id}.{extension}"',
-        "Cache-Control": "no-store",
-    }
-
-
 @router.get("/privacy/requests/{request_id}/report.json")
 async def download_json(
     request: Request,
@@ -472,11 +466,7 @@ async def download_json(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     report = await _report_by_cookie(request, session, request_id)
-    return Response(
-        json.dumps(report, indent=2, sort_keys=True, default=str),
-        media_type="application/json",
-        headers=_download_headers(request_id, "json"),
-    )
+    return report_download(request_id, report, "json")
 
 
 @router.get("/privacy/requests/{request_id}/report.csv")
@@ -487,11 +477,7 @@ async def download_csv(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     report = await _report_by_cookie(request, session, request_id)
-    return Response(
-        consumer_data.report_as_csv(report),
-        media_type="text/csv; charset=utf-8",
-        headers=_download_headers(request_id, "csv"),
-    )
+    return report_download(request_id, report, "csv")
 
 
 # The privacy officer's queue ---------------------------------------------------------------------
