@@ -98,10 +98,6 @@ SOURCES: dict[str, str] = {
 }
 
 
-def _reader() -> Reader:
-    return Reader.privacy_engine()
-
-
 def _reason(request_id: str) -> str:
     return f"privacy request {request_id}"
 
@@ -226,7 +222,7 @@ async def _open(
             session,
             settings,
             lead_id,
-            reader=_reader(),
+            reader=Reader.privacy_engine(),
             purpose=Purpose.RIGHTS_REQUEST,
             reason=_reason(request_id),
             fields=fields,
