@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -412,35 +412,37 @@ async def write_leads(
 async def _lock(session: AsyncSession, submissions: Sequence[Submission]) -> None:
     """On PostgreSQL, serialise writers of the same consumer and of the same Idempotency-Key, so
     two concurrent transactions cannot both pass the checks below; different consumers never
-    wait for each other. All keys are taken in one statement, in ascending order, so two
-    batches cannot deadlock. (SQLite needs nothing: every transaction holds the write lock.)"""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    keys: set[int] = set()
+    wait for each other (see :func:`take_advisory_locks`)."""
+    names: list[str] = []
     for submission in submissions:
         # The consumer's digests: the duplicate check and the opt-out registry are judged
         # per consumer (``lock_consumer`` takes the same keys).
-        keys.add(_lock_key(submission.prepared.email_digest))
-        keys.add(_lock_key(submission.prepared.phone_digest))
+        names += (submission.prepared.email_digest, submission.prepared.phone_digest)
         if (claim := submission.idempotency) is not None:
-            keys.add(_lock_key(f"idempotency\0{claim.principal}\0{claim.key}"))
-    if keys:
-        await session.execute(
-            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
-            {"keys": sorted(keys)},
-        )
+            names.append(f"idempotency\0{claim.principal}\0{claim.key}")
+    await take_advisory_locks(session, names)
 
 
 async def lock_consumer(session: AsyncSession, digests: Sequence[str]) -> None:
     """Take the same per-consumer locks :func:`write_leads` takes (PostgreSQL), so a change to
     what intake checks for this consumer (an opt-out) and a batch carrying one of their leads
     happen one after the other, never interleaved."""
-    if session.get_bind().dialect.name != "postgresql" or not digests:
+    await take_advisory_locks(session, digests)
+
+
+async def take_advisory_locks(session: AsyncSession, names: Iterable[str]) -> None:
+    """On PostgreSQL, take the transaction's advisory lock of each name (a digest or a name
+    with its own prefix). All keys are taken in one statement, in ascending order, so two
+    transactions sharing some of them cannot deadlock. (SQLite needs nothing: every
+    transaction holds the write lock.)"""
+    if session.get_bind().dialect.name != "postgresql":
         return
-    await session.execute(
-        text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
-        {"keys": sorted({_lock_key(d) for d in digests})},
-    )
+    keys = sorted({_lock_key(name) for name in names})
+    if keys:
+        await session.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
+            {"keys": keys},
+        )
 
 
 async def _check_credentials(session: AsyncSession, batch: _Batch, now: dt.datetime) -> None:

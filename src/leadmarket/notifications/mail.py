@@ -58,17 +58,23 @@ class FileMailBackend:
     def _write(self, outgoing: OutgoingMessage) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = outgoing.message.as_bytes(policy=outgoing.message.policy.clone(linesep="\r\n"))
-        # Dot-prefixed and ending .tmp, so a reader globbing *.eml never sees a partial file.
-        fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path_for(outgoing))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_whole_file(self.path_for(outgoing), data)
+
+
+def write_whole_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees part of it: written aside (a
+    dot-prefixed ``.tmp`` file, which a reader globbing the real suffix skips), synced, then
+    renamed over ``path``."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class SmtpMailBackend:

@@ -16,8 +16,6 @@ import asyncio
 import base64
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +27,7 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import WrappedKey, new_data_key, open_sealed, seal
+from leadmarket.notifications.mail import write_whole_file
 
 SEND_TEXT_JOB = "sms.send"
 _MAX_BODY = 640  # four concatenated SMS segments
@@ -67,16 +66,7 @@ class FileSmsBackend:
             f"To: {message.to}\nTemplate: {message.template}\n"
             f"Date: {message.created_at.astimezone(dt.UTC).isoformat()}\n\n{message.body}\n"
         ).encode()
-        fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path_for(message))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_whole_file(self.path_for(message), data)
 
 
 def make_sms_backend(settings: Settings) -> SmsBackend:

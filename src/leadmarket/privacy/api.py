@@ -171,11 +171,23 @@ async def _report(
     return report
 
 
-def _attachment(request_id: str, extension: str) -> dict[str, str]:
-    return {
-        "Content-Disposition": f'attachment; filename="leadmarket-{request_id}.{extension}"',
-        "Cache-Control": "no-store",
-    }
+def report_download(request_id: str, report: dict[str, Any], extension: str) -> Response:
+    """The report as a file to save, ``json`` or ``csv`` (portable, P1); never cached. The
+    consumer pages answer their downloads with it too."""
+    if extension == "json":
+        body = json.dumps(report, indent=2, sort_keys=True, default=str)
+        media_type = "application/json"
+    else:
+        body = consumer_data.report_as_csv(report)
+        media_type = "text/csv; charset=utf-8"
+    return Response(
+        body,
+        media_type=media_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="leadmarket-{request_id}.{extension}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @consumer.get(
@@ -187,11 +199,7 @@ async def report_json(
     request_id: RequestId, token: Token, request: Request, session: Session
 ) -> Response:
     report = await _report(session, _settings(request), request_id, token)
-    return Response(
-        json.dumps(report, indent=2, sort_keys=True, default=str),
-        media_type="application/json",
-        headers=_attachment(request_id, "json"),
-    )
+    return report_download(request_id, report, "json")
 
 
 @consumer.get(
@@ -203,11 +211,7 @@ async def report_csv(
     request_id: RequestId, token: Token, request: Request, session: Session
 ) -> Response:
     report = await _report(session, _settings(request), request_id, token)
-    return Response(
-        consumer_data.report_as_csv(report),
-        media_type="text/csv; charset=utf-8",
-        headers=_attachment(request_id, "csv"),
-    )
+    return report_download(request_id, report, "csv")
 
 
 # The privacy officer ---------------------------------------------------------------------------

@@ -98,10 +98,6 @@ SOURCES: dict[str, str] = {
 }
 
 
-def _reader() -> Reader:
-    return Reader.privacy_engine()
-
-
 def _reason(request_id: str) -> str:
     return f"privacy request {request_id}"
 
@@ -226,7 +222,7 @@ async def _open(
             session,
             settings,
             lead_id,
-            reader=_reader(),
+            reader=Reader.privacy_engine(),
             purpose=Purpose.RIGHTS_REQUEST,
             reason=_reason(request_id),
             fields=fields,
@@ -551,16 +547,17 @@ async def _notify_buyers(
     for buyer_id, buyer_orders in by_buyer.items():
         endpoint = await webhooks.get_endpoint(session, buyer_id)
         if endpoint is not None:
-            for order in buyer_orders:
-                delivered_to = set(
-                    await session.scalars(
-                        select(WebhookDelivery.url).where(
-                            WebhookDelivery.order_id == order.id,
-                            WebhookDelivery.event_type == LEAD_DELIVERED,
-                        )
-                    )
+            # Where each order's lead went, for all of this buyer's orders in one query.
+            delivered_to: dict[str, set[str]] = {}
+            for order_id, url in await session.execute(
+                select(WebhookDelivery.order_id, WebhookDelivery.url).where(
+                    WebhookDelivery.order_id.in_([o.id for o in buyer_orders]),
+                    WebhookDelivery.event_type == LEAD_DELIVERED,
                 )
-                for url in sorted(delivered_to | {endpoint.url}):
+            ):
+                delivered_to.setdefault(order_id, set()).add(url)
+            for order in buyer_orders:
+                for url in sorted(delivered_to.get(order.id, set()) | {endpoint.url}):
                     await webhooks.enqueue_delivery(
                         session,
                         order_id=order.id,

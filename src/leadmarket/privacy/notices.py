@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
@@ -323,7 +323,3 @@ def refresh_banner_after_commit(session: AsyncSession, banner: NoticeBanner) -> 
         banner.invalidate()
 
     after_commit(session, ("notice-banner", id(banner)), refresh)
-
-
-async def count_versions(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(PrivacyNotice)) or 0)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import hmac
 import json
 import logging
@@ -44,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, text
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor, record
@@ -62,7 +61,7 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
-from leadmarket.leads.intake import LeadsKit
+from leadmarket.leads.intake import LeadsKit, take_advisory_locks
 from leadmarket.leads.vault import IndexKind
 from leadmarket.models import LeadBlindIndex
 from leadmarket.models.privacy import (
@@ -654,11 +653,8 @@ class Identity:
             PrivacyRequest.phone_digest.in_(sorted(self.phone_digests)),
         )
 
-    def lock_keys(self) -> list[int]:
-        return sorted(
-            int(hashlib.sha256(f"privacy\0{d}".encode()).hexdigest()[:15], 16)
-            for d in self.email_digests | self.phone_digests
-        )
+    def lock_names(self) -> list[str]:
+        return [f"privacy\0{d}" for d in self.email_digests | self.phone_digests]
 
 
 async def consumer_identity(session: AsyncSession, request: PrivacyRequest) -> Identity:
@@ -685,10 +681,7 @@ async def _lock_consumer(session: AsyncSession, identity: Identity) -> None:
     """Serialise the fulfilment of one consumer's requests on PostgreSQL, so two running at
     once cannot both pass the twice-a-year count (SQLite's write lock already does). The keys
     are taken in one global order, so two requests sharing some of them cannot deadlock."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    for key in identity.lock_keys():
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    await take_advisory_locks(session, identity.lock_names())
 
 
 async def answered_know_access_requests(

@@ -199,12 +199,6 @@ class VerifyOut(BaseModel):
     status: str
 
 
-class KeptRecordOut(BaseModel):
-    record: str
-    count: int
-    legal_reason: str
-
-
 class PrivacyRequestStatusOut(BaseModel):
     id: str
     type: str

@@ -40,7 +40,9 @@ from leadmarket.kit.http import client_ip
 from leadmarket.kit.routing import get_session, guard
 from leadmarket.models import PrivacyRequest, Role
 from leadmarket.models.privacy import OPEN_STATUSES, DenialReason, RequestStatus, RequestType
-from leadmarket.privacy import consumer_data, requests
+from leadmarket.privacy import requests
+from leadmarket.privacy.api import report_download
+from leadmarket.privacy.preferences import gpc_requested
 from leadmarket.privacy.schemas import (
     MAX_PROOF_DOCUMENT_BYTES,
     PROOF_CONTENT_TYPES,
@@ -119,10 +121,6 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _gpc(request: Request) -> bool:
-    return request.headers.get("sec-gpc", "").strip() == "1"
-
-
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
@@ -141,7 +139,7 @@ def _visitor_page(
     response = render_page(
         request,
         template,
-        {**context, "csrf_token": issued.field_value, "gpc": _gpc(request)},
+        {**context, "csrf_token": issued.field_value, "gpc": gpc_requested(request.headers)},
         status_code=status_code,
         headers=headers,
     )
@@ -416,7 +414,7 @@ async def status_page(
             if answer is not None
             else None,
             "has_report": row.report_sealed is not None,
-            "gpc": _gpc(request),
+            "gpc": gpc_requested(request.headers),
         },
     )
 
@@ -460,13 +458,6 @@ async def _report_by_cookie(
     return report
 
 
-def _download_headers(request_id: str, extension: str) -> dict[str, str]:
-    return {
-        "Content-Disposition": f'attachment; filename="leadmarket-{request_id}.{extension}"',
-        "Cache-Control": "no-store",
-    }
-
-
 @router.get("/privacy/requests/{request_id}/report.json")
 async def download_json(
     request: Request,
@@ -475,11 +466,7 @@ async def download_json(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     report = await _report_by_cookie(request, session, request_id)
-    return Response(
-        json.dumps(report, indent=2, sort_keys=True, default=str),
-        media_type="application/json",
-        headers=_download_headers(request_id, "json"),
-    )
+    return report_download(request_id, report, "json")
 
 
 @router.get("/privacy/requests/{request_id}/report.csv")
@@ -490,11 +477,7 @@ async def download_csv(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     report = await _report_by_cookie(request, session, request_id)
-    return Response(
-        consumer_data.report_as_csv(report),
-        media_type="text/csv; charset=utf-8",
-        headers=_download_headers(request_id, "csv"),
-    )
+    return report_download(request_id, report, "csv")
 
 
 # The privacy officer's queue ---------------------------------------------------------------------

@@ -34,7 +34,13 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
-from leadmarket.leads.vault import PersonalDataDestroyed, Purpose, Reader, reveal_personal_data
+from leadmarket.leads.vault import (
+    PersonalDataDestroyed,
+    Purpose,
+    Reader,
+    is_past_retention,
+    reveal_personal_data,
+)
 from leadmarket.models import (
     AuditEvent,
     Lead,
@@ -387,9 +393,7 @@ async def _collect_lead(
     sealed: dict[str, Any] = {}
     # Past its retention deadline the data counts as destroyed even if the sweep is late (L4):
     # the platform promised it would be gone, so it is not handed to anyone.
-    destroyed = lead.pii_destroyed_at is not None or (
-        lead.pii_expires_at is not None and lead.pii_expires_at <= utcnow()
-    )
+    destroyed = is_past_retention(lead, utcnow())
     if needed and not destroyed:
         try:
             sealed = await reveal_personal_data(
