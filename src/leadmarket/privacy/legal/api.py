@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.accounts import repository
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.config import Settings
@@ -38,7 +39,7 @@ def _settings(request: Request) -> Settings:
 
 
 async def request_out(session: AsyncSession, item: LegalRequest) -> LegalRequestOut:
-    names = await service.usernames(session, [item.subject_user_id])
+    names = await repository.usernames(session, [item.subject_user_id])
     return LegalRequestOut(
         id=item.id,
         status=item.status,

@@ -239,14 +239,6 @@ async def list_requests(
     return list(await session.scalars(query))
 
 
-async def usernames(session: AsyncSession, user_ids: Sequence[str | None]) -> dict[str, str]:
-    ids = {i for i in user_ids if i}
-    if not ids:
-        return {}
-    rows = await session.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    return {str(r[0]): str(r[1]) for r in rows}
-
-
 async def _claim(
     session: AsyncSession,
     request_id: str,
@@ -585,7 +577,7 @@ async def produce(
         subject = {"kind": LegalSubjectKind.LEAD.value, "lead_id": request.subject_lead_id}
     else:
         collected = await _collect_member(session, request, fields)
-        names = await usernames(session, [request.subject_user_id])
+        names = await repository.usernames(session, [request.subject_user_id])
         subject = {
             "kind": LegalSubjectKind.MEMBER.value,
             "username": names.get(request.subject_user_id or "", ""),

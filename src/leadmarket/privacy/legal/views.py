@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from leadmarket.accounts import repository
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
@@ -230,7 +231,7 @@ async def _detail(
     status_code: int = 200,
 ) -> Response:
     item = await request_out(session, await service.get_request(session, request_id))
-    names = await service.usernames(
+    names = await repository.usernames(
         session, [item.entered_by, item.verified_by, item.rejected_by, item.produced_by]
     )
     return render_page(
