@@ -15,17 +15,15 @@ with the same content, built afresh."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,6 +39,14 @@ from leadmarket.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+)
+from leadmarket.webhooks.outbound import (
+    AddressNotPublic,
+    checked_addresses,
+    is_local_name,
+    is_private_address,
+    public_client,
+    refused_as_private,
 )
 from leadmarket.webhooks.signing import SECRET_PREFIX, generate_secret, signed_headers
 
@@ -114,18 +120,13 @@ def check_url(url: str, settings: Settings) -> str:
     return url
 
 
-def _is_private_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global
-
-
 def _is_private_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+    if is_local_name(host):
         return True
     try:
-        return _is_private_address(host)
+        return is_private_address(host)
     except ValueError:
-        return False  # a name: checked when it is resolved, at delivery time
+        return False  # a name: checked when it is resolved, at connection time (outbound)
 
 
 async def get_endpoint(session: AsyncSession, owner_id: str) -> WebhookEndpoint | None:
@@ -292,20 +293,21 @@ async def _prepare(
 
 
 async def resolves_to_private(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if _is_private_host(host):
-        return True
+    """An early answer for callers that check before connecting. It proves nothing about the
+    connection that follows (the name may resolve differently then): connect through
+    :func:`outbound.public_client`, which checks the addresses it connects to."""
+    parts = urlsplit(url)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False  # the POST reports the failure to resolve
-    return any(_is_private_address(str(info[4][0])) for info in infos)
+        await checked_addresses(parts.hostname or "", parts.port or 443, allow_private=False)
+    except httpcore.ConnectError as exc:
+        return isinstance(exc, AddressNotPublic)
+    return False
 
 
 async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _Outcome:
-    """Step 2, with no transaction open."""
-    if not settings.webhook_allow_private_networks and await resolves_to_private(prepared.url):
-        return _Outcome(None, 0, "The endpoint's address is not on the public internet.", True)
+    """Step 2, with no transaction open. The connection goes only to addresses checked as
+    public when it is made (:mod:`leadmarket.webhooks.outbound`); a refused address ends the
+    delivery for good, as a refused URL would."""
     headers = {
         **signed_headers(prepared.secret, delivery_id, prepared.body, timestamp=int(time.time())),
         "content-type": "application/json",
@@ -313,12 +315,14 @@ async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _O
     }
     started = time.monotonic()
     try:
-        async with httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
-        ) as client:
+        async with public_client(settings, timeout=settings.webhook_timeout_seconds) as client:
             response = await client.post(prepared.url, content=prepared.body, headers=headers)
     except httpx.HTTPError as exc:
         elapsed = int((time.monotonic() - started) * 1000)
+        if refused_as_private(exc):
+            return _Outcome(
+                None, elapsed, "The endpoint's address is not on the public internet.", True
+            )
         return _Outcome(None, elapsed, describe_error(exc)[:300])
     elapsed = int((time.monotonic() - started) * 1000)
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
