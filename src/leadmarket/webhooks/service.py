@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
@@ -33,7 +33,7 @@ from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.jobs import describe_error, enqueue, retry_delay
-from leadmarket.kit.keyring import open_sealed, seal
+from leadmarket.kit.keyring import DecryptionFailed, Keyring, WrappedKey, open_sealed
 from leadmarket.models import (
     DeliveryStatus,
     WebhookAttempt,
@@ -85,18 +85,91 @@ def payload_builder(event_type: str) -> Callable[[PayloadBuilder], PayloadBuilde
 # Endpoints --------------------------------------------------------------------------------
 
 
-def _secret_key(settings: Settings) -> bytes:
+def _owner(endpoint_id: str) -> str:
+    """The name the keyring binds an endpoint's sealed secret to (never a lead's id)."""
+    return f"webhook-endpoint|{endpoint_id}"
+
+
+def _seal_secret(keyring: Keyring, endpoint: WebhookEndpoint, secret: bytes) -> None:
+    """The secret is key material itself, so the master key wraps it directly, as it wraps a
+    lead's data key: rotating the master key re-wraps it (:func:`rewrap_endpoint_secrets`)."""
+    wrapped = keyring.wrap(secret, _owner(endpoint.id))
+    endpoint.key_version, endpoint.secret_sealed = wrapped.version, wrapped.wrapped
+
+
+def _legacy_secret_key(settings: Settings) -> bytes:
+    """The key secrets were sealed with before migration 0017: derived from
+    ``LEADMARKET_SECRET_KEY``, so changing that setting made them unreadable."""
     return derive_key(settings.signing_key(), "webhook-endpoint-secret")
 
 
-def _context(endpoint_id: str) -> bytes:
-    return f"webhook-endpoint|{endpoint_id}".encode()
+def _convert_legacy(settings: Settings, endpoint: WebhookEndpoint) -> bytes:
+    """Open a secret sealed the old way and seal it again under the master keyring.
+
+    Done lazily, here and in :func:`rewrap_endpoint_secrets`, rather than in migration 0017:
+    a migration runs wherever ``leadmarket migrate`` is typed, possibly without the service's
+    ``LEADMARKET_SECRET_KEY`` (where :meth:`Settings.signing_key` would even create a fresh
+    random one), and would then seal nothing or fail the upgrade. The service and the
+    ``keys`` commands run with the service's own settings, which hold the old key. Operators
+    run ``leadmarket keys rewrap`` once before changing ``LEADMARKET_SECRET_KEY``; a secret
+    that no longer opens stays as it is (it was lost when the key changed) and is counted."""
+    context = _owner(endpoint.id).encode()  # the old scheme's context was the same text
+    secret = open_sealed(_legacy_secret_key(settings), endpoint.secret_sealed, context)
+    _seal_secret(settings.keyring(), endpoint, secret)
+    return secret
 
 
 def endpoint_secret(settings: Settings, endpoint: WebhookEndpoint) -> str:
-    return open_sealed(
-        _secret_key(settings), endpoint.secret_sealed, _context(endpoint.id)
-    ).decode()
+    """The endpoint's signing secret. A secret still sealed the pre-0017 way is converted on
+    the spot (the caller's transaction stores it)."""
+    if endpoint.key_version is None:
+        return _convert_legacy(settings, endpoint).decode()
+    wrapped = WrappedKey(endpoint.key_version, endpoint.secret_sealed)
+    return settings.keyring().unwrap(wrapped, _owner(endpoint.id)).decode()
+
+
+async def rewrap_endpoint_secrets(
+    session: AsyncSession, settings: Settings, *, batch_size: int = 500
+) -> tuple[int, int]:
+    """Seal every endpoint secret under the current master key version (``leadmarket keys
+    rotate`` and ``rewrap``), converting those still sealed the pre-0017 way. Returns (done,
+    secrets that no longer open: sealed under a secret key that has since changed). An
+    endpoint locked right now is skipped and keeps its version in use."""
+    keyring = settings.keyring()
+    done = lost = 0
+    after = ""
+    while True:
+        found = (
+            await session.scalars(
+                select(WebhookEndpoint)
+                .where(
+                    WebhookEndpoint.id > after,
+                    or_(
+                        WebhookEndpoint.key_version.is_(None),
+                        WebhookEndpoint.key_version != keyring.current,
+                    ),
+                )
+                .order_by(WebhookEndpoint.id)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not found:
+            return done, lost
+        for endpoint in found:
+            after = endpoint.id
+            try:
+                _seal_secret(keyring, endpoint, endpoint_secret(settings, endpoint).encode())
+            except DecryptionFailed:
+                lost += 1
+                continue
+            done += 1
+        await session.flush()
+
+
+async def endpoint_key_versions_in_use(session: AsyncSession) -> set[int]:
+    versions = await session.scalars(select(WebhookEndpoint.key_version).distinct())
+    return {version for version in versions if version is not None}
 
 
 def check_url(url: str, settings: Settings) -> str:
@@ -156,7 +229,7 @@ async def save_endpoint(
     secret: str | None = None
     if new_secret:
         secret = generate_secret()
-        endpoint.secret_sealed = seal(_secret_key(settings), secret.encode(), _context(endpoint.id))
+        _seal_secret(settings.keyring(), endpoint, secret.encode())
         endpoint.secret_prefix = secret[: len(SECRET_PREFIX) + 4]
     await session.flush()
     return endpoint, secret
@@ -278,6 +351,11 @@ async def _prepare(
         endpoint = await get_endpoint(session, delivery.buyer_id)
         if endpoint is None:
             return _Outcome(None, 0, "The buyer has no webhook endpoint (secret) any more.", True)
+        try:
+            secret = endpoint_secret(settings, endpoint)
+        except DecryptionFailed:
+            message = "The signing secret no longer opens (the secret key changed); set a new one."
+            return _Outcome(None, 0, message, True)
         builder = _BUILDERS.get(delivery.event_type)
         if builder is None:
             return _Outcome(None, 0, f"Unknown message type {delivery.event_type}.", True)
@@ -289,7 +367,7 @@ async def _prepare(
             {"type": delivery.event_type, "timestamp": utcnow().isoformat(), "data": payload},
             separators=(",", ":"),
         ).encode()
-        return _Prepared(url=delivery.url, secret=endpoint_secret(settings, endpoint), body=body)
+        return _Prepared(url=delivery.url, secret=secret, body=body)
 
 
 async def resolves_to_private(url: str) -> bool:
