@@ -172,22 +172,32 @@ async def endpoint_key_versions_in_use(session: AsyncSession) -> set[int]:
     return {version for version in versions if version is not None}
 
 
+def url_problem(url: str, settings: Settings) -> str | None:
+    """Why ``url`` cannot be a buyer's public endpoint (webhook or ping), or None. A host name
+    passes here; its addresses are checked when connecting (``outbound``)."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"Use at most {MAX_URL_LENGTH} characters."
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unbalanced [ in the host
+        return "Give a full https:// address."
+    if parts.scheme not in ("https", "http") or not host:
+        return "Give a full https:// address."
+    if parts.username or parts.password:
+        return "Put no user name or password in the address; the signature authenticates us."
+    if not settings.webhook_allow_private_networks:
+        if parts.scheme != "https":
+            return "Use https: leads carry personal data (S1)."
+        if _is_private_host(host):
+            return "This address is not on the public internet."
+    return None
+
+
 def check_url(url: str, settings: Settings) -> str:
     """Refuse (422, field ``url``) what cannot be a buyer's public endpoint."""
-    message: str | None = None
     url = url.strip()
-    parts = urlsplit(url) if len(url) <= MAX_URL_LENGTH else None
-    if parts is None:
-        message = f"Use at most {MAX_URL_LENGTH} characters."
-    elif parts.scheme not in ("https", "http") or not parts.hostname:
-        message = "Give a full https:// address."
-    elif parts.username or parts.password:
-        message = "Put no user name or password in the address; the signature authenticates us."
-    elif not settings.webhook_allow_private_networks:
-        if parts.scheme != "https":
-            message = "Use https: leads carry personal data (S1)."
-        elif _is_private_host(parts.hostname):
-            message = "This address is not on the public internet."
+    message = url_problem(url, settings)
     if message is not None:
         raise ValidationFailed(message, errors=[FieldError("url", message)])
     return url
