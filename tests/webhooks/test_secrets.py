@@ -5,11 +5,6 @@ the pre-0017 way (under a key derived from the secret key) are converted, on fir
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
-
 import httpx
 import pytest
 from sqlalchemy import select, update
@@ -22,6 +17,7 @@ from leadmarket.kit.keyring import seal
 from leadmarket.models import WebhookDelivery, WebhookEndpoint
 from leadmarket.webhooks import signing
 from leadmarket.webhooks.service import endpoint_secret, rewrap_endpoint_secrets, save_endpoint
+from tests.fixtures.cli import run_leadmarket
 from tests.fixtures.ledger import make_member
 from tests.fixtures.orders import buyer_endpoint
 from tests.orders.test_delivery import bought, worker
@@ -151,22 +147,9 @@ async def test_keys_rotate_rewraps_endpoint_secrets_and_converts_legacy_ones(
         ids = (legacy.id, lost.id)
     assert settings.keyring().versions == [1]
 
-    env = {
-        **os.environ,
-        "LEADMARKET_DATABASE_URL": database_url,
-        "LEADMARKET_VAR_DIR": str(settings.var_dir),
-        "LEADMARKET_SECRET_KEY": "test-secret-key-for-signing-0123456789",
-    }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "leadmarket", "keys", "rotate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = await run_leadmarket(settings, database_url, "keys", "rotate")
     assert result.returncode == 0, result.stderr
-    assert "1 webhook signing secrets do not open" in " ".join(result.stderr.split())
+    assert "1 webhook signing secrets do not open" in result.stderr
     # The lost one still needs nothing: it has no key version, so version 1 could retire.
     assert settings.reload_keyring().versions == [2]
 
