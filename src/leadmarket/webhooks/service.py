@@ -159,10 +159,12 @@ async def rewrap_endpoint_secrets(
         for endpoint in found:
             after = endpoint.id
             try:
-                _seal_secret(keyring, endpoint, endpoint_secret(settings, endpoint).encode())
+                secret = endpoint_secret(settings, endpoint)  # converts a pre-0017 secret
             except DecryptionFailed:
                 lost += 1
                 continue
+            if endpoint.key_version != keyring.current:
+                _seal_secret(keyring, endpoint, secret.encode())
             done += 1
         await session.flush()
 
