@@ -188,9 +188,12 @@ async def test_the_ping_url_is_checked_like_the_apis_and_refused_beside_its_fiel
     await web_member(client)
     form = await client.get(NEW, params={"vertical": "auto-insurance"})
     assert 'name="ping_url"' in form.text
-    refused = await client.post(NEW, data=answers(csrf_of(form.text), ping_url=ping_url))
+    refused = await client.post(
+        NEW, data=answers(csrf_of(form.text), ping_url=ping_url, **{"filters.regions": "XX"})
+    )
     assert refused.status_code == 422
     assert control_is_in_error(refused.text, "ping_url")
+    assert control_is_in_error(refused.text, "filters-regions")  # every problem at once
     beside = refused.text.split('id="ping_url-error"', 1)[1][:400]
     assert message in html.unescape(re.sub(r"<[^>]+>", "", beside))
     assert html.escape(ping_url) in refused.text  # what was typed is kept

@@ -186,11 +186,11 @@ def check_campaign(payload: Mapping[str, Any]) -> tuple[CampaignIn, dict[str, An
     raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors)
 
 
-def check_endpoint_urls(fields: Mapping[str, Any], settings: Settings) -> None:
+def endpoint_url_errors(fields: Mapping[str, Any], settings: Settings) -> list[FieldError]:
     """The campaign's ``webhook_url`` and ``ping_url`` among ``fields`` (a body, a PATCH, a
     form's payload) against the same network rule as the buyer's webhook endpoint: https, not
-    a private or loopback address, unless ``LEADMARKET_WEBHOOK_ALLOW_PRIVATE_NETWORKS``. A 422
-    naming each refused field. Checked where a request comes in, as ``PUT /me/webhook`` does;
+    a private or loopback address, unless ``LEADMARKET_WEBHOOK_ALLOW_PRIVATE_NETWORKS``. One
+    error per refused field. Checked where a request comes in, as ``PUT /me/webhook`` does;
     the service calls themselves take any address (tests, the demo)."""
     errors = []
     for name in ("webhook_url", "ping_url"):
@@ -199,6 +199,12 @@ def check_endpoint_urls(fields: Mapping[str, Any], settings: Settings) -> None:
             message = url_problem(url.strip(), settings)
             if message is not None:
                 errors.append(FieldError(name, message))
+    return errors
+
+
+def check_endpoint_urls(fields: Mapping[str, Any], settings: Settings) -> None:
+    """:func:`endpoint_url_errors` as a 422 naming each refused field."""
+    errors = endpoint_url_errors(fields, settings)
     if errors:
         raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 

@@ -660,10 +660,11 @@ async def _save(
     campaign_id: str | None,
 ) -> Response:
     read = read_campaign_form(await request.form(), vertical)
+    # Collected first so that they are shown together with whatever check_campaign refuses.
+    url_errors = service.endpoint_url_errors(read.payload, _settings(request))
     try:
-        service.check_endpoint_urls(read.payload, _settings(request))
         data, _ = service.check_campaign(read.payload)
-        if read.errors:
+        if read.errors or url_errors:
             raise ValidationFailed(errors=[])
         if campaign_id is None:
             await service.create_campaign(session, principal.user, data)
@@ -672,7 +673,7 @@ async def _save(
     except ValidationFailed as exc:
         await session.rollback()
         errors = dict(read.errors)
-        for name, message in place_errors(exc.errors, _known(vertical)).items():
+        for name, message in place_errors([*url_errors, *exc.errors], _known(vertical)).items():
             errors.setdefault(name, message)
         return _form_page(
             request,
