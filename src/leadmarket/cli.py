@@ -300,6 +300,7 @@ async def _rewrap(settings: Settings) -> tuple[int, set[int]]:
     from leadmarket.leads.vault import key_versions_in_use, rewrap_all
     from leadmarket.privacy.legal.service import legal_key_versions_in_use, rewrap_legal_keys
     from leadmarket.privacy.requests import request_key_versions_in_use, rewrap_request_keys
+    from leadmarket.webhooks.service import endpoint_key_versions_in_use, rewrap_endpoint_secrets
 
     db = Database(make_engine(settings.database_url))
     try:
@@ -310,12 +311,21 @@ async def _rewrap(settings: Settings) -> tuple[int, set[int]]:
             done += await rewrap_upload_keys(session, settings.keyring())
             done += await rewrap_request_keys(session, settings.keyring())
             done += await rewrap_legal_keys(session, settings.keyring())
+            # Buyers' webhook signing secrets, sealed by the master key directly.
+            secrets_done, secrets_lost = await rewrap_endpoint_secrets(session, settings)
+            done += secrets_done
         async with db.transaction() as session:
             in_use = (
                 await key_versions_in_use(session)
                 | await upload_key_versions_in_use(session)
                 | await request_key_versions_in_use(session)
                 | await legal_key_versions_in_use(session)
+            )
+            in_use |= await endpoint_key_versions_in_use(session)
+        if secrets_lost:
+            console.print(
+                f"[red]{secrets_lost} webhook signing secrets do not open with this "
+                "LEADMARKET_SECRET_KEY; their buyers must set new ones.[/red]"
             )
         return done, in_use
     finally:

@@ -214,6 +214,13 @@ class Settings(BaseSettings):
         description="When busy, how long the ping recorder waits to gather more pings into one "
         "transaction (an idle server writes each ping at once).",
     )
+    ping_retention_days: int = Field(
+        default=90,
+        ge=1,
+        le=3650,
+        description="Pings older than this are deleted by the hourly ping sweep, unless they "
+        "were posted and their lead still exists (pingpost.retention).",
+    )
 
     # Orders and lead delivery.
     return_window_hours: int = Field(

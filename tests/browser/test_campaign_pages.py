@@ -1,6 +1,6 @@
 """A buyer in a real browser: signs in, finds Campaigns in the navigation, creates a campaign
-with filters of the vertical (a mistake first, shown beside its control), pauses and resumes
-it. The browser reports no script error or failed resource."""
+with filters of the vertical and its own bidding endpoint (mistakes first, each shown beside
+its control), pauses and resumes it. The browser reports no script error or failed resource."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def test_a_buyer_creates_pauses_and_resumes_a_campaign(
     page.get_by_label("States and provinces").fill("CA, XX")
     page.get_by_label("Honda").check()
     page.get_by_label("Monday").check()
+    page.get_by_label("Bid from your own server").fill("https://127.0.0.1/bids")
     page.get_by_role("button", name="Create the campaign").click()
 
     expect(page.get_by_role("heading", name="There is a problem")).to_be_visible()
@@ -43,8 +44,12 @@ def test_a_buyer_creates_pauses_and_resumes_a_campaign(
     expect(regions).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#filters-regions-error")).to_contain_text("two-letter code")
     expect(page.get_by_label("Honda")).to_be_checked()  # what was chosen is kept
+    ping_url = page.get_by_label("Bid from your own server")
+    expect(ping_url).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#ping_url-error")).to_contain_text("not on the public internet")
 
     regions.fill("CA, NV")
+    ping_url.fill("https://bids.example.com/ping")
     page.get_by_role("button", name="Create the campaign").click()
     expect(page.get_by_role("status")).to_contain_text("The campaign was created.")
     row = page.get_by_role("row", name="Fresno Hondas")

@@ -163,6 +163,11 @@ async def test_remembered_session_needs_the_password_to_change_a_campaign(
         ({"webhook_url": "ftp://buyer.example.com/x"}, "webhook_url"),
         ({"webhook_url": "https://user:pw@buyer.example.com/"}, "webhook_url"),
         ({"webhook_url": "https://buyer.example.com:port/"}, "webhook_url"),
+        ({"webhook_url": "http://buyer.example.com/leads"}, "webhook_url"),
+        ({"webhook_url": "https://10.1.2.3/leads"}, "webhook_url"),
+        ({"ping_url": "https://127.0.0.1/ping"}, "ping_url"),
+        ({"ping_url": "http://bids.example.com/ping"}, "ping_url"),
+        ({"ping_url": "https://api.localhost/ping"}, "ping_url"),
         ({"schedule": {"days": ["mon"], "start_hour": 18, "end_hour": 8}}, "schedule.end_hour"),
         ({"schedule": {"days": ["someday"]}}, "schedule.days.0"),
         ({"filters": {"age_min": 50, "age_max": 30}}, "filters.age_max"),
@@ -244,3 +249,20 @@ async def test_patch_checks_the_resulting_campaign(client: httpx.AsyncClient) ->
     assert "unknown" in fields_of(await client.patch(path, json={"unknown": 1}, headers=auth))
     unchanged = (await client.get(path, headers=auth)).json()
     assert unchanged["vertical"] == "auto-insurance" and unchanged["bid_cents"] == 2500
+
+
+async def test_a_patch_to_a_private_ping_url_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    _, auth = await signed_in(client, "buyer")
+    url = "https://bids.example.com/ping"
+    created = await client.post(URL, json=campaign_body(ping_url=url), headers=auth)
+    assert created.status_code == 201, created.text
+    path = f"{URL}/{created.json()['id']}"
+    refused = await client.patch(
+        path, json={"ping_url": "https://169.254.169.254/latest", "bid_cents": 999}, headers=auth
+    )
+    assert refused.status_code == 422
+    assert fields_of(refused) == {"ping_url"}
+    after = (await client.get(path, headers=auth)).json()
+    assert after["ping_url"] == url and after["bid_cents"] == created.json()["bid_cents"]

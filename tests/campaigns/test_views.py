@@ -4,10 +4,12 @@ refused; another buyer's campaign is not there."""
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,3 +170,60 @@ async def test_sellers_are_refused_and_other_buyers_see_nothing(
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as seller:
         await web_member(seller, "seller")
         assert (await seller.get("/buyer/campaigns")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("ping_url", "message"),
+    [
+        ("http://bids.example.com/ping", "Use https"),
+        ("https://127.0.0.1/ping", "not on the public internet"),
+        ("https://localhost:8443/ping", "not on the public internet"),
+        ("https://bids.example.com:port/ping", "Not a valid web address"),
+        ("https://[::1/ping", "Give a full https://"),
+    ],
+)
+async def test_the_ping_url_is_checked_like_the_apis_and_refused_beside_its_field(
+    client: httpx.AsyncClient, session: AsyncSession, ping_url: str, message: str
+) -> None:
+    await web_member(client)
+    form = await client.get(NEW, params={"vertical": "auto-insurance"})
+    assert 'name="ping_url"' in form.text
+    refused = await client.post(
+        NEW, data=answers(csrf_of(form.text), ping_url=ping_url, **{"filters.regions": "XX"})
+    )
+    assert refused.status_code == 422
+    assert control_is_in_error(refused.text, "ping_url")
+    assert control_is_in_error(refused.text, "filters-regions")  # every problem at once
+    beside = refused.text.split('id="ping_url-error"', 1)[1][:400]
+    assert message in html.unescape(re.sub(r"<[^>]+>", "", beside))
+    assert html.escape(ping_url) in refused.text  # what was typed is kept
+    assert await campaigns_of(session) == 0
+
+
+async def test_the_ping_url_is_set_shown_changed_and_cleared_through_the_pages(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await web_member(client)
+    form = await client.get(NEW, params={"vertical": "auto-insurance"})
+    url = "https://bids.example.com/ping"
+    created = await client.post(NEW, data=answers(csrf_of(form.text), ping_url=url))
+    assert created.status_code == 303, created.text
+    row = await session.scalar(select(Campaign))
+    assert row is not None and row.ping_url == url
+
+    edit = await client.get(f"/buyer/campaigns/{row.id}")
+    assert f'value="{url}"' in edit.text
+    refused = await client.post(
+        f"/buyer/campaigns/{row.id}",
+        data=answers(csrf_of(edit.text), ping_url="https://10.0.0.8/ping"),
+    )
+    assert refused.status_code == 422
+    assert control_is_in_error(refused.text, "ping_url")
+    await session.refresh(row)
+    assert row.ping_url == url  # nothing written
+    cleared = await client.post(
+        f"/buyer/campaigns/{row.id}", data=answers(csrf_of(edit.text), ping_url="")
+    )
+    assert cleared.status_code == 303, cleared.text
+    await session.refresh(row)
+    assert row.ping_url is None

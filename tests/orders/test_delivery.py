@@ -154,6 +154,7 @@ def test_webhook_urls_must_be_public_https(settings: Settings) -> None:
         "https://user:pw@hooks.example.com/",
         "ftp://hooks.example.com/",
         "not a url",
+        "https://[::1/x",
     ):
         with pytest.raises(ValidationFailed):
             check_url(url, strict)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import CampaignIn, CampaignOut, CampaignPatch
+from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
@@ -24,6 +25,11 @@ CampaignId = Annotated[str, Path(max_length=40)]
 # Reading is part of the buyer's dashboard (A2); changing a campaign moves money later.
 viewing = requires(Action.VIEW_DASHBOARD, Role.BUYER)
 managing = requires(Action.MANAGE_CAMPAIGNS, Role.BUYER)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def campaign_outs(session: AsyncSession, campaigns: list[Campaign]) -> list[CampaignOut]:
@@ -80,8 +86,9 @@ async def list_campaigns(
     responses={422: {"description": "A wrong field; `errors` names each one"}},
 )
 async def create_campaign(
-    body: CampaignIn, session: Session, principal: Principal = Depends(managing)
+    request: Request, body: CampaignIn, session: Session, principal: Principal = Depends(managing)
 ) -> CampaignOut:
+    service.check_endpoint_urls(body.model_dump(), _settings(request))
     campaign = await service.create_campaign(session, principal.user, body)
     return (await campaign_outs(session, [campaign]))[0]
 
@@ -100,14 +107,15 @@ async def get_campaign(
     responses={422: {"description": "A wrong field; `errors` names each one"}},
 )
 async def patch_campaign(
+    request: Request,
     campaign_id: CampaignId,
     body: CampaignPatch,
     session: Session,
     principal: Principal = Depends(managing),
 ) -> CampaignOut:
-    campaign = await service.update_campaign(
-        session, principal.user, campaign_id, body.model_dump(exclude_unset=True)
-    )
+    changes = body.model_dump(exclude_unset=True)
+    service.check_endpoint_urls(changes, _settings(request))
+    campaign = await service.update_campaign(session, principal.user, campaign_id, changes)
     return (await campaign_outs(session, [campaign]))[0]
 
 

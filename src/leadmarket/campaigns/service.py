@@ -32,11 +32,13 @@ from sqlalchemy import CursorResult, Table, and_, case, func, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.campaigns.schemas import CampaignIn
+from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, insert_or_update, utcnow
 from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed, validation_errors
 from leadmarket.kit.ids import new_id
 from leadmarket.models import Campaign, CampaignCapCounter, MatchingVersion, User
 from leadmarket.verticals.registry import FieldSpec, Vertical, get_vertical
+from leadmarket.webhooks.service import url_problem
 
 # What "no cap" compares against in the conditional UPDATE (the largest 32-bit integer).
 _NO_CAP = 2_147_483_647
@@ -182,6 +184,29 @@ def check_campaign(payload: Mapping[str, Any]) -> tuple[CampaignIn, dict[str, An
             if error.field not in known:
                 errors.append(error)
     raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors)
+
+
+def endpoint_url_errors(fields: Mapping[str, Any], settings: Settings) -> list[FieldError]:
+    """The campaign's ``webhook_url`` and ``ping_url`` among ``fields`` (a body, a PATCH, a
+    form's payload) against the same network rule as the buyer's webhook endpoint: https, not
+    a private or loopback address, unless ``LEADMARKET_WEBHOOK_ALLOW_PRIVATE_NETWORKS``. One
+    error per refused field. Checked where a request comes in, as ``PUT /me/webhook`` does;
+    the service calls themselves take any address (tests, the demo)."""
+    errors = []
+    for name in ("webhook_url", "ping_url"):
+        url = fields.get(name)
+        if isinstance(url, str) and url.strip():
+            message = url_problem(url.strip(), settings)
+            if message is not None:
+                errors.append(FieldError(name, message))
+    return errors
+
+
+def check_endpoint_urls(fields: Mapping[str, Any], settings: Settings) -> None:
+    """:func:`endpoint_url_errors` as a 422 naming each refused field."""
+    errors = endpoint_url_errors(fields, settings)
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 
 
 # Reading -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import DAYS, DEFAULT_TIMEZONE, known_timezones
+from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, ValidationFailed
 from leadmarket.kit.money import format_money, parse_dollars
@@ -82,6 +83,11 @@ NOTICES = {
 _API_TO_FORM = {"bid_cents": "bid", "budget_cents": "budget"}
 _NUMBER = re.compile(r"^[+-]?\d{1,15}(?:\.\d{1,6})?$", re.ASCII)
 _WHOLE = re.compile(r"^\d{1,9}$", re.ASCII)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def buyer_page(
@@ -303,6 +309,17 @@ def main_inputs(timezone: str | None) -> tuple[InputSpec, ...]:
             maxlength=2000,
             hint="Where bought leads are sent, https://… Empty: pick them up through the API.",
         ),
+        InputSpec(
+            "ping_url",
+            "Bid from your own server",
+            required=False,
+            input_type="url",
+            spellcheck=False,
+            maxlength=2000,
+            hint="Real-time pings are sent to this https://… address (no contact data); its "
+            'answer {"bid_cents": n}, up to the bid above, is the campaign\'s bid. '
+            "Empty: the campaign bids its bid on every ping it matches.",
+        ),
     )
 
 
@@ -419,7 +436,16 @@ def read_campaign_form(form: FormData, vertical: Vertical) -> ReadForm:
     read (a price that is not a number)."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for name in ("name", "currency", "timezone", "webhook_url", "bid", "budget", "daily_cap"):
+    for name in (
+        "name",
+        "currency",
+        "timezone",
+        "webhook_url",
+        "ping_url",
+        "bid",
+        "budget",
+        "daily_cap",
+    ):
         values[name] = _text(form, name).strip()
     values["monthly_cap"] = _text(form, "monthly_cap").strip()
     payload: dict[str, Any] = {
@@ -428,6 +454,7 @@ def read_campaign_form(form: FormData, vertical: Vertical) -> ReadForm:
         "currency": values["currency"] or "USD",
         "timezone": values["timezone"] or DEFAULT_TIMEZONE,
         "webhook_url": values["webhook_url"] or None,
+        "ping_url": values["ping_url"] or None,
         "exclusive_only": _text(form, "exclusive_only") == "yes",
         "active": _text(form, "active") == "yes",
     }
@@ -515,6 +542,7 @@ def form_values(campaign: Campaign) -> dict[str, Any]:
         "budget": f"{Decimal(campaign.budget_cents) / 100:.2f}" if campaign.budget_cents else "",
         "timezone": campaign.timezone,
         "webhook_url": campaign.webhook_url or "",
+        "ping_url": campaign.ping_url or "",
         "exclusive_only": campaign.exclusive_only,
         "active": campaign.active,
         "filters.regions": ", ".join(filters.get("regions", [])),
@@ -632,9 +660,11 @@ async def _save(
     campaign_id: str | None,
 ) -> Response:
     read = read_campaign_form(await request.form(), vertical)
+    # Collected first so that they are shown together with whatever check_campaign refuses.
+    url_errors = service.endpoint_url_errors(read.payload, _settings(request))
     try:
         data, _ = service.check_campaign(read.payload)
-        if read.errors:
+        if read.errors or url_errors:
             raise ValidationFailed(errors=[])
         if campaign_id is None:
             await service.create_campaign(session, principal.user, data)
@@ -643,7 +673,7 @@ async def _save(
     except ValidationFailed as exc:
         await session.rollback()
         errors = dict(read.errors)
-        for name, message in place_errors(exc.errors, _known(vertical)).items():
+        for name, message in place_errors([*url_errors, *exc.errors], _known(vertical)).items():
             errors.setdefault(name, message)
         return _form_page(
             request,

@@ -131,8 +131,11 @@ class Disclosure(Base):
 
 class WebhookEndpoint(Base):
     """A buyer's endpoint for lead deliveries and its signing secret (Standard Webhooks). The
-    secret is stored sealed (AES-GCM under a key derived from the service's root secret): the
-    service must sign with it, so a one-way digest would not do."""
+    service must sign with the secret, so a one-way digest would not do: it is stored sealed
+    by master key version ``key_version`` (``kit.keyring``, the keys that wrap leads' data
+    keys, rotated by ``leadmarket keys rotate``). ``key_version`` NULL: sealed before
+    migration 0017 under a key derived from ``LEADMARKET_SECRET_KEY``; converted on first use
+    or by ``leadmarket keys rewrap`` (see ``webhooks.service``)."""
 
     __tablename__ = "webhook_endpoints"
 
@@ -140,6 +143,7 @@ class WebhookEndpoint(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), unique=True)
     url: Mapped[str] = mapped_column(String(2000))
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    key_version: Mapped[int | None] = mapped_column(Integer)
     secret_prefix: Mapped[str] = mapped_column(String(16))  # "whsec_" + 4 chars, to tell them apart
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -28,7 +28,11 @@ class PingOutcome(enum.StrEnum):
 
 class Ping(Base):
     __tablename__ = "pings"
-    __table_args__ = (Index("ix_pings_seller_created", "seller_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_pings_seller_created", "seller_id", "created_at"),
+        # The retention sweep (pingpost.retention) walks the oldest pings first.
+        Index("ix_pings_created_at", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("png"))
     seller_id: Mapped[str] = mapped_column(ForeignKey("users.id"))

@@ -15,19 +15,17 @@ with the same content, built afresh."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
@@ -35,12 +33,20 @@ from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.jobs import describe_error, enqueue, retry_delay
-from leadmarket.kit.keyring import open_sealed, seal
+from leadmarket.kit.keyring import DecryptionFailed, Keyring, WrappedKey, open_sealed
 from leadmarket.models import (
     DeliveryStatus,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+)
+from leadmarket.webhooks.outbound import (
+    AddressNotPublic,
+    checked_addresses,
+    is_local_name,
+    is_private_address,
+    public_client,
+    refused_as_private,
 )
 from leadmarket.webhooks.signing import SECRET_PREFIX, generate_secret, signed_headers
 
@@ -79,53 +85,133 @@ def payload_builder(event_type: str) -> Callable[[PayloadBuilder], PayloadBuilde
 # Endpoints --------------------------------------------------------------------------------
 
 
-def _secret_key(settings: Settings) -> bytes:
+def _owner(endpoint_id: str) -> str:
+    """The name the keyring binds an endpoint's sealed secret to (never a lead's id)."""
+    return f"webhook-endpoint|{endpoint_id}"
+
+
+def _seal_secret(keyring: Keyring, endpoint: WebhookEndpoint, secret: bytes) -> None:
+    """The secret is key material itself, so the master key wraps it directly, as it wraps a
+    lead's data key: rotating the master key re-wraps it (:func:`rewrap_endpoint_secrets`)."""
+    wrapped = keyring.wrap(secret, _owner(endpoint.id))
+    endpoint.key_version, endpoint.secret_sealed = wrapped.version, wrapped.wrapped
+
+
+def _legacy_secret_key(settings: Settings) -> bytes:
+    """The key secrets were sealed with before migration 0017: derived from
+    ``LEADMARKET_SECRET_KEY``, so changing that setting made them unreadable."""
     return derive_key(settings.signing_key(), "webhook-endpoint-secret")
 
 
-def _context(endpoint_id: str) -> bytes:
-    return f"webhook-endpoint|{endpoint_id}".encode()
+def _convert_legacy(settings: Settings, endpoint: WebhookEndpoint) -> bytes:
+    """Open a secret sealed the old way and seal it again under the master keyring.
+
+    Done lazily, here and in :func:`rewrap_endpoint_secrets`, rather than in migration 0017:
+    a migration runs wherever ``leadmarket migrate`` is typed, possibly without the service's
+    ``LEADMARKET_SECRET_KEY`` (where :meth:`Settings.signing_key` would even create a fresh
+    random one), and would then seal nothing or fail the upgrade. The service and the
+    ``keys`` commands run with the service's own settings, which hold the old key. Operators
+    run ``leadmarket keys rewrap`` once before changing ``LEADMARKET_SECRET_KEY``; a secret
+    that no longer opens stays as it is (it was lost when the key changed) and is counted."""
+    context = _owner(endpoint.id).encode()  # the old scheme's context was the same text
+    secret = open_sealed(_legacy_secret_key(settings), endpoint.secret_sealed, context)
+    _seal_secret(settings.keyring(), endpoint, secret)
+    return secret
 
 
 def endpoint_secret(settings: Settings, endpoint: WebhookEndpoint) -> str:
-    return open_sealed(
-        _secret_key(settings), endpoint.secret_sealed, _context(endpoint.id)
-    ).decode()
+    """The endpoint's signing secret. A secret still sealed the pre-0017 way is converted on
+    the spot (the caller's transaction stores it)."""
+    if endpoint.key_version is None:
+        return _convert_legacy(settings, endpoint).decode()
+    wrapped = WrappedKey(endpoint.key_version, endpoint.secret_sealed)
+    return settings.keyring().unwrap(wrapped, _owner(endpoint.id)).decode()
+
+
+async def rewrap_endpoint_secrets(
+    session: AsyncSession, settings: Settings, *, batch_size: int = 500
+) -> tuple[int, int]:
+    """Seal every endpoint secret under the current master key version (``leadmarket keys
+    rotate`` and ``rewrap``), converting those still sealed the pre-0017 way. Returns (done,
+    secrets that no longer open: sealed under a secret key that has since changed). An
+    endpoint locked right now is skipped and keeps its version in use."""
+    keyring = settings.keyring()
+    done = lost = 0
+    after = ""
+    while True:
+        found = (
+            await session.scalars(
+                select(WebhookEndpoint)
+                .where(
+                    WebhookEndpoint.id > after,
+                    or_(
+                        WebhookEndpoint.key_version.is_(None),
+                        WebhookEndpoint.key_version != keyring.current,
+                    ),
+                )
+                .order_by(WebhookEndpoint.id)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not found:
+            return done, lost
+        for endpoint in found:
+            after = endpoint.id
+            try:
+                secret = endpoint_secret(settings, endpoint)  # converts a pre-0017 secret
+            except DecryptionFailed:
+                lost += 1
+                continue
+            if endpoint.key_version != keyring.current:
+                _seal_secret(keyring, endpoint, secret.encode())
+            done += 1
+        await session.flush()
+
+
+async def endpoint_key_versions_in_use(session: AsyncSession) -> set[int]:
+    versions = await session.scalars(select(WebhookEndpoint.key_version).distinct())
+    return {version for version in versions if version is not None}
+
+
+def url_problem(url: str, settings: Settings) -> str | None:
+    """Why ``url`` cannot be a buyer's public endpoint (webhook or ping), or None. A host name
+    passes here; its addresses are checked when connecting (``outbound``)."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"Use at most {MAX_URL_LENGTH} characters."
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unbalanced [ in the host
+        return "Give a full https:// address."
+    if parts.scheme not in ("https", "http") or not host:
+        return "Give a full https:// address."
+    if parts.username or parts.password:
+        return "Put no user name or password in the address; the signature authenticates us."
+    if not settings.webhook_allow_private_networks:
+        if parts.scheme != "https":
+            return "Use https: leads carry personal data (S1)."
+        if _is_private_host(host):
+            return "This address is not on the public internet."
+    return None
 
 
 def check_url(url: str, settings: Settings) -> str:
     """Refuse (422, field ``url``) what cannot be a buyer's public endpoint."""
-    message: str | None = None
     url = url.strip()
-    parts = urlsplit(url) if len(url) <= MAX_URL_LENGTH else None
-    if parts is None:
-        message = f"Use at most {MAX_URL_LENGTH} characters."
-    elif parts.scheme not in ("https", "http") or not parts.hostname:
-        message = "Give a full https:// address."
-    elif parts.username or parts.password:
-        message = "Put no user name or password in the address; the signature authenticates us."
-    elif not settings.webhook_allow_private_networks:
-        if parts.scheme != "https":
-            message = "Use https: leads carry personal data (S1)."
-        elif _is_private_host(parts.hostname):
-            message = "This address is not on the public internet."
+    message = url_problem(url, settings)
     if message is not None:
         raise ValidationFailed(message, errors=[FieldError("url", message)])
     return url
 
 
-def _is_private_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global
-
-
 def _is_private_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+    if is_local_name(host):
         return True
     try:
-        return _is_private_address(host)
+        return is_private_address(host)
     except ValueError:
-        return False  # a name: checked when it is resolved, at delivery time
+        return False  # a name: checked when it is resolved, at connection time (outbound)
 
 
 async def get_endpoint(session: AsyncSession, owner_id: str) -> WebhookEndpoint | None:
@@ -155,7 +241,7 @@ async def save_endpoint(
     secret: str | None = None
     if new_secret:
         secret = generate_secret()
-        endpoint.secret_sealed = seal(_secret_key(settings), secret.encode(), _context(endpoint.id))
+        _seal_secret(settings.keyring(), endpoint, secret.encode())
         endpoint.secret_prefix = secret[: len(SECRET_PREFIX) + 4]
     await session.flush()
     return endpoint, secret
@@ -277,6 +363,11 @@ async def _prepare(
         endpoint = await get_endpoint(session, delivery.buyer_id)
         if endpoint is None:
             return _Outcome(None, 0, "The buyer has no webhook endpoint (secret) any more.", True)
+        try:
+            secret = endpoint_secret(settings, endpoint)
+        except DecryptionFailed:
+            message = "The signing secret no longer opens (the secret key changed); set a new one."
+            return _Outcome(None, 0, message, True)
         builder = _BUILDERS.get(delivery.event_type)
         if builder is None:
             return _Outcome(None, 0, f"Unknown message type {delivery.event_type}.", True)
@@ -288,24 +379,25 @@ async def _prepare(
             {"type": delivery.event_type, "timestamp": utcnow().isoformat(), "data": payload},
             separators=(",", ":"),
         ).encode()
-        return _Prepared(url=delivery.url, secret=endpoint_secret(settings, endpoint), body=body)
+        return _Prepared(url=delivery.url, secret=secret, body=body)
 
 
 async def resolves_to_private(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if _is_private_host(host):
-        return True
+    """An early answer for callers that check before connecting. It proves nothing about the
+    connection that follows (the name may resolve differently then): connect through
+    :func:`outbound.public_client`, which checks the addresses it connects to."""
+    parts = urlsplit(url)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False  # the POST reports the failure to resolve
-    return any(_is_private_address(str(info[4][0])) for info in infos)
+        await checked_addresses(parts.hostname or "", parts.port or 443, allow_private=False)
+    except httpcore.ConnectError as exc:
+        return isinstance(exc, AddressNotPublic)
+    return False
 
 
 async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _Outcome:
-    """Step 2, with no transaction open."""
-    if not settings.webhook_allow_private_networks and await resolves_to_private(prepared.url):
-        return _Outcome(None, 0, "The endpoint's address is not on the public internet.", True)
+    """Step 2, with no transaction open. The connection goes only to addresses checked as
+    public when it is made (:mod:`leadmarket.webhooks.outbound`); a refused address ends the
+    delivery for good, as a refused URL would."""
     headers = {
         **signed_headers(prepared.secret, delivery_id, prepared.body, timestamp=int(time.time())),
         "content-type": "application/json",
@@ -313,12 +405,14 @@ async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _O
     }
     started = time.monotonic()
     try:
-        async with httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
-        ) as client:
+        async with public_client(settings, timeout=settings.webhook_timeout_seconds) as client:
             response = await client.post(prepared.url, content=prepared.body, headers=headers)
     except httpx.HTTPError as exc:
         elapsed = int((time.monotonic() - started) * 1000)
+        if refused_as_private(exc):
+            return _Outcome(
+                None, elapsed, "The endpoint's address is not on the public internet.", True
+            )
         return _Outcome(None, elapsed, describe_error(exc)[:300])
     elapsed = int((time.monotonic() - started) * 1000)
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
