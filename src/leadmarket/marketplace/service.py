@@ -16,6 +16,14 @@ time and there is exactly one leader at every moment:
   that does not lead holds nothing, but the wallet must be able to cover it.
 * A bid in the last ``auction_extension_minutes`` moves the end to that many minutes after it.
 
+The close happens at the end itself (M1): when an auction's row is made (its first bid, or the
+campaigns' turn) a durable ``auctions.close`` job is queued for its end. The job locks the lead
+and closes the auction only if it is due; an auction extended meanwhile is not closed, the job
+queues its successor at the new end instead. Closing is exactly-once whoever gets there first
+(this job, an older one, the sweep): each holds the lead's lock and acts only while the lead is
+still open. The ten-second sweep remains the safety net (a worker down at the end, an auction
+ending before its row was made).
+
 Pages follow along through :mod:`leadmarket.kit.realtime`, published after commit."""
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.realtime import Broker, publish_after_commit
 from leadmarket.leads.service import may_see
 from leadmarket.ledger.service import (
@@ -81,6 +90,10 @@ class BidTooLow(DomainError):
     )
 
 
+# The job that closes one auction at its end (handled in ``marketplace.tasks``).
+CLOSE_JOB = "auctions.close"
+
+
 def channel(lead_id: str) -> str:
     return f"auction:{lead_id}"
 
@@ -122,10 +135,16 @@ class PlacedBid:
     ends_at: dt.datetime
 
 
+def places_left(lead: Lead) -> int:
+    """How many buyers the auction's close can still sell to: one for an exclusive lead, the
+    places a shared lead has not sold yet (buy-now may have taken some)."""
+    return max(0, lead.max_buyers - lead.sold_count)
+
+
 def _minimum_bid(auction: Auction, settings: Settings, lead: Lead) -> int:
     """The lowest bid a newcomer may place now. A shared lead has places below the top one,
     so any bid from the opening up may win one (the close sells to the best maximums)."""
-    if auction.current_price_cents is None or lead.max_buyers - lead.sold_count > 1:
+    if auction.current_price_cents is None or places_left(lead) > 1:
         return settings.auction_opening_bid_cents
     return auction.current_price_cents + settings.auction_min_increment_cents
 
@@ -154,10 +173,23 @@ def _publish(
     )
 
 
+async def schedule_close(session: AsyncSession, lead_id: str, ends_at: dt.datetime) -> None:
+    """Queue the job that closes ``lead_id``'s auction at ``ends_at``, in the caller's
+    transaction; once per end (the dedupe key names it), however often this is asked."""
+    await enqueue(
+        session,
+        CLOSE_JOB,
+        {"lead_id": lead_id},
+        run_at=ends_at,
+        dedupe_key=f"{CLOSE_JOB}:{lead_id}:{ends_at.timestamp():.6f}",
+    )
+
+
 async def _auction_of(session: AsyncSession, lead: Lead) -> Auction:
-    """The lead's auction row, made at its first use (the lead's lock is already held)."""
+    """The lead's auction row, made at its first use (the lead's lock is already held). Made
+    before its end, it also queues the job that closes it then (M1)."""
     assert lead.auction_ends_at is not None
-    await session.execute(
+    made = await session.execute(
         insert_ignoring_conflicts(session, Auction, index_elements=[Auction.lead_id]).values(
             lead_id=lead.id,
             currency=lead.currency,
@@ -167,6 +199,8 @@ async def _auction_of(session: AsyncSession, lead: Lead) -> Auction:
             extensions=0,
         )
     )
+    if int(getattr(made, "rowcount", 0) or 0) == 1 and lead.auction_ends_at > utcnow():
+        await schedule_close(session, lead.id, lead.auction_ends_at)
     auction = await session.get(Auction, lead.id, populate_existing=True)
     assert auction is not None
     return auction
@@ -543,7 +577,7 @@ async def close_auction(
             )
         )
         candidates = [c for c in candidates if c.buyer_id in active]
-    places = max(0, lead.max_buyers - lead.sold_count)
+    places = places_left(lead)
     preview = LeadPreview.of_lead(lead)
     orders: list[str] = []
     winners: set[str] = set()
@@ -650,9 +684,42 @@ async def close_due_auctions(
         )
     )
     for lead in gone:
-        outcome = {
-            LeadStatus.SOLD.value: AuctionOutcome.BOUGHT_OUTRIGHT,
-            LeadStatus.WITHDRAWN.value: AuctionOutcome.WITHDRAWN,
-        }.get(lead.status, AuctionOutcome.UNSOLD)
-        await end_auction(session, settings, broker, lead, outcome, now=now)
+        await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
     return len(due) + len(gone)
+
+
+def _outcome_off_market(lead: Lead) -> AuctionOutcome:
+    """Why the auction of a lead that left the market before its end is over."""
+    return {
+        LeadStatus.SOLD.value: AuctionOutcome.BOUGHT_OUTRIGHT,
+        LeadStatus.WITHDRAWN.value: AuctionOutcome.WITHDRAWN,
+    }.get(lead.status, AuctionOutcome.UNSOLD)
+
+
+async def close_at_end(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead_id: str,
+    *,
+    now: dt.datetime | None = None,
+) -> bool:
+    """The ``auctions.close`` job: close ``lead_id``'s auction if its end has come (or end it if
+    the lead left the market meanwhile). An auction whose end moved later (anti-sniping) is
+    left open and its close queued at the new end. Whether this call closed it: False when
+    someone else already did, so running it twice changes nothing."""
+    lead = await _locked_lead(session, lead_id)  # waits for a bid being judged, then sees it
+    now = now or utcnow()
+    if lead is None or lead.sale_mode != SaleMode.AUCTION.value or lead.auction_ends_at is None:
+        return False
+    if lead.status == LeadStatus.OPEN.value:
+        if lead.auction_ends_at > now:
+            await schedule_close(session, lead.id, lead.auction_ends_at)
+            return False
+        await close_auction(session, settings, broker, lead, now=now)
+        return True
+    auction = await session.get(Auction, lead.id, populate_existing=True)
+    if auction is None or auction.closed_at is not None:
+        return False
+    await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
+    return True
