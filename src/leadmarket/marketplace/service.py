@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
@@ -58,6 +58,7 @@ from leadmarket.models import (
     HoldStatus,
     Lead,
     LeadStatus,
+    Order,
     SaleMode,
     SaleVia,
     User,
@@ -127,12 +128,29 @@ class AuctionView:
 
 
 @dataclass(frozen=True)
+class Standing:
+    """Where one bidder stands, told to them alone. ``leading``: theirs is the top maximum.
+    ``winning``: theirs is among the best ``places`` maximums that reach the reserve, so the
+    auction would sell them a place if it ended now (a shared lead sells to several; M1).
+    ``places``: how many buyers the auction sells to (one when exclusive, the places a shared
+    lead has left). Once closed there is nothing left to win: no place, nobody winning."""
+
+    leading: bool
+    winning: bool
+    places: int
+
+
+@dataclass(frozen=True)
 class PlacedBid:
     id: str
-    leading: bool
+    standing: Standing
     current_price_cents: int
     minimum_bid_cents: int
     ends_at: dt.datetime
+
+    @property
+    def leading(self) -> bool:
+        return self.standing.leading
 
 
 def places_left(lead: Lead) -> int:
@@ -215,10 +233,61 @@ async def _locked_lead(session: AsyncSession, lead_id: str) -> Lead | None:
     )
 
 
+async def _winners_now(session: AsyncSession, lead: Lead, places: int) -> set[str]:
+    """The buyers the close would sell to if it came now: each buyer's standing maximum (their
+    last bid), best first, an equal maximum ranked by the earlier bid, as :func:`close_auction`
+    ranks them; skipping suspended buyers and those who already bought the lead (buy-now), and
+    stopping below the reserve. One query, whatever the number of bids."""
+    last = (
+        select(
+            Bid.buyer_id,
+            Bid.max_cents,
+            Bid.created_at,
+            Bid.id,
+            func.row_number()
+            .over(partition_by=Bid.buyer_id, order_by=(Bid.created_at.desc(), Bid.id.desc()))
+            .label("newest"),
+        )
+        .where(Bid.lead_id == lead.id)
+        .subquery()
+    )
+    query = (
+        select(last.c.buyer_id)
+        .join(User, User.id == last.c.buyer_id)
+        .where(
+            last.c.newest == 1,
+            User.status == UserStatus.ACTIVE.value,
+            ~exists().where(Order.lead_id == lead.id, Order.buyer_id == last.c.buyer_id),
+        )
+        .order_by(last.c.max_cents.desc(), last.c.created_at, last.c.id)
+        .limit(places)
+    )
+    if lead.reserve_cents:
+        query = query.where(last.c.max_cents >= lead.reserve_cents)
+    return set(await session.scalars(query))
+
+
+async def _standing(
+    session: AsyncSession, lead: Lead, auction: Auction | None, buyer_id: str
+) -> Standing:
+    if auction is None or auction.leader_id is None:
+        open_ = lead.status == LeadStatus.OPEN.value and (auction is None or not auction.closed_at)
+        return Standing(leading=False, winning=False, places=places_left(lead) if open_ else 0)
+    leading = auction.leader_id == buyer_id
+    if auction.closed_at is not None:  # the outcome and the buyer's orders say the rest
+        return Standing(leading=leading, winning=False, places=0)
+    places = places_left(lead)
+    return Standing(
+        leading=leading,
+        winning=places > 0 and buyer_id in await _winners_now(session, lead, places),
+        places=places,
+    )
+
+
 async def auction_view(
     session: AsyncSession, settings: Settings, lead_id: str, viewer: User
-) -> tuple[AuctionView, bool]:
-    """The auction as ``viewer`` may see it, and whether ``viewer`` leads it."""
+) -> tuple[AuctionView, Standing]:
+    """The auction as ``viewer`` may see it, and where ``viewer`` stands in it."""
     lead = await session.get(Lead, lead_id)
     if lead is None or not may_see(lead, viewer):
         raise NotFound("No such lead.")
@@ -239,9 +308,9 @@ async def auction_view(
                 closed=closed,
                 outcome=None,
             ),
-            False,
+            await _standing(session, lead, None, viewer.id),
         )
-    return _view(auction, settings, lead), auction.leader_id == viewer.id
+    return _view(auction, settings, lead), await _standing(session, lead, auction, viewer.id)
 
 
 def _judge(
@@ -386,9 +455,14 @@ async def place_bid(
     )
     await session.flush()
     _publish(session, broker, auction, settings, lead)
+    places = places_left(lead)
+    if places > 1:
+        standing = await _standing(session, lead, auction, buyer.id)
+    else:  # one place: the leader's, once the reserve is met (no need to rank the bids)
+        standing = Standing(leading=leads, winning=leads and auction.reserve_met, places=places)
     return PlacedBid(
         id=bid_id,
-        leading=leads,
+        standing=standing,
         current_price_cents=price,
         minimum_bid_cents=_minimum_bid(auction, settings, lead),
         ends_at=auction.ends_at,
