@@ -117,19 +117,7 @@ async def prepare(settings: Settings, auctions: int, ends_at: dt.datetime, batch
 def registry_for(phase: str) -> JobRegistry[JobServices]:
     """The worker's job kinds: all of them, or (the baseline) all but the close jobs."""
     full = build_registry()
-    if phase == "jobs":
-        return full
-    registry: JobRegistry[JobServices] = JobRegistry()
-    for kind in full.kinds:
-        job_kind = full.get(kind)
-        assert job_kind is not None
-        if kind == CLOSE_JOB:
-            continue
-        if job_kind.every is not None:
-            registry.periodic(kind, job_kind.every, on_dead=job_kind.on_dead)(job_kind.handler)
-        else:
-            registry.handler(kind, on_dead=job_kind.on_dead)(job_kind.handler)
-    return registry
+    return full if phase == "jobs" else full.without(CLOSE_JOB)
 
 
 def _closed_sqlite(path: str, leads: list[str]) -> list[str]:

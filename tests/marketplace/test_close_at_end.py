@@ -17,14 +17,14 @@ from sqlalchemy import select
 
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, utcnow
-from leadmarket.kit.jobs import JobRegistry, Worker
+from leadmarket.kit.jobs import Worker
 from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace import service
 from leadmarket.marketplace.tasks import CLOSE_DUE_JOB
 from leadmarket.models import Auction, Bid, Job, Lead, Order, User
-from leadmarket.tasks import JobServices, build_registry, build_services
+from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.auctions import open_auction
 from tests.fixtures.ledger import fund, make_member
 
@@ -33,24 +33,15 @@ FUNDS = 20_000
 CLOSE_WITHIN = dt.timedelta(seconds=2)
 
 
-def without_the_sweep() -> JobRegistry[JobServices]:
-    full = build_registry()
-    registry: JobRegistry[JobServices] = JobRegistry()
-    for kind in full.kinds:
-        job_kind = full.get(kind)
-        assert job_kind is not None
-        if kind == CLOSE_DUE_JOB:
-            continue
-        if job_kind.every is not None:
-            registry.periodic(kind, job_kind.every, on_dead=job_kind.on_dead)(job_kind.handler)
-        else:
-            registry.handler(kind, on_dead=job_kind.on_dead)(job_kind.handler)
-    return registry
-
-
 @asynccontextmanager
 async def running_worker(db: Database, settings: Settings) -> AsyncIterator[None]:
-    worker = Worker(db, without_the_sweep(), build_services(settings), settings, concurrency=2)
+    worker = Worker(
+        db,
+        build_registry().without(CLOSE_DUE_JOB),
+        build_services(settings),
+        settings,
+        concurrency=2,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

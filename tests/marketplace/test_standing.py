@@ -16,22 +16,14 @@ from leadmarket.kit.realtime import LocalBroker
 from leadmarket.marketplace import service
 from leadmarket.models import Order, User
 from leadmarket.orders.service import purchase
-from tests.fixtures.accounts import signed_in
 from tests.fixtures.auctions import open_auction
-from tests.fixtures.ledger import fund, make_member
+from tests.fixtures.ledger import make_member
 from tests.ledger.test_wallet_page import field
+from tests.marketplace.test_buy_now import funded_buyer
 from tests.marketplace.test_close import end_now
 from tests.orders.test_pages import web_buyer
 
 FUNDS = 50_000
-
-
-async def api_buyer(client: httpx.AsyncClient, session: AsyncSession) -> tuple[str, dict[str, str]]:
-    account, auth = await signed_in(client, "buyer")
-    user = await session.get(User, str(account["id"]))
-    assert user is not None
-    await fund(session, user, FUNDS)
-    return user.id, auth
 
 
 async def bid(
@@ -58,9 +50,9 @@ async def test_a_shared_auction_tells_each_bidder_whether_they_hold_a_winning_pl
 ) -> None:
     seller = await make_member(session, "seller")
     lead = await open_auction(session, seller.id, exclusive=False, max_buyers=2)
-    ana, ana_auth = await api_buyer(client, session)
-    ben, ben_auth = await api_buyer(client, session)
-    cy, cy_auth = await api_buyer(client, session)
+    ana, ana_auth = await funded_buyer(client, session)
+    ben, ben_auth = await funded_buyer(client, session)
+    cy, cy_auth = await funded_buyer(client, session)
 
     first = await bid(client, lead.id, ana_auth, 4_000)
     assert (first["leading"], first["winning"], first["places"]) == (True, True, 2)
@@ -100,8 +92,8 @@ async def test_a_maximum_below_the_reserve_holds_no_place(
     lead = await open_auction(
         session, seller.id, exclusive=False, max_buyers=3, reserve_cents=5_000
     )
-    _, ana_auth = await api_buyer(client, session)
-    _, ben_auth = await api_buyer(client, session)
+    _, ana_auth = await funded_buyer(client, session)
+    _, ben_auth = await funded_buyer(client, session)
     low = await bid(client, lead.id, ana_auth, 2_000)
     assert (low["leading"], low["winning"], low["places"]) == (True, False, 3)
     await bid(client, lead.id, ben_auth, 6_000)
@@ -114,8 +106,8 @@ async def test_an_exclusive_auction_has_one_place_the_leaders_once_the_reserve_i
 ) -> None:
     seller = await make_member(session, "seller")
     lead = await open_auction(session, seller.id, reserve_cents=2_500)
-    _, ana_auth = await api_buyer(client, session)
-    _, ben_auth = await api_buyer(client, session)
+    _, ana_auth = await funded_buyer(client, session)
+    _, ben_auth = await funded_buyer(client, session)
     below = await bid(client, lead.id, ana_auth, 2_000)
     assert (below["leading"], below["winning"], below["places"]) == (True, False, 1)
     over = await bid(client, lead.id, ben_auth, 3_000)
@@ -130,9 +122,9 @@ async def test_a_place_bought_outright_is_no_longer_to_win(
     lead = await open_auction(
         session, seller.id, exclusive=False, max_buyers=2, buy_now_cents=9_000
     )
-    ana, ana_auth = await api_buyer(client, session)
-    _, ben_auth = await api_buyer(client, session)
-    _, cy_auth = await api_buyer(client, session)
+    ana, ana_auth = await funded_buyer(client, session)
+    _, ben_auth = await funded_buyer(client, session)
+    _, cy_auth = await funded_buyer(client, session)
     await bid(client, lead.id, ana_auth, 4_000)
     await bid(client, lead.id, ben_auth, 3_000)
     await bid(client, lead.id, cy_auth, 2_000)
@@ -151,7 +143,7 @@ async def test_the_auction_page_shows_a_winning_place(
 ) -> None:
     seller = await make_member(session, "seller")
     lead = await open_auction(session, seller.id, exclusive=False, max_buyers=3)
-    _, rival_auth = await api_buyer(client, session)
+    _, rival_auth = await funded_buyer(client, session)
     await bid(client, lead.id, rival_auth, 5_000)
     await web_buyer(client, session, FUNDS)  # signs this client in to the pages
     page = await client.get(f"/auctions/{lead.id}")
