@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 
 import httpx
 import pytest
@@ -167,6 +168,7 @@ async def test_buy_now_racing_bids_never_leaves_a_hold_behind(
         moves.insert(BIDS // 2 + n * (BIDS // (2 * BUY_NOWS)), ("buy", rng.choice(buyer_ids), 0))
     engines = [make_engine(database_url, pool_size=4) for _ in range(ENGINES)]
     databases = [Database(engine) for engine in engines]
+    refusals: Counter[str] = Counter()
 
     async def move(n: int) -> str | None:
         kind, buyer_id, cents = moves[n]
@@ -191,6 +193,7 @@ async def test_buy_now_racing_bids_never_leaves_a_hold_behind(
                 # Too low, or too late: the lead was bought (then it is hidden, or closed).
                 if refused.slug not in EXPECTED_REFUSALS:
                     raise
+                refusals[refused.slug] += 1
         return None
 
     try:
@@ -213,6 +216,10 @@ async def test_buy_now_racing_bids_never_leaves_a_hold_behind(
         assert auction is not None and auction.outcome == "bought_outright"
         statuses = set(await session.scalars(select(Bid.status).where(Bid.lead_id == lead_id)))
         assert "leading" not in statuses
+        # A real race: bids were judged before the sale (one of them led and was held), and
+        # others came too late for it.
+        assert "outbid" in statuses and "lost" in statuses
+        assert refusals["not-found"] + refusals["auction-closed"] > 0, refusals
         for buyer_id in buyer_ids:
             wallet = await wallet_summary(session, buyer_id, "USD")
             expected = BUY_NOW * 10 if buyer_id == order.buyer_id else 0
