@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +39,8 @@ from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.accounts import signed_in
 from tests.fixtures.auctions import open_auction
 from tests.fixtures.ledger import fund, make_member
+from tests.ledger.test_wallet_page import field
+from tests.orders.test_pages import web_buyer
 
 FUNDS = 20_000
 BUY_NOW = 6_000
@@ -226,3 +229,67 @@ async def test_buy_now_racing_bids_never_leaves_a_hold_behind(
             assert wallet.held_cents == expected
         report = await verify_ledger(session)
         assert report.ok, report.problems
+
+
+async def test_the_live_pages_hear_of_a_buy_now_only_once_it_went_through(
+    committed_db: Database, settings: Settings
+) -> None:
+    async with committed_db.transaction() as session:
+        seller = await make_member(session, "seller")
+        ana, poor, cy = [await make_member(session) for _ in range(3)]
+        await fund(session, ana, FUNDS)
+        await fund(session, poor, BUY_NOW - 1)
+        await fund(session, cy, FUNDS)
+        lead = await open_auction(session, seller.id, buy_now_cents=BUY_NOW)
+        await service.place_bid(
+            session, settings, LocalBroker(), lead_id=lead.id, buyer=ana, amount_cents=3_000
+        )
+        lead_id, ana_id, poor_id, cy_id = lead.id, ana.id, poor.id, cy.id
+    broker = LocalBroker()
+
+    async def buy_now(buyer_id: str) -> None:
+        async with committed_db.transaction() as session:
+            buyer = await session.get(User, buyer_id)
+            assert buyer is not None
+            await purchase(
+                session, settings, lead_id=lead_id, buyer=buyer, idempotency_key=None, broker=broker
+            )
+
+    async with broker.subscribe(service.channel(lead_id)) as page:
+        with pytest.raises(DomainError) as refused:  # cannot pay: nothing ended, nobody told
+            await buy_now(poor_id)
+        assert refused.value.slug == "insufficient-funds"
+        assert await page.next(0.2) is None
+        async with committed_db.transaction() as session:
+            assert (await wallet_summary(session, ana_id, "USD")).held_cents == 3_000
+
+        await buy_now(cy_id)
+        told = await page.next(2)
+    assert told is not None
+    assert (told["closed"], told["outcome"]) == (True, "bought_outright")
+
+
+async def test_a_buy_now_refused_on_the_page_tells_the_live_pages_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings, app: Any
+) -> None:
+    seller = await make_member(session, "seller")
+    ana = await make_member(session)
+    await fund(session, ana, FUNDS)
+    lead = await open_auction(session, seller.id, buy_now_cents=BUY_NOW)
+    await service.place_bid(
+        session, settings, LocalBroker(), lead_id=lead.id, buyer=ana, amount_cents=3_000
+    )
+    await web_buyer(client, session, BUY_NOW - 1)  # signed in, short of the price
+    confirm = await client.get(f"/market/leads/{lead.id}")
+    assert confirm.status_code == 200, confirm.text
+    form = {
+        "csrf_token": field(confirm.text, "csrf_token"),
+        "purchase_key": field(confirm.text, "purchase_key"),
+    }
+    async with app.state.broker.subscribe(service.channel(lead.id)) as page:
+        refused = await client.post(f"/market/leads/{lead.id}/purchase", data=form)
+        assert refused.status_code >= 400 and "wallet" in refused.text.lower()
+        assert await page.next(0.2) is None  # the auction goes on; its pages hear nothing
+    auction = await session.get(Auction, lead.id, populate_existing=True)
+    assert auction is not None and auction.closed_at is None
+    assert (await wallet_summary(session, ana.id, "USD")).held_cents == 3_000

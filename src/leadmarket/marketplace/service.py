@@ -203,6 +203,17 @@ async def schedule_close(session: AsyncSession, lead_id: str, ends_at: dt.dateti
     )
 
 
+async def publish_state(
+    session: AsyncSession, settings: Settings, broker: Broker, lead_id: str
+) -> None:
+    """Tell the auction's live pages its state once this transaction commits, after a change
+    made outside this module (a buy-now ending it)."""
+    lead = await session.get(Lead, lead_id, populate_existing=True)
+    auction = await session.get(Auction, lead_id, populate_existing=True)
+    if lead is not None and auction is not None:
+        _publish(session, broker, auction, settings, lead)
+
+
 async def _auction_of(session: AsyncSession, lead: Lead) -> Auction:
     """The lead's auction row, made at its first use (the lead's lock is already held). Made
     before its end, it also queues the job that closes it then (M1)."""

@@ -338,7 +338,7 @@ async def purchase(
     A buy-now that takes an auctioned lead's last place ends its auction in the same
     transaction (M1, M5): the leading bidder's hold is released and every bidder is told, so
     no bidder's money stays held after the answer. ``broker`` tells the auction's live pages
-    (without one, as in the demo's history, nobody is watching)."""
+    after the commit (without one, as in the demo's history, nobody is watching)."""
     fingerprint = request_fingerprint({"orders.purchase": lead_id})
     if idempotency_key is not None:
         earlier = await previous_answer(session, buyer.id, idempotency_key, fingerprint)
@@ -354,11 +354,12 @@ async def purchase(
     if lead.status != LeadStatus.OPEN.value:
         raise await _why_not(session, settings, lead_id, buyer.id)
     price_cents, via = sale_terms(lead, utcnow())
+    ended = False
     async with session.begin_nested():  # a refused sale leaves the auction as it was
         if via is SaleVia.BUY_NOW:
             # The auction's holds are released before the sale takes its own hold and the
             # audit head, keeping the lock order of every sale (lead, ledger, audit).
-            await _end_auction_bought_now(session, settings, broker or LocalBroker(), lead_id)
+            ended = await _end_auction_bought_now(session, settings, lead_id)
         order = await sell(
             session,
             settings,
@@ -367,6 +368,10 @@ async def purchase(
             price_cents=price_cents,
             via=via,
         )
+    if ended and broker is not None:
+        from leadmarket.marketplace.service import publish_state  # (see just below)
+
+        await publish_state(session, settings, broker, lead_id)
     if idempotency_key is not None:
         # The remembered answer names the order only: no contact data in that table.
         await remember_answer(
@@ -375,12 +380,10 @@ async def purchase(
     return 201, order.id
 
 
-async def _end_auction_bought_now(
-    session: AsyncSession, settings: Settings, broker: Broker, lead_id: str
-) -> None:
-    """End the auction of ``lead_id`` if a sale now takes its last place. The lead's row is
-    locked first, as a bid locks it: a bid being judged finishes (its hold is then the one
-    released here), and a bid after this waits and finds the lead sold."""
+async def _end_auction_bought_now(session: AsyncSession, settings: Settings, lead_id: str) -> bool:
+    """End the auction of ``lead_id`` if a sale now takes its last place; whether it did. The
+    lead's row is locked first, as a bid locks it: a bid being judged finishes (its hold is
+    then the one released here), and a bid after this waits and finds the lead sold."""
     # The marketplace sells through this module, so it is imported here, when first needed.
     from leadmarket.marketplace.service import end_auction, places_left
 
@@ -391,8 +394,13 @@ async def _end_auction_bought_now(
         .execution_options(populate_existing=True)
     )
     if lead is None or lead.status != LeadStatus.OPEN.value or places_left(lead) > 1:
-        return  # not for sale (the sale says why), or a shared lead's auction goes on
-    await end_auction(session, settings, broker, lead, AuctionOutcome.BOUGHT_OUTRIGHT)
+        return False  # not for sale (the sale says why), or a shared lead's auction goes on
+    # Its pages are told only once the sale has gone through (a refused sale, rolled back
+    # to before this, must not tell them the auction closed): this broker reaches nobody.
+    ended = await end_auction(
+        session, settings, LocalBroker(), lead, AuctionOutcome.BOUGHT_OUTRIGHT
+    )
+    return ended is not None
 
 
 # Reading ----------------------------------------------------------------------------------
