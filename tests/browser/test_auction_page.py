@@ -80,3 +80,59 @@ def test_the_auction_page_follows_bids_live_and_takes_a_bid(
     expect(page.get_by_test_id("status")).to_have_text("You lead this auction.")
     expect(page.get_by_test_id("bids")).to_have_text("2")
     assert complaints == []
+
+
+def test_a_shared_auction_page_follows_the_winning_places_live(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller = api_token(live_site, register_member(live_site, "seller", "seller", "Shared Co"))
+    lead = call(
+        live_site,
+        "POST",
+        "/api/v1/leads",
+        seller,
+        **lead_body(
+            sale__reserve_cents=None,
+            sale__buy_now_cents=None,
+            sale__exclusive=False,
+            sale__max_buyers=2,
+        ),
+    )
+    top, other = (
+        api_token(live_site, register_member(live_site, "buyer", name, f"{name} Leads"))
+        for name in ("topbid", "other")
+    )
+    for rival in (top, other):
+        call(live_site, "POST", "/api/v1/wallet/deposits", rival, amount_cents=50_000)
+    watcher = register_member(live_site, "buyer", "sharer", "Sharer Leads")
+    watcher_api = api_token(live_site, watcher)
+    call(live_site, "POST", "/api/v1/wallet/deposits", watcher_api, amount_cents=50_000)
+    call(live_site, "POST", f"/api/v1/leads/{lead['id']}/bids", top, amount_cents=5_000)
+
+    sign_in_at_account(page, live_site, watcher)
+    page.goto(live_site.url(f"/auctions/{lead['id']}"))
+    expect(page.get_by_test_id("places")).to_have_text("2")
+    expect(page.get_by_test_id("status")).to_have_text("Open for bids.")
+    page.wait_for_function("document.readyState === 'complete'")
+
+    # The watcher bids from elsewhere (the API), below the top bid yet within the two places
+    # this shared lead sells: the open page follows.
+    call(live_site, "POST", f"/api/v1/leads/{lead['id']}/bids", watcher_api, amount_cents=2_000)
+    expect(page.get_by_test_id("bids")).to_have_text("2", timeout=10_000)
+    expect(page.get_by_test_id("status")).to_have_text(
+        "Your bid holds one of the 2 winning places."
+    )
+
+    # A higher maximum pushes the watcher out of the places.
+    call(live_site, "POST", f"/api/v1/leads/{lead['id']}/bids", other, amount_cents=3_000)
+    expect(page.get_by_test_id("bids")).to_have_text("3", timeout=10_000)
+    expect(page.get_by_test_id("status")).to_have_text("Open for bids.")
+
+    # Through the form, a new maximum above the other's wins a place back.
+    page.get_by_label("Your maximum bid").fill("40.00")
+    page.get_by_role("button", name="Place bid").click()
+    expect(page.get_by_role("status")).to_contain_text("holds one of the winning places")
+    expect(page.get_by_test_id("status")).to_have_text(
+        "Your bid holds one of the 2 winning places."
+    )
+    assert complaints == []

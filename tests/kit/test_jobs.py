@@ -479,3 +479,17 @@ async def test_finished_jobs_are_purged_after_their_retention(session: AsyncSess
     left = set((await session.scalars(select(Job.id))).all())
     assert left >= {recent_done, old_dead, queued}
     assert old_done not in left
+
+
+def test_a_registry_without_some_kinds_leaves_the_original_whole() -> None:
+    registry: JobRegistry[str] = JobRegistry()
+
+    async def handle(ctx: Context) -> None:
+        return None
+
+    registry.handler("one")(handle)
+    registry.periodic("sweep", dt.timedelta(seconds=10))(handle)
+    trimmed = registry.without("sweep")
+    assert trimmed.kinds == ["one"] and trimmed.periodic_kinds == []
+    assert registry.kinds == ["one", "sweep"]
+    assert trimmed.get("one") is registry.get("one")

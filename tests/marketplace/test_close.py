@@ -168,13 +168,14 @@ async def test_buying_outright_ends_the_auction_and_frees_the_bidders_funds(
     assert (await wallet_summary(session, ana.id, "USD")).held_cents == 3_000
 
     await purchase(session, settings, lead_id=lead.id, buyer=ben, idempotency_key=None)
-    with pytest.raises(NotFound):  # sold leads are off the market for other buyers (L6)
-        await bid(session, settings, lead, ana, 4_000)
-    assert await close(session, settings) == 1  # the sweep notices the lead left the market
-
+    # In the sale's own transaction: the auction is over and Ana's hold is back.
     assert (await wallet_summary(session, ana.id, "USD")).held_cents == 0
     auction = await session.get(Auction, lead.id, populate_existing=True)
     assert auction is not None and auction.outcome == "bought_outright"
+    assert auction.closed_at is not None
+    with pytest.raises(NotFound):  # sold leads are off the market for other buyers (L6)
+        await bid(session, settings, lead, ana, 4_000)
+    assert await close(session, settings) == 0  # nothing left for the sweep
     (order,) = await orders_of(session, lead)
     assert order.buyer_id == ben.id and order.price_cents == 6_000
     assert (await verify_ledger(session)).ok

@@ -141,6 +141,15 @@ class JobRegistry(Generic[S]):
         for job_kind in other._kinds.values():
             self._add(job_kind)
 
+    def without(self, *kinds: str) -> JobRegistry[S]:
+        """A copy without ``kinds``: a worker that must leave those jobs alone (a benchmark's
+        baseline, a test isolating one mechanism from another)."""
+        copy: JobRegistry[S] = JobRegistry()
+        for job_kind in self._kinds.values():
+            if job_kind.kind not in kinds:
+                copy._add(job_kind)
+        return copy
+
     def _add(self, job_kind: JobKind[S]) -> None:
         if job_kind.kind in self._kinds:
             raise ValueError(f"job kind {job_kind.kind!r} is registered twice")

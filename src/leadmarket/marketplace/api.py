@@ -84,6 +84,8 @@ async def place_bid(
         current_price_cents=placed.current_price_cents,
         minimum_bid_cents=placed.minimum_bid_cents,
         ends_at=placed.ends_at,
+        winning=placed.standing.winning,
+        places=placed.standing.places,
     )
     if key is not None:
         await remember_answer(
@@ -92,17 +94,25 @@ async def place_bid(
     return out
 
 
-@router.get("/leads/{lead_id}/auction", summary="The auction's state (never who leads)")
+@router.get(
+    "/leads/{lead_id}/auction",
+    summary="The auction's state (never who leads), and where you stand in it",
+)
 async def get_auction(
     lead_id: LeadId,
     request: Request,
     session: Session,
     principal: Principal = Depends(requires(Action.BUY_LEAD)),
 ) -> AuctionOut:
-    view, leading = await service.auction_view(
+    view, standing = await service.auction_view(
         session, settings_of(request), lead_id, principal.user
     )
-    return AuctionOut(**view.as_message(), leading=leading)
+    return AuctionOut(
+        **view.as_message(),
+        leading=standing.leading,
+        winning=standing.winning,
+        places=standing.places,
+    )
 
 
 def _event(data: dict[str, Any]) -> str:

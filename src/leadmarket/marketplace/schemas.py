@@ -20,12 +20,26 @@ class BidIn(RequestModel):
     )
 
 
+WINNING = (
+    "Whether your maximum holds one of the auction's winning places: it is among the best "
+    "`places` maximums and reaches the reserve, so the auction would sell you the lead if it "
+    "ended now (false once closed). A shared lead has several places, so you may be winning "
+    "without leading."
+)
+PLACES = (
+    "How many buyers the auction sells to: 1 for an exclusive lead, the places a shared lead "
+    "has left (buy-now may take some); 0 once closed."
+)
+
+
 class BidOut(BaseModel):
     id: str
-    leading: bool
+    leading: bool = Field(description="Whether your maximum is now the highest.")
     current_price_cents: int
     minimum_bid_cents: int
     ends_at: dt.datetime
+    winning: bool = Field(description=WINNING)
+    places: int = Field(description=PLACES)
 
 
 class AuctionOut(BaseModel):
@@ -39,3 +53,5 @@ class AuctionOut(BaseModel):
     closed: bool
     outcome: str | None
     leading: bool = Field(description="Whether you lead (always false for sellers).")
+    winning: bool = Field(description=WINNING)
+    places: int = Field(description=PLACES)

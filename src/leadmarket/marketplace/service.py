@@ -16,6 +16,14 @@ time and there is exactly one leader at every moment:
   that does not lead holds nothing, but the wallet must be able to cover it.
 * A bid in the last ``auction_extension_minutes`` moves the end to that many minutes after it.
 
+The close happens at the end itself (M1): when an auction's row is made (its first bid, or the
+campaigns' turn) a durable ``auctions.close`` job is queued for its end. The job locks the lead
+and closes the auction only if it is due; an auction extended meanwhile is not closed, the job
+queues its successor at the new end instead. Closing is exactly-once whoever gets there first
+(this job, an older one, the sweep): each holds the lead's lock and acts only while the lead is
+still open. The ten-second sweep remains the safety net (a worker down at the end, an auction
+ending before its row was made).
+
 Pages follow along through :mod:`leadmarket.kit.realtime`, published after commit."""
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
@@ -32,6 +40,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.jobs import enqueue
 from leadmarket.kit.realtime import Broker, publish_after_commit
 from leadmarket.leads.service import may_see
 from leadmarket.ledger.service import (
@@ -49,6 +58,7 @@ from leadmarket.models import (
     HoldStatus,
     Lead,
     LeadStatus,
+    Order,
     SaleMode,
     SaleVia,
     User,
@@ -79,6 +89,10 @@ class BidTooLow(DomainError):
         "A first bid must reach the opening bid; later bids must beat the current price by the "
         "minimum increment. `minimum_bid_cents` is the lowest bid accepted now."
     )
+
+
+# The job that closes one auction at its end (handled in ``marketplace.tasks``).
+CLOSE_JOB = "auctions.close"
 
 
 def channel(lead_id: str) -> str:
@@ -114,18 +128,41 @@ class AuctionView:
 
 
 @dataclass(frozen=True)
+class Standing:
+    """Where one bidder stands, told to them alone. ``leading``: theirs is the top maximum.
+    ``winning``: theirs is among the best ``places`` maximums that reach the reserve, so the
+    auction would sell them a place if it ended now (a shared lead sells to several; M1).
+    ``places``: how many buyers the auction sells to (one when exclusive, the places a shared
+    lead has left). Once closed there is nothing left to win: no place, nobody winning."""
+
+    leading: bool
+    winning: bool
+    places: int
+
+
+@dataclass(frozen=True)
 class PlacedBid:
     id: str
-    leading: bool
+    standing: Standing
     current_price_cents: int
     minimum_bid_cents: int
     ends_at: dt.datetime
+
+    @property
+    def leading(self) -> bool:
+        return self.standing.leading
+
+
+def places_left(lead: Lead) -> int:
+    """How many buyers the auction's close can still sell to: one for an exclusive lead, the
+    places a shared lead has not sold yet (buy-now may have taken some)."""
+    return max(0, lead.max_buyers - lead.sold_count)
 
 
 def _minimum_bid(auction: Auction, settings: Settings, lead: Lead) -> int:
     """The lowest bid a newcomer may place now. A shared lead has places below the top one,
     so any bid from the opening up may win one (the close sells to the best maximums)."""
-    if auction.current_price_cents is None or lead.max_buyers - lead.sold_count > 1:
+    if auction.current_price_cents is None or places_left(lead) > 1:
         return settings.auction_opening_bid_cents
     return auction.current_price_cents + settings.auction_min_increment_cents
 
@@ -154,10 +191,34 @@ def _publish(
     )
 
 
+async def schedule_close(session: AsyncSession, lead_id: str, ends_at: dt.datetime) -> None:
+    """Queue the job that closes ``lead_id``'s auction at ``ends_at``, in the caller's
+    transaction; once per end (the dedupe key names it), however often this is asked."""
+    await enqueue(
+        session,
+        CLOSE_JOB,
+        {"lead_id": lead_id},
+        run_at=ends_at,
+        dedupe_key=f"{CLOSE_JOB}:{lead_id}:{ends_at.timestamp():.6f}",
+    )
+
+
+async def publish_state(
+    session: AsyncSession, settings: Settings, broker: Broker, lead_id: str
+) -> None:
+    """Tell the auction's live pages its state once this transaction commits, after a change
+    made outside this module (a buy-now ending it)."""
+    lead = await session.get(Lead, lead_id, populate_existing=True)
+    auction = await session.get(Auction, lead_id, populate_existing=True)
+    if lead is not None and auction is not None:
+        _publish(session, broker, auction, settings, lead)
+
+
 async def _auction_of(session: AsyncSession, lead: Lead) -> Auction:
-    """The lead's auction row, made at its first use (the lead's lock is already held)."""
+    """The lead's auction row, made at its first use (the lead's lock is already held). Made
+    before its end, it also queues the job that closes it then (M1)."""
     assert lead.auction_ends_at is not None
-    await session.execute(
+    made = await session.execute(
         insert_ignoring_conflicts(session, Auction, index_elements=[Auction.lead_id]).values(
             lead_id=lead.id,
             currency=lead.currency,
@@ -167,6 +228,8 @@ async def _auction_of(session: AsyncSession, lead: Lead) -> Auction:
             extensions=0,
         )
     )
+    if int(getattr(made, "rowcount", 0) or 0) == 1 and lead.auction_ends_at > utcnow():
+        await schedule_close(session, lead.id, lead.auction_ends_at)
     auction = await session.get(Auction, lead.id, populate_existing=True)
     assert auction is not None
     return auction
@@ -181,10 +244,61 @@ async def _locked_lead(session: AsyncSession, lead_id: str) -> Lead | None:
     )
 
 
+async def _winners_now(session: AsyncSession, lead: Lead, places: int) -> set[str]:
+    """The buyers the close would sell to if it came now: each buyer's standing maximum (their
+    last bid), best first, an equal maximum ranked by the earlier bid, as :func:`close_auction`
+    ranks them; skipping suspended buyers and those who already bought the lead (buy-now), and
+    stopping below the reserve. One query, whatever the number of bids."""
+    last = (
+        select(
+            Bid.buyer_id,
+            Bid.max_cents,
+            Bid.created_at,
+            Bid.id,
+            func.row_number()
+            .over(partition_by=Bid.buyer_id, order_by=(Bid.created_at.desc(), Bid.id.desc()))
+            .label("newest"),
+        )
+        .where(Bid.lead_id == lead.id)
+        .subquery()
+    )
+    query = (
+        select(last.c.buyer_id)
+        .join(User, User.id == last.c.buyer_id)
+        .where(
+            last.c.newest == 1,
+            User.status == UserStatus.ACTIVE.value,
+            ~exists().where(Order.lead_id == lead.id, Order.buyer_id == last.c.buyer_id),
+        )
+        .order_by(last.c.max_cents.desc(), last.c.created_at, last.c.id)
+        .limit(places)
+    )
+    if lead.reserve_cents:
+        query = query.where(last.c.max_cents >= lead.reserve_cents)
+    return set(await session.scalars(query))
+
+
+async def _standing(
+    session: AsyncSession, lead: Lead, auction: Auction | None, buyer_id: str
+) -> Standing:
+    if auction is None or auction.leader_id is None:
+        open_ = lead.status == LeadStatus.OPEN.value and (auction is None or not auction.closed_at)
+        return Standing(leading=False, winning=False, places=places_left(lead) if open_ else 0)
+    leading = auction.leader_id == buyer_id
+    if auction.closed_at is not None:  # the outcome and the buyer's orders say the rest
+        return Standing(leading=leading, winning=False, places=0)
+    places = places_left(lead)
+    return Standing(
+        leading=leading,
+        winning=places > 0 and buyer_id in await _winners_now(session, lead, places),
+        places=places,
+    )
+
+
 async def auction_view(
     session: AsyncSession, settings: Settings, lead_id: str, viewer: User
-) -> tuple[AuctionView, bool]:
-    """The auction as ``viewer`` may see it, and whether ``viewer`` leads it."""
+) -> tuple[AuctionView, Standing]:
+    """The auction as ``viewer`` may see it, and where ``viewer`` stands in it."""
     lead = await session.get(Lead, lead_id)
     if lead is None or not may_see(lead, viewer):
         raise NotFound("No such lead.")
@@ -205,9 +319,9 @@ async def auction_view(
                 closed=closed,
                 outcome=None,
             ),
-            False,
+            await _standing(session, lead, None, viewer.id),
         )
-    return _view(auction, settings, lead), auction.leader_id == viewer.id
+    return _view(auction, settings, lead), await _standing(session, lead, auction, viewer.id)
 
 
 def _judge(
@@ -352,9 +466,14 @@ async def place_bid(
     )
     await session.flush()
     _publish(session, broker, auction, settings, lead)
+    places = places_left(lead)
+    if places > 1:
+        standing = await _standing(session, lead, auction, buyer.id)
+    else:  # one place: the leader's, once the reserve is met (no need to rank the bids)
+        standing = Standing(leading=leads, winning=leads and auction.reserve_met, places=places)
     return PlacedBid(
         id=bid_id,
-        leading=leads,
+        standing=standing,
         current_price_cents=price,
         minimum_bid_cents=_minimum_bid(auction, settings, lead),
         ends_at=auction.ends_at,
@@ -543,7 +662,7 @@ async def close_auction(
             )
         )
         candidates = [c for c in candidates if c.buyer_id in active]
-    places = max(0, lead.max_buyers - lead.sold_count)
+    places = places_left(lead)
     preview = LeadPreview.of_lead(lead)
     orders: list[str] = []
     winners: set[str] = set()
@@ -650,9 +769,42 @@ async def close_due_auctions(
         )
     )
     for lead in gone:
-        outcome = {
-            LeadStatus.SOLD.value: AuctionOutcome.BOUGHT_OUTRIGHT,
-            LeadStatus.WITHDRAWN.value: AuctionOutcome.WITHDRAWN,
-        }.get(lead.status, AuctionOutcome.UNSOLD)
-        await end_auction(session, settings, broker, lead, outcome, now=now)
+        await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
     return len(due) + len(gone)
+
+
+def _outcome_off_market(lead: Lead) -> AuctionOutcome:
+    """Why the auction of a lead that left the market before its end is over."""
+    return {
+        LeadStatus.SOLD.value: AuctionOutcome.BOUGHT_OUTRIGHT,
+        LeadStatus.WITHDRAWN.value: AuctionOutcome.WITHDRAWN,
+    }.get(lead.status, AuctionOutcome.UNSOLD)
+
+
+async def close_at_end(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead_id: str,
+    *,
+    now: dt.datetime | None = None,
+) -> bool:
+    """The ``auctions.close`` job: close ``lead_id``'s auction if its end has come (or end it if
+    the lead left the market meanwhile). An auction whose end moved later (anti-sniping) is
+    left open and its close queued at the new end. Whether this call closed it: False when
+    someone else already did, so running it twice changes nothing."""
+    lead = await _locked_lead(session, lead_id)  # waits for a bid being judged, then sees it
+    now = now or utcnow()
+    if lead is None or lead.sale_mode != SaleMode.AUCTION.value or lead.auction_ends_at is None:
+        return False
+    if lead.status == LeadStatus.OPEN.value:
+        if lead.auction_ends_at > now:
+            await schedule_close(session, lead.id, lead.auction_ends_at)
+            return False
+        await close_auction(session, settings, broker, lead, now=now)
+        return True
+    auction = await session.get(Auction, lead.id, populate_existing=True)
+    if auction is None or auction.closed_at is not None:
+        return False
+    await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
+    return True

@@ -1,6 +1,8 @@
-"""Background sweeps of the auctions: buyer campaigns bid on new auctions, and auctions whose
-time is up are closed (sold to their winners, or unsold). Both run every few seconds on
-whichever worker claims the slot; each claims its rows with ``FOR UPDATE SKIP LOCKED``."""
+"""Background work of the auctions: each auction's close at its end (one ``auctions.close`` job
+per auction, queued when its row is made), and two sweeps that run every few seconds on
+whichever worker claims the slot, each claiming its rows with ``FOR UPDATE SKIP LOCKED``:
+buyer campaigns bid on new auctions, and auctions whose time is up are closed (sold to their
+winners, or unsold) if their own job has not done it (the safety net)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ if TYPE_CHECKING:
 
 CAMPAIGN_BIDS_JOB = "auctions.campaign_bids"
 CLOSE_DUE_JOB = "auctions.close_due"
-# Bids after the end are refused as they come, so the outcome is fixed at the end; the sweep
-# only makes it happen (orders, holds released) within this long.
+# Bids after the end are refused as they come, so the outcome is fixed at the end; the close
+# job makes it happen then, and the sweep at the latest this long after.
 SWEEP_EVERY = dt.timedelta(seconds=10)
 
 registry: JobRegistry[JobServices] = JobRegistry()
@@ -32,3 +34,10 @@ async def campaigns_bid_on_new_auctions(ctx: JobContext[JobServices]) -> None:
 @registry.periodic(CLOSE_DUE_JOB, every=SWEEP_EVERY)
 async def close_due_auctions(ctx: JobContext[JobServices]) -> None:
     await service.close_due_auctions(ctx.session, ctx.services.settings, ctx.services.broker)
+
+
+@registry.handler(service.CLOSE_JOB)
+async def close_at_end(ctx: JobContext[JobServices]) -> None:
+    await service.close_at_end(
+        ctx.session, ctx.services.settings, ctx.services.broker, str(ctx.payload["lead_id"])
+    )

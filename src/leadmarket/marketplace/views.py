@@ -34,6 +34,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 NOTICES = {
     "leading": "Your bid leads. We will bid for you up to your maximum.",
+    # A shared lead sells to its best few maximums: a bid below the top one may still win.
+    "winning": "Your bid holds one of the winning places; another buyer's maximum leads.",
     "outbid": "Your bid was placed, but another buyer's maximum is higher.",
 }
 
@@ -55,7 +57,7 @@ async def _page(
 ) -> Response:
     settings = _settings(request)
     lead = await get_visible_lead(session, lead_id, member)
-    view, leading = await service.auction_view(session, settings, lead_id, member)
+    view, standing = await service.auction_view(session, settings, lead_id, member)
     viewer: Viewer | None = getattr(request.state, "viewer", None)
     context: dict[str, Any] = {
         "viewer": viewer,
@@ -64,7 +66,7 @@ async def _page(
         "preview": previews.preview_of(lead),
         "sale": previews.sale_of(lead, show_reserve=lead.seller_id == member.id),
         "auction": view,
-        "leading": leading,
+        "standing": standing,
         "may_bid": member.role == Role.BUYER.value and not view.closed,
         "money": format_money,
         "amount": amount,
@@ -129,7 +131,10 @@ async def bid_from_page(
             message = exc.detail
             buyer = await session.get(User, buyer_id) or buyer
         else:
-            done = "leading" if placed.leading else "outbid"
+            if placed.leading:
+                done = "leading"
+            else:
+                done = "winning" if placed.standing.winning else "outbid"
             return RedirectResponse(f"/auctions/{lead_id}?done={done}", status_code=303)
     return await _page(
         request, session, buyer, lead_id, amount=amount, error=message, status_code=422

@@ -71,6 +71,7 @@ async def purchase(
         lead_id=lead_id,
         buyer=principal.user,
         idempotency_key=check_key(idempotency_key),
+        broker=request.app.state.broker,
     )
     order = await service.get_order(session, order_id, principal.user)
     out = await service.order_out(session, settings, order, principal.user)

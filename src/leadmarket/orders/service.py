@@ -34,6 +34,7 @@ from leadmarket.kit.db import UTCDateTime, insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, Forbidden, NotFound
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.realtime import Broker, LocalBroker
 from leadmarket.leads.service import consent_withdrawn_at
 from leadmarket.leads.vault import (
     LIVE_ORDER_STATUSES,
@@ -44,6 +45,7 @@ from leadmarket.leads.vault import (
 )
 from leadmarket.ledger.service import HoldClosed, hold_funds, hold_of, platform_fee, settle_sale
 from leadmarket.models import (
+    AuctionOutcome,
     Consent,
     HoldStatus,
     Lead,
@@ -327,10 +329,16 @@ async def purchase(
     lead_id: str,
     buyer: User,
     idempotency_key: str | None,
+    broker: Broker | None = None,
 ) -> tuple[int, str]:
     """A buyer buys a lead outright at its fixed or buy-now price (``POST
     /api/v1/leads/{id}/purchase`` and the Buy button): ``(201, order id)``. The same
-    ``idempotency_key`` gives the first answer's order again; with another lead, 409."""
+    ``idempotency_key`` gives the first answer's order again; with another lead, 409.
+
+    A buy-now that takes an auctioned lead's last place ends its auction in the same
+    transaction (M1, M5): the leading bidder's hold is released and every bidder is told, so
+    no bidder's money stays held after the answer. ``broker`` tells the auction's live pages
+    after the commit (without one, as in the demo's history, nobody is watching)."""
     fingerprint = request_fingerprint({"orders.purchase": lead_id})
     if idempotency_key is not None:
         earlier = await previous_answer(session, buyer.id, idempotency_key, fingerprint)
@@ -346,20 +354,53 @@ async def purchase(
     if lead.status != LeadStatus.OPEN.value:
         raise await _why_not(session, settings, lead_id, buyer.id)
     price_cents, via = sale_terms(lead, utcnow())
-    order = await sell(
-        session,
-        settings,
-        lead_id=lead_id,
-        buyer_id=buyer.id,
-        price_cents=price_cents,
-        via=via,
-    )
+    ended = False
+    async with session.begin_nested():  # a refused sale leaves the auction as it was
+        if via is SaleVia.BUY_NOW:
+            # The auction's holds are released before the sale takes its own hold and the
+            # audit head, keeping the lock order of every sale (lead, ledger, audit).
+            ended = await _end_auction_bought_now(session, settings, lead_id)
+        order = await sell(
+            session,
+            settings,
+            lead_id=lead_id,
+            buyer_id=buyer.id,
+            price_cents=price_cents,
+            via=via,
+        )
+    if ended and broker is not None:
+        from leadmarket.marketplace.service import publish_state  # (see just below)
+
+        await publish_state(session, settings, broker, lead_id)
     if idempotency_key is not None:
         # The remembered answer names the order only: no contact data in that table.
         await remember_answer(
             session, buyer.id, idempotency_key, fingerprint, 201, {"id": order.id}
         )
     return 201, order.id
+
+
+async def _end_auction_bought_now(session: AsyncSession, settings: Settings, lead_id: str) -> bool:
+    """End the auction of ``lead_id`` if a sale now takes its last place; whether it did. The
+    lead's row is locked first, as a bid locks it: a bid being judged finishes (its hold is
+    then the one released here), and a bid after this waits and finds the lead sold."""
+    # The marketplace sells through this module, so it is imported here, when first needed.
+    from leadmarket.marketplace.service import end_auction, places_left
+
+    lead = await session.scalar(
+        select(Lead)
+        .where(Lead.id == lead_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if lead is None or lead.status != LeadStatus.OPEN.value or places_left(lead) > 1:
+        return False  # not for sale (the sale says why), or a shared lead's auction goes on
+    # Its pages are told only once the sale has gone through (a refused sale, rolled back
+    # to before this, must not tell them the auction closed): this broker reaches nobody.
+    ended = await end_auction(
+        session, settings, LocalBroker(), lead, AuctionOutcome.BOUGHT_OUTRIGHT
+    )
+    return ended is not None
 
 
 # Reading ----------------------------------------------------------------------------------

@@ -165,6 +165,7 @@ async def purchase(
             lead_id=lead_id,
             buyer=principal.user,
             idempotency_key=check_key(key if isinstance(key, str) and key else None),
+            broker=request.app.state.broker,
         )
     except NotFound:
         raise

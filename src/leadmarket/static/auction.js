@@ -35,7 +35,11 @@
       fetch(panel.getAttribute("data-state"), { credentials: "same-origin" })
         .then(function (response) { return response.ok ? response.json() : null; })
         .then(function (mine) {
-          if (mine) { set("status", mine.leading ? "You lead this auction." : "Open for bids."); }
+          if (!mine) { return; }
+          set("places", String(mine.places));
+          set("status", mine.leading ? "You lead this auction."
+            : mine.winning ? "Your bid holds one of the " + mine.places + " winning places."
+            : "Open for bids.");
         })
         .catch(function () { /* the next event tries again */ });
     }
