@@ -83,9 +83,12 @@ def normalize_consumer_phone(value: str, country: str) -> str:
         number = phonenumbers.parse(value, country)
     except phonenumbers.NumberParseException:
         raise ValueError("Not a phone number.") from None
-    if not phonenumbers.is_valid_number(number):
+    # is_valid_number(number) is exactly is_valid_number_for_region(number, its region); finding
+    # the region walks the patterns of every NANPA country, so it is done once, for both checks.
+    region = phonenumbers.region_code_for_number(number)
+    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
         raise ValueError("This phone number does not exist.")
-    if phonenumbers.region_code_for_number(number) not in ("US", "CA"):
+    if region not in ("US", "CA"):
         raise ValueError("Use a United States or Canadian phone number.")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

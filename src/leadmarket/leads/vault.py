@@ -29,7 +29,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, Forbidden, NotFound, ValidationFailed
-from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
+from leadmarket.kit.keyring import Keyring, Sealer, WrappedKey, new_data_key, open_sealed
 from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Order, OrderStatus, Role
 
 
@@ -56,9 +56,10 @@ def _context(lead_id: str, field: str) -> bytes:
 
 def seal_personal_data(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> LeadVault:
     data_key = new_data_key()
+    sealer = Sealer(data_key)
     sealed = {
         field: base64.b64encode(
-            seal(data_key, json.dumps(value).encode(), _context(lead_id, field))
+            sealer.seal(json.dumps(value).encode(), _context(lead_id, field))
         ).decode()
         for field, value in values.items()
         if value is not None
