@@ -60,7 +60,7 @@ from leadmarket.leads import intake_sql, quality
 from leadmarket.leads.previews import age_band, preview_of, quality_of
 from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import MINIMUM_AGE, MINOR_ERROR, LeadCreatedOut, LeadIn, age_on
-from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
+from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_fields
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -226,7 +226,7 @@ def prepare_lead(
     lead_id = new_id("lead")
     sale = data.sale
     ip_digest = kit.indexer.digest(IndexKind.IP, str(consent.ip))
-    vault = seal_personal_data(
+    vault = seal_fields(
         kit.settings.keyring(),
         lead_id,
         {
@@ -348,10 +348,10 @@ class Written:
     def is_new(self) -> bool:
         return self.prepared is not None
 
-    @property
+    @functools.cached_property
     def created(self) -> CreatedLead | None:
         """The new lead as a (detached) ORM object, for callers that go on working with it.
-        Built on demand: the API answers from ``body`` alone, and building the object costs
+        Built on first use: the API answers from ``body`` alone, and building the object costs
         more than the rest of the answer."""
         if self.prepared is None:
             return None
