@@ -158,6 +158,7 @@ def build_rows(
             "user_agent_digest": _sha256(body["consent"]["user_agent"]),
             "recorded_at": now,
             "withdrawn_at": None,
+            "global_privacy_control": False,
         }
         indexes = [
             (lead_id, kind, _sha256(f"{kind}:{value}"), vertical.slug, now)

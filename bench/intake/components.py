@@ -18,7 +18,7 @@ from bench.intake.bodies import lead_bodies
 from bench.intake.scratch import Scratch, Seller
 from leadmarket.app import create_app
 from leadmarket.kit.db import Database, make_engine
-from leadmarket.leads import quality
+from leadmarket.leads import intake, quality
 from leadmarket.leads.schemas import LeadIn
 from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
 from leadmarket.models import ApiKey
@@ -151,8 +151,89 @@ async def _sql_costs(scratch: Scratch, seller: Seller, count: int) -> list[Row]:
     return rows
 
 
+async def intake_costs(scratch: Scratch, seller: Seller, count: int = 2_000) -> list[Row]:
+    """Intake below HTTP, per lead: the request model from JSON, :func:`prepare_lead`, and
+    :func:`write_leads` in one transaction per batch (each lead with its API key and an
+    Idempotency-Key, as the API sends them), at the batch sizes group commit makes under load
+    (about 14 at 32 connections today) and at its cap."""
+    settings = scratch.settings()
+    kit = intake.LeadsKit(settings)
+    bodies = [
+        json.dumps(b).encode()
+        for b in lead_bodies(30_000_000, 3 * count, seller_username=seller.username)
+    ]
+    api_key_id = await _api_key_id(scratch, seller)
+
+    def prepare(i: int) -> intake.PreparedLead:
+        return intake.prepare_lead(
+            kit,
+            seller_id=seller.user_id,
+            seller_username=seller.username,
+            data=LeadIn.model_validate_json(bodies[i]),
+            source="api",
+        )
+
+    def submission(i: int) -> intake.Submission:
+        claim = intake.IdempotencyClaim(seller.user_id, f"bench-{i}", f"{i:064x}")
+        return intake.Submission(prepare(i), api_key_id=api_key_id, idempotency=claim)
+
+    rows: list[Row] = [("JSON → LeadIn → prepare_lead", _cpu_ms(prepare, count))]
+    db = Database(make_engine(scratch.url))
+    try:
+        start = count
+        for size in (14, 100):
+            batches = [
+                [submission(i) for i in range(first, first + size)]
+                for first in range(start, start + count, size)
+            ]
+            start += count
+            written = 0
+            started = time.process_time()
+            for batch in batches:
+                async with db.transaction() as session:
+                    outcomes = await intake.write_leads(session, kit, batch)
+                written += sum(isinstance(o, intake.Written) for o in outcomes)
+            cpu = time.process_time() - started
+            assert written == sum(map(len, batches)), "every bench lead must be written"
+            rows.append((f"write_leads, {size} per transaction", 1000 * cpu / written))
+    finally:
+        await db.dispose()
+    return rows
+
+
+async def _api_key_id(scratch: Scratch, seller: Seller) -> str:
+    db = Database(make_engine(scratch.url))
+    try:
+        async with db.transaction() as session:
+            key_id = await session.scalar(select(ApiKey.id).where(ApiKey.user_id == seller.user_id))
+    finally:
+        await db.dispose()
+    assert key_id is not None
+    return str(key_id)
+
+
 def component_costs(scratch: Scratch, seller: Seller, count: int = 2_000) -> str:
     rows = domain_costs(scratch, count) + asyncio.run(_sql_costs(scratch, seller, count))
+    rows += asyncio.run(intake_costs(scratch, seller, count))
     lines = ["CPU per call, measured directly:"]
     lines += [f"  {label:52}{ms:8.3f} ms" for label, ms in rows]
     return "\n".join(lines)
+
+
+def main() -> None:
+    """``python -m bench.intake.components --db postgres``: the direct costs alone, in a
+    scratch database (``PYTHONPATH=/tmp/copy/src`` measures another source tree)."""
+    import argparse
+
+    from bench.intake.scratch import create_seller, scratch_database
+
+    parser = argparse.ArgumentParser(prog="python -m bench.intake.components")
+    parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--count", type=int, default=2_000)
+    args = parser.parse_args()
+    with scratch_database(args.db, "components") as scratch:
+        print(component_costs(scratch, create_seller(scratch), args.count))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ async def _census(scratch: Scratch, seller: Seller, bodies: list[dict[str, Any]]
     event.listen(engine, "before_cursor_execute", on_execute)
     event.listen(engine.pool, "checkout", on_checkout)
     event.listen(engine, "commit", on_commit)
+    restore = _count_driver_statements(seen)
     headers = {"Authorization": f"Bearer {seller.api_key}"}
     transport = httpx.ASGITransport(app=app)
     try:
@@ -98,8 +100,36 @@ async def _census(scratch: Scratch, seller: Seller, bodies: list[dict[str, Any]]
                 response = await client.post("/api/v1/leads", json=body)
                 assert response.status_code == 201, response.text
     finally:
+        restore()
         await app.state.db.dispose()
     return seen
+
+
+def _count_driver_statements(seen: Counter[str]) -> Callable[[], None]:
+    """Intake sends its batch lookup and INSERT through asyncpg directly on PostgreSQL
+    (``leads.intake_sql``), where SQLAlchemy's events do not see them: count those calls
+    until the returned function puts the originals back."""
+    from leadmarket.leads import intake_sql
+
+    originals = {name: getattr(intake_sql, name) for name in ("find", "insert_batch")}
+
+    def counting(name: str) -> Any:
+        original = getattr(intake_sql, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            seen[f"statement: intake_sql.{name} (asyncpg)"] += 1
+            return await original(*args, **kwargs)
+
+        return counted
+
+    for name in originals:
+        setattr(intake_sql, name, counting(name))
+
+    def restore() -> None:
+        for name, original in originals.items():
+            setattr(intake_sql, name, original)
+
+    return restore
 
 
 def statement_census(scratch: Scratch, seller: Seller, count: int = 100) -> str:

@@ -20,6 +20,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import DomainError
 from leadmarket.leads.intake import (
+    IdempotencyClaim,
     IntakeBatcher,
     LeadsKit,
     Submission,
@@ -28,7 +29,15 @@ from leadmarket.leads.intake import (
     write_leads,
 )
 from leadmarket.leads.schemas import LeadIn
-from leadmarket.models import ApiKey, Lead, LeadBlindIndex, LeadVault, User
+from leadmarket.models import (
+    ApiKey,
+    ConsumerOptOut,
+    IdempotencyRecord,
+    Lead,
+    LeadBlindIndex,
+    LeadVault,
+    User,
+)
 from tests.fixtures.accounts import bearer, signed_in
 from tests.fixtures.leads import lead_body
 
@@ -221,3 +230,78 @@ async def test_velocity_counts_the_leads_earlier_in_the_same_batch(
         if isinstance(o, Written)
     ]
     assert flagged == [False, False, False, True, True]
+
+
+async def test_one_batch_judges_every_rule_and_stores_only_the_new_leads(
+    committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    """Every refusal next to new leads in one write_leads call, all decided by the batch's one
+    lookup (one statement on PostgreSQL): a replayed and a reused Idempotency-Key, an opted-out
+    consumer, a duplicate of a stored lead and one of a lead earlier in the batch."""
+    await api_key_of_a_seller(committed_client)
+    async with committed_db.transaction() as session:
+        seller = await session.scalar(select(User).where(User.role == "seller"))
+    assert seller is not None
+    kit = LeadsKit(settings)
+
+    def submission(body: dict[str, Any], key: str | None = None, sha: str = "a" * 64) -> Submission:
+        prepared = prepare_lead(
+            kit,
+            seller_id=seller.id,
+            seller_username="s",
+            data=LeadIn.model_validate(body),
+            source="api",
+        )
+        claim = IdempotencyClaim(seller.id, key, sha) if key is not None else None
+        return Submission(prepared, idempotency=claim)
+
+    stored = submission(same_consumer("mortgage", "stored@example.com"))
+    keyed = submission(lead_body(), key="first")
+    async with committed_db.transaction() as session:
+        first = await write_leads(session, kit, [stored, keyed])
+        opted_out = prepare_lead(
+            kit,
+            seller_id=seller.id,
+            seller_username="s",
+            data=LeadIn.model_validate(same_consumer("home-services", "gone@example.com")),
+            source="api",
+        )
+        session.add(ConsumerOptOut(digest=opted_out.email_digest, kind="email", request_id="r1"))
+    assert all(isinstance(o, Written) and o.status_code == 201 for o in first)
+    first_answer = first[1]
+    assert isinstance(first_answer, Written)
+
+    batch = [
+        submission(lead_body(), key="first"),  # same key, same body: the first answer again
+        submission(lead_body(), key="first", sha="b" * 64),  # same key, another body
+        Submission(opted_out),
+        submission(same_consumer("mortgage", "stored@example.com")),  # the stored lead's
+        submission(same_consumer("auto-insurance", "twice@example.com"), key="new"),
+        submission(same_consumer("auto-insurance", "twice@example.com")),  # the one before
+        submission(same_consumer("auto-insurance", "stored@example.com")),  # other vertical
+    ]
+    async with committed_db.transaction() as session:
+        outcomes = await write_leads(session, kit, batch)
+
+    replay, reused, refused, duplicate, new, twice, other_vertical = outcomes
+    assert isinstance(replay, Written) and not replay.is_new
+    assert (replay.status_code, replay.body) == (201, first_answer.body)
+    assert isinstance(reused, DomainError) and reused.status == 409
+    assert isinstance(refused, DomainError) and refused.slug == "consumer-opted-out"
+    assert isinstance(duplicate, DomainError) and duplicate.slug == "duplicate-lead"
+    assert duplicate.extra == {"duplicate_of": stored.prepared.id}
+    assert isinstance(new, Written) and new.is_new
+    assert isinstance(twice, DomainError) and twice.extra == {"duplicate_of": new.body["id"]}
+    assert isinstance(other_vertical, Written) and other_vertical.status_code == 201
+    created = new.created
+    assert created is not None and created.lead.id == new.body["id"]
+    async with committed_db.transaction() as session:
+        leads = set(await session.scalars(select(Lead.id)))
+        vaults = set(await session.scalars(select(LeadVault.lead_id)))
+        indexes = set(await session.scalars(select(LeadBlindIndex.lead_id)))
+        records = dict(
+            (await session.execute(select(IdempotencyRecord.key, IdempotencyRecord.response))).all()
+        )
+    expected = {stored.prepared.id, keyed.prepared.id, new.body["id"], other_vertical.body["id"]}
+    assert leads == vaults == indexes == expected
+    assert records == {"first": first_answer.body, "new": new.body}

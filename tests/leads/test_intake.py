@@ -8,12 +8,15 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import phonenumbers
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.idempotency import purge_expired_records
+from leadmarket.leads import quality
+from leadmarket.leads.schemas import ConsumerPhone, normalize_consumer_phone
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -369,6 +372,30 @@ async def test_quality_signals_lower_the_score_with_reasons(
     assert suspicious["score"] < clean["score"]
     summary = (await client.get("/api/v1/me/lead-quality", headers=seller)).json()
     assert summary["leads"] == 2 and summary["by_reason"]["disposable_email"] == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "code"),
+    [
+        ("+1 800 364 0199", "US", "non_personal_phone"),  # toll-free
+        ("(900) 364-0199", "US", "non_personal_phone"),  # premium rate
+        ("+1 500 364 0199", "US", None),  # personal number: no signal of its own
+        ("212 364 0143", "US", "area_code_mismatch"),  # New York, the lead is in California
+        ("416-364-0199", "CA", "area_code_mismatch"),  # Toronto
+    ],
+)
+def test_the_phone_is_read_once_with_the_same_quality_signals(
+    raw: str, country: str, code: str | None
+) -> None:
+    """Validation keeps the line type and area code it found on the number; the signals built
+    from them are the ones phonenumbers gives when the number is parsed again."""
+    phone = normalize_consumer_phone(raw, country)
+    assert isinstance(phone, ConsumerPhone)
+    assert phone.line_type == phonenumbers.number_type(phonenumbers.parse(phone))
+    kept = quality.contact_signals(email="ana@example.com", phone_e164=phone, region="CA")
+    parsed = quality.contact_signals(email="ana@example.com", phone_e164=str(phone), region="CA")
+    assert kept == parsed
+    assert code is None or code in {s.code for s in kept}
 
 
 async def test_many_leads_from_one_address_are_flagged(

@@ -84,6 +84,22 @@ async def post_lead(
 ) -> JSONResponse:
     """Written together with the other leads arriving at the same moment (one transaction per
     batch, see :class:`IntakeBatcher`); answered once that transaction has committed."""
+    status_code, answer = await accept_lead(kit, batcher, principal, body, idempotency_key)
+    return JSONResponse(answer, status_code=status_code)
+
+
+async def accept_lead(
+    kit: LeadsKit,
+    batcher: IntakeBatcher,
+    principal: Principal,
+    body: LeadIn,
+    idempotency_key: str | None,
+) -> tuple[int, dict[str, Any]]:
+    """``POST /api/v1/leads`` below HTTP (L1, L2, L3, S1): the seller's checked principal, the
+    parsed body and the ``Idempotency-Key`` header in; the status and JSON answer out (201 and
+    the new lead, or the first answer replayed). Refusals are raised as the
+    :class:`~leadmarket.kit.errors.DomainError` that names them. Any front end (the FastAPI
+    route above, a raw ASGI handler) answers the same by calling this."""
     key = check_key(idempotency_key)
     prepared = intake.prepare_lead(
         kit,
@@ -105,7 +121,7 @@ async def post_lead(
             ),
         )
     )
-    return JSONResponse(written.body, status_code=written.status_code)
+    return written.status_code, written.body
 
 
 @router.get(

@@ -10,13 +10,14 @@ Intake is two steps:
 2. :func:`write_leads` writes any number of prepared leads in the caller's transaction, each
    judged on its own: credentials still live, ``Idempotency-Key`` replays, consumers who opted
    out of sale (P9), duplicates of the same consumer (in the database or earlier in the same
-   batch), velocity signals and quality, then a handful of multi-row statements for the whole
-   batch.
+   batch), velocity signals and quality. What the database holds for these rules is read in
+   one lookup for the whole batch and the rows are written table by table for the whole batch
+   (on PostgreSQL one statement each, see :mod:`.intake_sql`).
 
 :class:`IntakeBatcher` is what makes the API fast: concurrent ``POST /api/v1/leads`` requests of
 one process hand their prepared leads to it, and it writes whatever has queued up in one
 transaction (group commit), answering each request only after that commit. A batch costs the
-same dozen statements whether it carries one lead or a hundred."""
+same few statements whether it carries one lead or a hundred."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlalchemy import (
     Integer,
@@ -54,11 +56,11 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import IdempotencyKeyReused
 from leadmarket.kit.ids import new_id
-from leadmarket.leads import quality
+from leadmarket.leads import intake_sql, quality
 from leadmarket.leads.previews import age_band, preview_of, quality_of
 from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import MINIMUM_AGE, MINOR_ERROR, LeadCreatedOut, LeadIn, age_on
-from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_personal_data
+from leadmarket.leads.vault import BlindIndexer, IndexKind, seal_fields
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -224,7 +226,7 @@ def prepare_lead(
     lead_id = new_id("lead")
     sale = data.sale
     ip_digest = kit.indexer.digest(IndexKind.IP, str(consent.ip))
-    vault = seal_personal_data(
+    vault = seal_fields(
         kit.settings.keyring(),
         lead_id,
         {
@@ -339,20 +341,38 @@ class Written:
 
     status_code: int
     body: dict[str, Any]
-    created: CreatedLead | None = None
+    # The new lead's rows as written; None for a replayed answer.
+    prepared: PreparedLead | None = None
+
+    @property
+    def is_new(self) -> bool:
+        return self.prepared is not None
+
+    @functools.cached_property
+    def created(self) -> CreatedLead | None:
+        """The new lead as a (detached) ORM object, for callers that go on working with it.
+        Built on first use: the API answers from ``body`` alone, and building the object costs
+        more than the rest of the answer."""
+        if self.prepared is None:
+            return None
+        return CreatedLead(
+            lead=Lead(**self.prepared.lead), certificate=self.prepared.consent["certificate"]
+        )
 
 
 Outcome = Written | DomainError
 
 
-def created_answer(created: CreatedLead) -> dict[str, Any]:
-    """The body of ``201 Created`` for a new lead (also kept for ``Idempotency-Key`` replays)."""
+def created_answer(prepared: PreparedLead) -> dict[str, Any]:
+    """The body of ``201 Created`` for a new lead (also kept for ``Idempotency-Key`` replays),
+    from its row: the preview reads the same attributes from it as from a :class:`Lead`."""
+    row = cast(Lead, SimpleNamespace(**prepared.lead))
     return LeadCreatedOut(
-        id=created.lead.id,
-        status=created.lead.status,
-        preview=preview_of(created.lead),
-        quality=quality_of(created.lead),
-        consent_certificate=created.certificate,
+        id=prepared.id,
+        status=row.status,
+        preview=preview_of(row),
+        quality=quality_of(row),
+        consent_certificate=prepared.consent["certificate"],
     ).model_dump(mode="json")
 
 
@@ -372,6 +392,8 @@ class _Batch:
     """The state of one :func:`write_leads` call: which submissions are still in the running."""
 
     submissions: Sequence[Submission]
+    # The asyncpg connection on PostgreSQL (see :mod:`.intake_sql`); None on SQLite.
+    driver: intake_sql.Driver | None = None
     outcomes: list[Outcome | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -387,19 +409,22 @@ async def write_leads(
     """Write ``submissions`` in the session's transaction; one outcome per submission, in order.
     A refused submission (duplicate, replay, revoked key) writes nothing and does not stop the
     others. The caller commits."""
+    if not submissions:
+        return []
     batch = _Batch(submissions)
     now = utcnow()
     await _lock(session, submissions)
+    # After the first statement, so the driver's statements run in this transaction.
+    batch.driver = await intake_sql.postgres_driver(session)
     await _check_credentials(session, batch, now)
-    await _replay_or_claim_keys(session, batch)
-    await _refuse_opted_out(session, batch)
-    await _refuse_duplicates(session, kit, batch, now)
+    found = await _find(session, kit, batch, now)
+    _replay_or_claim_keys(batch, found)
+    _refuse_opted_out(batch, found)
+    _refuse_duplicates(kit, batch, found)
     accepted = batch.pending()
-    await _score(session, kit, [s.prepared for _, s in accepted], now)
+    _score(kit, [s.prepared for _, s in accepted], found)
     for i, submission in accepted:
-        lead = Lead(**submission.prepared.lead)
-        created = CreatedLead(lead=lead, certificate=submission.prepared.consent["certificate"])
-        batch.outcomes[i] = Written(201, created_answer(created), created)
+        batch.outcomes[i] = Written(201, created_answer(submission.prepared), submission.prepared)
     await _insert(session, [s for _, s in accepted], batch, now)
     # M6: low-quality and velocity leads become fraud signals against their seller, tallied
     # per batch (nothing at all for a clean batch).
@@ -455,33 +480,128 @@ async def _check_credentials(session: AsyncSession, batch: _Batch, now: dt.datet
             batch.outcomes[i] = refusals[submission.api_key_id]
 
 
-async def _replay_or_claim_keys(session: AsyncSession, batch: _Batch) -> None:
-    claimed = [(i, s.idempotency) for i, s in batch.pending() if s.idempotency is not None]
-    if not claimed:
-        return
-    rows = await session.execute(
-        select(
-            IdempotencyRecord.principal,
-            IdempotencyRecord.key,
-            IdempotencyRecord.request_sha256,
-            IdempotencyRecord.status_code,
-            IdempotencyRecord.response,
-        ).where(
-            IdempotencyRecord.principal.in_({c.principal for _, c in claimed}),
-            IdempotencyRecord.key.in_({c.key for _, c in claimed}),
-        )
+@dataclass
+class Found:
+    """What the database already holds that a batch's rules ask about, read once for all its
+    submissions (reading for more submissions than are still in the running changes no
+    answer: each rule looks up only its own submission's keys)."""
+
+    # (principal, Idempotency-Key) → (request fingerprint, status code, answer)
+    replays: dict[tuple[str, str], tuple[str, int, dict[str, Any]]]
+    # (kind, digest) of the consumers in the opt-out registry (P9)
+    opted_out: set[tuple[str, str]]
+    # (digest, vertical) → the earliest lead within the duplicate window
+    first_lead: dict[tuple[str, str], str]
+    # leads in the velocity windows, each counted only up to its limit
+    seller_recent: dict[str, int]
+    ip_recent: dict[str, int]
+
+
+async def _find(session: AsyncSession, kit: LeadsKit, batch: _Batch, now: dt.datetime) -> Found:
+    """One statement on PostgreSQL (:func:`intake_sql.find`), five on SQLite."""
+    settings = kit.settings
+    prepared = [s.prepared for s in batch.submissions]
+    claims = [s.idempotency for s in batch.submissions if s.idempotency is not None]
+    principals = sorted({c.principal for c in claims})
+    keys = sorted({c.key for c in claims})
+    digests = sorted({d for p in prepared for d in (p.email_digest, p.phone_digest)})
+    # No window, no duplicates: nothing to look up.
+    window = settings.duplicate_window_days
+    duplicate_digests = digests if window else []
+    verticals = sorted({p.vertical for p in prepared})
+    sellers = sorted({p.seller_id for p in prepared})
+    addresses = sorted({p.ip_digest for p in prepared})
+    since = (
+        now - dt.timedelta(days=window),
+        now - dt.timedelta(minutes=1),
+        now - dt.timedelta(hours=1),
     )
-    earlier = {(r.principal, r.key): r for r in rows}
+    caps = (settings.velocity_seller_per_minute, settings.velocity_ip_per_hour)
+    kinds = [IndexKind.EMAIL.value, IndexKind.PHONE.value]
+    if batch.driver is not None:
+        rows = await intake_sql.find(
+            batch.driver,
+            principals=principals,
+            keys=keys,
+            digests=digests,
+            kinds=kinds,
+            duplicate_digests=duplicate_digests,
+            verticals=verticals,
+            duplicate_since=since[0],
+            sellers=sellers,
+            seller_since=since[1],
+            seller_cap=caps[0],
+            addresses=addresses,
+            address_since=since[2],
+            address_cap=caps[1],
+        )
+        return Found(
+            replays=rows.replays,
+            opted_out=rows.opted_out,
+            first_lead=_earliest(rows.recent),
+            seller_recent=rows.seller_recent,
+            ip_recent=rows.ip_recent,
+        )
+    replays: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = {}
+    if claims:
+        for r in await session.execute(
+            select(
+                IdempotencyRecord.principal,
+                IdempotencyRecord.key,
+                IdempotencyRecord.request_sha256,
+                IdempotencyRecord.status_code,
+                IdempotencyRecord.response,
+            ).where(IdempotencyRecord.principal.in_(principals), IdempotencyRecord.key.in_(keys))
+        ):
+            replays[(r.principal, r.key)] = (r.request_sha256, r.status_code, dict(r.response))
+    opted_out = await session.execute(
+        select(ConsumerOptOut.kind, ConsumerOptOut.digest).where(ConsumerOptOut.digest.in_(digests))
+    )
+    recent: list[tuple[str, str, str]] = []
+    if duplicate_digests:
+        recent = [
+            (digest, vertical, lead_id)
+            for digest, vertical, lead_id in await session.execute(
+                select(LeadBlindIndex.digest, LeadBlindIndex.vertical, LeadBlindIndex.lead_id)
+                .where(
+                    LeadBlindIndex.kind.in_(kinds),
+                    LeadBlindIndex.digest.in_(duplicate_digests),
+                    LeadBlindIndex.vertical.in_(verticals),
+                    LeadBlindIndex.created_at > since[0],
+                )
+                .order_by(LeadBlindIndex.created_at.desc())
+            )
+        ]
+    return Found(
+        replays=replays,
+        opted_out={(str(kind), str(digest)) for kind, digest in opted_out},
+        first_lead=_earliest(recent),
+        seller_recent=await _recent_counts(session, "seller", sellers, since[1], caps[0]),
+        ip_recent=await _recent_counts(session, "address", addresses, since[2], caps[1]),
+    )
+
+
+def _earliest(newest_first: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], str]:
+    """(digest, vertical) → lead id, keeping the earliest lead of each (rows come newest
+    first, so the earliest is written last)."""
+    return {(digest, vertical): lead_id for digest, vertical, lead_id in newest_first}
+
+
+def _replay_or_claim_keys(batch: _Batch, found: Found) -> None:
     in_this_batch: set[tuple[str, str]] = set()
-    for i, claim in claimed:
-        found = earlier.get((claim.principal, claim.key))
-        if found is not None:
-            if found.request_sha256 != claim.fingerprint:
+    for i, submission in batch.pending():
+        claim = submission.idempotency
+        if claim is None:
+            continue
+        earlier = found.replays.get((claim.principal, claim.key))
+        if earlier is not None:
+            fingerprint, status_code, response = earlier
+            if fingerprint != claim.fingerprint:
                 batch.outcomes[i] = IdempotencyKeyReused(
                     "This Idempotency-Key was already used with another body."
                 )
             else:
-                batch.outcomes[i] = Written(found.status_code, dict(found.response))
+                batch.outcomes[i] = Written(status_code, response)
         elif (claim.principal, claim.key) in in_this_batch:
             batch.outcomes[i] = Conflict(
                 "A request with this Idempotency-Key is being processed; retry to get its answer."
@@ -490,60 +610,33 @@ async def _replay_or_claim_keys(session: AsyncSession, batch: _Batch) -> None:
             in_this_batch.add((claim.principal, claim.key))
 
 
-async def _refuse_opted_out(session: AsyncSession, batch: _Batch) -> None:
-    """One lookup for the whole batch in the opt-out registry (P9), by the same digests the
-    duplicate check uses; a consumer found there is refused and nothing of the lead is written.
-    A fresh consent on a new form does not lift the opt-out: a seller's form is not proof that
-    the consumer changed their mind (see ``privacy.consumer_data.opt_out_consumer``)."""
-    pending = batch.pending()
-    if not pending:
+def _refuse_opted_out(batch: _Batch, found: Found) -> None:
+    """A consumer in the opt-out registry (P9), by the same digests the duplicate check uses,
+    is refused and nothing of the lead is written. A fresh consent on a new form does not lift
+    the opt-out: a seller's form is not proof that the consumer changed their mind (see
+    ``privacy.consumer_data.opt_out_consumer``)."""
+    if not found.opted_out:
         return
-    digests = {d for _, s in pending for d in (s.prepared.email_digest, s.prepared.phone_digest)}
-    rows = await session.execute(
-        select(ConsumerOptOut.digest, ConsumerOptOut.kind).where(ConsumerOptOut.digest.in_(digests))
-    )
-    opted_out = {(str(kind), str(digest)) for digest, kind in rows}
-    if not opted_out:
-        return
-    for i, submission in pending:
+    for i, submission in batch.pending():
         prepared = submission.prepared
-        if (IndexKind.EMAIL.value, prepared.email_digest) in opted_out or (
+        if (IndexKind.EMAIL.value, prepared.email_digest) in found.opted_out or (
             IndexKind.PHONE.value,
             prepared.phone_digest,
-        ) in opted_out:
+        ) in found.opted_out:
             batch.outcomes[i] = ConsumerOptedOut(
                 "This consumer opted out of the sale and sharing of their personal data; "
                 "the lead was not taken and nothing of it was stored."
             )
 
 
-async def _refuse_duplicates(
-    session: AsyncSession, kit: LeadsKit, batch: _Batch, now: dt.datetime
-) -> None:
+def _refuse_duplicates(kit: LeadsKit, batch: _Batch, found: Found) -> None:
     """The same consumer (by email or phone digest) asking for the same vertical within the
     window is a duplicate of the earliest such lead, whether that lead is already stored or
     was earlier in this batch."""
     if kit.settings.duplicate_window_days == 0:
         return
-    pending = batch.pending()
-    if not pending:
-        return
-    digests = {d for _, s in pending for d in (s.prepared.email_digest, s.prepared.phone_digest)}
-    since = now - dt.timedelta(days=kit.settings.duplicate_window_days)
-    rows = await session.execute(
-        select(LeadBlindIndex.digest, LeadBlindIndex.vertical, LeadBlindIndex.lead_id)
-        .where(
-            LeadBlindIndex.kind.in_([IndexKind.EMAIL.value, IndexKind.PHONE.value]),
-            LeadBlindIndex.digest.in_(digests),
-            LeadBlindIndex.vertical.in_({s.prepared.vertical for _, s in pending}),
-            LeadBlindIndex.created_at > since,
-        )
-        .order_by(LeadBlindIndex.created_at.desc())
-    )
-    first_lead: dict[tuple[str, str], str] = {}
-    for digest, vertical, lead_id in rows:  # newest first, so the earliest is kept last
-        first_lead[(digest, vertical)] = lead_id
-    for i, submission in pending:
+    first_lead = dict(found.first_lead)
+    for i, submission in batch.pending():
         prepared = submission.prepared
         mine = [(d, prepared.vertical) for d in (prepared.email_digest, prepared.phone_digest)]
         earlier = next((first_lead[k] for k in mine if k in first_lead), None)
@@ -588,9 +681,8 @@ def _capped_counts(counted: str, how_many: int) -> Any:
 
 
 async def _recent_counts(
-    session: AsyncSession, counted: str, keys: set[str], since: dt.datetime, cap: int
+    session: AsyncSession, counted: str, ordered: list[str], since: dt.datetime, cap: int
 ) -> dict[str, int]:
-    ordered = sorted(keys)
     params: dict[str, Any] = {f"key_{i}": key for i, key in enumerate(ordered)}
     rows = await session.execute(
         _capped_counts(counted, len(ordered)), {**params, "since": since, "cap": cap}
@@ -598,29 +690,13 @@ async def _recent_counts(
     return {ordered[row.position]: int(row.n) for row in rows}
 
 
-async def _score(
-    session: AsyncSession, kit: LeadsKit, accepted: list[PreparedLead], now: dt.datetime
-) -> None:
+def _score(kit: LeadsKit, accepted: list[PreparedLead], found: Found) -> None:
     """Quality: the contact signals found in step 1, plus velocity of the seller (leads in the
     last minute) and of the consumer's network address (last hour), counting the leads of this
     batch that come before each one."""
-    if not accepted:
-        return
     settings = kit.settings
-    seller_recent = await _recent_counts(
-        session,
-        "seller",
-        {p.seller_id for p in accepted},
-        now - dt.timedelta(minutes=1),
-        settings.velocity_seller_per_minute,
-    )
-    ip_recent = await _recent_counts(
-        session,
-        "address",
-        {p.ip_digest for p in accepted},
-        now - dt.timedelta(hours=1),
-        settings.velocity_ip_per_hour,
-    )
+    seller_recent = dict(found.seller_recent)
+    ip_recent = dict(found.ip_recent)
     for prepared in accepted:
         # A CSV file is a burst by nature: its rows are not judged by the seller's pace.
         bulk = prepared.lead["source"] == "csv"
@@ -639,36 +715,27 @@ async def _score(
 async def _insert(
     session: AsyncSession, accepted: list[Submission], batch: _Batch, now: dt.datetime
 ) -> None:
-    """One multi-row statement per table for the whole batch."""
+    """The batch's rows, table by table: one statement on PostgreSQL, one multi-row statement
+    per table on SQLite."""
     if not accepted:
         return
     prepared = [s.prepared for s in accepted]
-    await session.execute(_table(Lead).insert(), [p.lead for p in prepared])
-    await session.execute(_table(LeadVault).insert(), [p.vault for p in prepared])
-    await session.execute(
-        _table(LeadBlindIndex).insert(),
-        [
-            {
-                "lead_id": p.id,
-                "kind": kind.value,
-                "digest": digest,
-                "vertical": p.vertical,
-                "created_at": now,
-            }
-            for p in prepared
-            for kind, digest in (
-                (IndexKind.EMAIL, p.email_digest),
-                (IndexKind.PHONE, p.phone_digest),
-                (IndexKind.IP, p.ip_digest),
-            )
-        ],
-    )
+    indexes = [
+        {
+            "lead_id": p.id,
+            "kind": kind.value,
+            "digest": digest,
+            "vertical": p.vertical,
+            "created_at": now,
+        }
+        for p in prepared
+        for kind, digest in (
+            (IndexKind.EMAIL, p.email_digest),
+            (IndexKind.PHONE, p.phone_digest),
+            (IndexKind.IP, p.ip_digest),
+        )
+    ]
     texts = {p.consent_text_sha256: p.consent_text for p in prepared}
-    await session.execute(
-        insert_ignoring_conflicts(session, ConsentText),
-        [{"sha256": sha, "text": body, "created_at": now} for sha, body in texts.items()],
-    )
-    await session.execute(_table(Consent).insert(), [p.consent for p in prepared])
     records = [
         {
             "principal": s.idempotency.principal,
@@ -679,10 +746,30 @@ async def _insert(
             "created_at": now,
         }
         for s, outcome in zip(batch.submissions, batch.outcomes, strict=True)
-        if s.idempotency is not None and isinstance(outcome, Written) and outcome.created
+        if s.idempotency is not None and isinstance(outcome, Written) and outcome.is_new
     ]
-    if records:
-        await session.execute(_table(IdempotencyRecord).insert(), records)
+    # (table, whether a row already there is skipped, rows), parents before children.
+    tables: list[tuple[Table, bool, list[dict[str, Any]]]] = [
+        (_table(Lead), False, [p.lead for p in prepared]),
+        (_table(LeadVault), False, [p.vault for p in prepared]),
+        (_table(LeadBlindIndex), False, indexes),
+        (
+            _table(ConsentText),
+            True,  # the same disclosure text is stored once, whoever showed it first
+            [{"sha256": sha, "text": body, "created_at": now} for sha, body in texts.items()],
+        ),
+        (_table(Consent), False, [p.consent for p in prepared]),
+        (_table(IdempotencyRecord), False, records),
+    ]
+    if batch.driver is not None:
+        await intake_sql.insert_batch(batch.driver, tables)
+        return
+    for table, ignore_conflicts, rows in tables:
+        if rows:
+            statement = (
+                insert_ignoring_conflicts(session, table) if ignore_conflicts else table.insert()
+            )
+            await session.execute(statement, rows)
 
 
 async def create_lead(

@@ -9,6 +9,7 @@ import phonenumbers
 from phonenumbers import PhoneNumberType
 
 from leadmarket.leads.reference import is_disposable_email_domain, regions_for_area_code
+from leadmarket.leads.schemas import ConsumerPhone
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ def contact_signals(*, email: str, phone_e164: str, region: str) -> list[Signal]
     domain = email.rsplit("@", 1)[-1]
     if is_disposable_email_domain(domain):
         signals.append(Signal("disposable_email", "The email address is a disposable one.", -40))
-    number = phonenumbers.parse(phone_e164)
-    line_type = phonenumbers.number_type(number)
+    if isinstance(phone_e164, ConsumerPhone):  # validated moments ago, type already known
+        line_type, area_code = phone_e164.line_type, phone_e164.area_code
+    else:
+        number = phonenumbers.parse(phone_e164)
+        line_type, area_code = phonenumbers.number_type(number), str(number.national_number)[:3]
     if line_type in _NOT_A_PERSON:
         signals.append(
             Signal("non_personal_phone", "The phone is a toll-free or service number.", -40)
@@ -46,7 +50,6 @@ def contact_signals(*, email: str, phone_e164: str, region: str) -> list[Signal]
         signals.append(Signal("voip_phone", "The phone is a VoIP line.", -15))
     elif line_type == PhoneNumberType.FIXED_LINE:
         signals.append(Signal("landline", "The phone is a landline.", -5))
-    area_code = str(number.national_number)[:3]
     regions = regions_for_area_code(area_code)
     if regions and region not in regions:
         signals.append(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
+from phonenumbers.phonenumberutil import _number_type_helper
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -78,16 +79,37 @@ class AddressIn(RequestModel):
         return value.strip().upper()
 
 
+class ConsumerPhone(str):
+    """A consumer's phone number in E.164, as validated, carrying what validation learnt about
+    it on the way (its line type and area code), so that the quality signals of the same lead
+    need not parse it and look its country up again. Everywhere else it is the plain string."""
+
+    line_type: int  # a phonenumbers.PhoneNumberType
+    area_code: str
+
+
 def normalize_consumer_phone(value: str, country: str) -> str:
     try:
         number = phonenumbers.parse(value, country)
     except phonenumbers.NumberParseException:
         raise ValueError("Not a phone number.") from None
-    if not phonenumbers.is_valid_number(number):
+    # is_valid_number(number) is exactly is_valid_number_for_region(number, its region); finding
+    # the region walks the patterns of every NANPA country, so it is done once, for both checks.
+    region = phonenumbers.region_code_for_number(number)
+    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
         raise ValueError("This phone number does not exist.")
-    if phonenumbers.region_code_for_number(number) not in ("US", "CA"):
+    if region not in ("US", "CA"):
         raise ValueError("Use a United States or Canadian phone number.")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    phone = ConsumerPhone(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+    # What phonenumbers.number_type(number) returns: its type helper under the metadata of the
+    # number's region, which number_type would find again by walking the NANPA countries.
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None  # the number was just found valid in this region
+    phone.line_type = _number_type_helper(
+        phonenumbers.national_significant_number(number), metadata
+    )
+    phone.area_code = str(number.national_number)[:3]
+    return phone
 
 
 class ContactIn(RequestModel):

@@ -29,7 +29,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, Forbidden, NotFound, ValidationFailed
-from leadmarket.kit.keyring import Keyring, WrappedKey, new_data_key, open_sealed, seal
+from leadmarket.kit.keyring import Keyring, Sealer, WrappedKey, new_data_key, open_sealed
 from leadmarket.models import Lead, LeadBlindIndex, LeadVault, Order, OrderStatus, Role
 
 
@@ -54,21 +54,39 @@ def _context(lead_id: str, field: str) -> bytes:
     return f"lead|{lead_id}|{field}".encode()
 
 
-def seal_personal_data(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> LeadVault:
+@dataclass(frozen=True)
+class Sealed:
+    """A lead's vault row before it is written: the wrapped data key and the sealed fields."""
+
+    key_version: int
+    wrapped_key: bytes
+    sealed_fields: dict[str, str]
+
+
+def seal_fields(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> Sealed:
+    """Seal ``values`` (None values are left out) under a fresh data key, each bound to the
+    lead and its field name, and wrap the data key with the current master key."""
     data_key = new_data_key()
+    sealer = Sealer(data_key)
     sealed = {
         field: base64.b64encode(
-            seal(data_key, json.dumps(value).encode(), _context(lead_id, field))
+            sealer.seal(json.dumps(value).encode(), _context(lead_id, field))
         ).decode()
         for field, value in values.items()
         if value is not None
     }
     wrapped = keyring.wrap(data_key, lead_id)
+    return Sealed(wrapped.version, wrapped.wrapped, sealed)
+
+
+def seal_personal_data(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> LeadVault:
+    """:func:`seal_fields` as a :class:`LeadVault` to add to a session."""
+    sealed = seal_fields(keyring, lead_id, values)
     return LeadVault(
         lead_id=lead_id,
-        key_version=wrapped.version,
-        wrapped_key=wrapped.wrapped,
-        sealed_fields=sealed,
+        key_version=sealed.key_version,
+        wrapped_key=sealed.wrapped_key,
+        sealed_fields=sealed.sealed_fields,
     )
 
 

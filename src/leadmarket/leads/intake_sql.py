@@ -1,0 +1,216 @@
+"""The statements of a lead batch on PostgreSQL, sent straight through the driver (asyncpg) on
+the session's own connection and transaction.
+
+Why not SQLAlchemy here: a batch of intake was a dozen statements, each costing about 0.3 ms of
+CPU through the ORM session to build, compile and bind, plus a per-row price for the multi-row
+INSERTs, and a round trip each (on a busy two-core machine the socket write that wakes the
+server is itself a good part of the cost). Because ``IN (…)`` lists and multi-row ``VALUES`` are
+rendered with one parameter per item, every batch size was also a new statement text, so a new
+server-side prepare. Here each statement has one fixed text whatever the batch size (arrays and
+``unnest``), so asyncpg prepares it once per connection; all the lookups of a batch go in one
+statement (:data:`FIND`) and all its INSERTs in another (data-modifying ``WITH``). The rules
+they serve live in :mod:`.intake`; SQLite keeps SQLAlchemy statements there (no round trips to
+save in process).
+
+Nothing here decides anything: these functions only read rows and write rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, LargeBinary, String, Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# asyncpg ships no type stubs; the connection is used through these few coroutines.
+Driver = Any
+
+
+async def postgres_driver(session: AsyncSession) -> Driver | None:
+    """The asyncpg connection under ``session``, or None on another database. Call it only after
+    the session ran a statement of this transaction (SQLAlchemy begins the transaction lazily,
+    on its first statement), so that what is sent here is part of it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+# Everything a batch's rules ask the database, in one round trip; each branch is tagged with
+# what it answers. Velocity counts stop at their cap: the signals only ask "at least the
+# limit?", and a seller posting thousands a minute must not make every batch count them all.
+FIND = """
+SELECT 'replay' AS what, principal AS a, key AS b, request_sha256 AS c,
+       response::text AS d, status_code AS n, NULL::timestamptz AS at
+FROM idempotency_records
+WHERE principal = ANY($1::text[]) AND key = ANY($2::text[])
+UNION ALL
+SELECT 'opted_out', kind, digest, NULL, NULL, NULL, NULL
+FROM consumer_opt_outs
+WHERE digest = ANY($3::text[])
+UNION ALL
+SELECT 'recent', digest, vertical, lead_id, NULL, NULL, created_at
+FROM lead_blind_indexes
+WHERE kind = ANY($4::text[]) AND digest = ANY($5::text[]) AND vertical = ANY($6::text[])
+  AND created_at > $7
+UNION ALL
+SELECT 'seller', k.key, NULL, NULL, NULL, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM leads
+        WHERE seller_id = k.key AND created_at > $9 AND source <> 'csv'
+        LIMIT $10
+    ) AS recent
+)::integer, NULL
+FROM unnest($8::text[]) AS k(key)
+UNION ALL
+SELECT 'address', k.key, NULL, NULL, NULL, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM lead_blind_indexes
+        WHERE kind = 'ip' AND digest = k.key AND created_at > $12
+        LIMIT $13
+    ) AS recent
+)::integer, NULL
+FROM unnest($11::text[]) AS k(key)
+"""
+
+
+@dataclass
+class FoundRows:
+    replays: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
+    opted_out: set[tuple[str, str]] = field(default_factory=set)
+    # (digest, vertical, lead id), newest first
+    recent: list[tuple[str, str, str]] = field(default_factory=list)
+    seller_recent: dict[str, int] = field(default_factory=dict)
+    ip_recent: dict[str, int] = field(default_factory=dict)
+
+
+async def find(
+    driver: Driver,
+    *,
+    principals: list[str],
+    keys: list[str],
+    digests: list[str],
+    kinds: list[str],
+    duplicate_digests: list[str],
+    verticals: list[str],
+    duplicate_since: dt.datetime,
+    sellers: list[str],
+    seller_since: dt.datetime,
+    seller_cap: int,
+    addresses: list[str],
+    address_since: dt.datetime,
+    address_cap: int,
+) -> FoundRows:
+    """Earlier answers of these Idempotency-Keys, opted-out consumers among these digests,
+    recent leads of these consumers in these verticals, and the velocity counts."""
+    rows = await driver.fetch(
+        FIND,
+        principals,
+        keys,
+        digests,
+        kinds,
+        duplicate_digests,
+        verticals,
+        duplicate_since,
+        sellers,
+        seller_since,
+        seller_cap,
+        addresses,
+        address_since,
+        address_cap,
+    )
+    found = FoundRows()
+    recent: list[tuple[dt.datetime, str, str, str]] = []
+    for row in rows:
+        what, a, b = row["what"], row["a"], row["b"]
+        if what == "replay":
+            found.replays[(a, b)] = (row["c"], row["n"], json.loads(row["d"]))
+        elif what == "opted_out":
+            found.opted_out.add((a, b))
+        elif what == "recent":
+            recent.append((row["at"], a, b, row["c"]))
+        elif what == "seller":
+            found.seller_recent[a] = row["n"]
+        else:
+            found.ip_recent[a] = row["n"]
+    recent.sort(key=lambda r: r[0], reverse=True)
+    found.recent = [(digest, vertical, lead_id) for _, digest, vertical, lead_id in recent]
+    return found
+
+
+# The INSERTs of a batch ------------------------------------------------------------------------
+
+
+def _array_type(column_type: Any) -> tuple[str, str]:
+    """The PostgreSQL array type a column's values travel in, and the cast back to the
+    column's type (JSON travels as text)."""
+    if isinstance(column_type, JSON):
+        return "text[]", "::json"
+    if isinstance(column_type, Boolean):
+        return "boolean[]", ""
+    if isinstance(column_type, Integer):
+        return "integer[]", ""
+    if isinstance(column_type, LargeBinary):
+        return "bytea[]", ""
+    if isinstance(column_type, DateTime) or isinstance(
+        getattr(column_type, "impl", None), DateTime
+    ):
+        return "timestamptz[]", ""
+    if isinstance(column_type, String):
+        return "text[]", ""
+    raise TypeError(f"no array type for {column_type!r}")
+
+
+# What one table of a batch gets: the table, whether a row already there is skipped, and the
+# columns written (the keys of its row dicts; defaults fill the others).
+TableShape = tuple[Table, bool, tuple[str, ...]]
+
+
+@cache
+def _batch_insert(shapes: tuple[TableShape, ...]) -> str:
+    """One statement writing every table of a batch, each from one array per column, in the
+    order given (PostgreSQL checks foreign keys at the end of the statement). Cached per shape:
+    in practice two texts, with and without Idempotency-Key records."""
+    clauses: list[str] = []
+    number = 0
+    for position, (table, ignore_conflicts, names) in enumerate(shapes):
+        arrays, selected = [], []
+        for name in names:
+            number += 1
+            array_type, cast = _array_type(table.c[name].type)
+            arrays.append(f"${number}::{array_type}")
+            selected.append(f'"{name}"{cast}')
+        quoted = ", ".join(f'"{name}"' for name in names)
+        # Names and types come from the models, never from input; values travel as parameters.
+        clauses.append(
+            f'w{position} AS (INSERT INTO "{table.name}" ({quoted}) '  # noqa: S608
+            f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS u({quoted})"
+            f"{' ON CONFLICT DO NOTHING' if ignore_conflicts else ''})"
+        )
+    return "WITH " + ",\n".join(clauses) + "\nSELECT 1"
+
+
+async def insert_batch(
+    driver: Driver, tables: Sequence[tuple[Table, bool, Sequence[Mapping[str, Any]]]]
+) -> None:
+    """Write each ``(table, ignore_conflicts, rows)`` in one statement; every row of a table
+    has the same keys. Tables without rows are left out."""
+    shapes: list[TableShape] = []
+    arguments: list[list[Any]] = []
+    for table, ignore_conflicts, rows in tables:
+        if not rows:
+            continue
+        names = tuple(column.name for column in table.columns if column.name in rows[0])
+        shapes.append((table, ignore_conflicts, names))
+        for name in names:
+            if isinstance(table.c[name].type, JSON):
+                arguments.append([json.dumps(row[name]) for row in rows])
+            else:
+                arguments.append([row[name] for row in rows])
+    if shapes:
+        await driver.execute(_batch_insert(tuple(shapes)), *arguments)
