@@ -167,16 +167,21 @@ async def test_a_body_over_the_cap_is_refused_before_the_lane(
     assert await pings_stored(session) == 0
 
 
+async def api_key(client: httpx.AsyncClient) -> tuple[dict[str, str], dict[str, str], str]:
+    """A new seller's session headers, API key headers and the key's id."""
+    _, auth = await signed_in(client, "seller")
+    created = await client.post("/api/v1/api-keys", json={"name": "crm"}, headers=auth)
+    return auth, bearer(created.json()["key"]), created.json()["id"]
+
+
 async def test_a_key_revoked_after_it_was_cached_pings_nothing(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     await bidding_buyer(session, bid_cents=2000)
-    _, auth = await signed_in(client, "seller")
-    created = await client.post("/api/v1/api-keys", json={"name": "crm"}, headers=auth)
-    key = bearer(created.json()["key"])
+    auth, key, key_id = await api_key(client)
     first = await client.post("/api/v1/ping", json=ping_body(), headers=key)
     assert first.status_code == 200  # the key's principal is now in the per-process cache
-    revoked = await client.delete(f"/api/v1/api-keys/{created.json()['id']}", headers=auth)
+    revoked = await client.delete(f"/api/v1/api-keys/{key_id}", headers=auth)
     assert revoked.status_code == 204
     second = await client.post("/api/v1/ping", json=ping_body(postal_code="93651"), headers=key)
     assert second.status_code == 401
@@ -188,9 +193,7 @@ async def test_a_lane_ping_can_be_posted_and_sells(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     await bidding_buyer(session, bid_cents=2500)
-    _, auth = await signed_in(client, "seller")
-    created = await client.post("/api/v1/api-keys", json={"name": "crm"}, headers=auth)
-    key = bearer(created.json()["key"])
+    _, key, _ = await api_key(client)
     pinged = await client.post("/api/v1/ping", json=ping_body(), headers=key)
     assert pinged.status_code == 200 and pinged.json()["accepted"] is True
     posted = await client.post(

@@ -268,6 +268,19 @@ def register_validation_problem(error_type: str, problem: type[DomainError]) -> 
     _VALIDATION_PROBLEMS[error_type] = problem
 
 
+def domain_problem(exc: DomainError) -> dict[str, Any]:
+    """The problem answering ``exc`` (keyword arguments of :func:`problem_response`)."""
+    return {
+        "status": exc.status,
+        "slug": exc.slug,
+        "title": exc.title,
+        "detail": exc.detail,
+        "errors": exc.errors,
+        "headers": exc.headers,
+        "extra": exc.extra,
+    }
+
+
 def validation_problem(raw: list[dict[str, Any]]) -> dict[str, Any]:
     """The problem answering pydantic's ``raw`` errors of a request body (keyword arguments of
     :func:`problem_response` / :func:`problem_document`): a registered problem when a validator
@@ -316,16 +329,7 @@ def log_unexpected(exc: BaseException, path: str) -> None:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
-        return problem_response(
-            request,
-            status=exc.status,
-            slug=exc.slug,
-            title=exc.title,
-            detail=exc.detail,
-            errors=exc.errors,
-            headers=exc.headers,
-            extra=exc.extra,
-        )
+        return problem_response(request, **domain_problem(exc))
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

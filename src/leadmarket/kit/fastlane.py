@@ -47,6 +47,7 @@ from leadmarket.kit.errors import (
     PROBLEM_MEDIA_TYPE,
     UNEXPECTED_PROBLEM,
     DomainError,
+    domain_problem,
     log_unexpected,
     problem_document,
     validation_problem,
@@ -171,16 +172,7 @@ class FastLane:
         try:
             response = await handler(LaneRequest(scope, body))
         except DomainError as exc:
-            response = _problem(
-                path,
-                status=exc.status,
-                slug=exc.slug,
-                title=exc.title,
-                detail=exc.detail,
-                errors=exc.errors,
-                extra=exc.extra,
-                headers=exc.headers,
-            )
+            response = _problem(path, **domain_problem(exc))
         except BodyInvalid as exc:
             response = _problem(path, **validation_problem(exc.errors))
         except Exception as exc:

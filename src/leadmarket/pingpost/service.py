@@ -42,7 +42,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import httpx
 from sqlalchemy import Table, func, select, update
@@ -200,8 +200,9 @@ def check_ping(data: PingIn) -> CheckedPing:
     return CheckedPing(vertical=vertical.slug, attributes=attributes, postal_code=postal)
 
 
-@dataclass(frozen=True)
-class Bid:
+class Bid(NamedTuple):
+    # A named tuple, not a frozen dataclass: a ping makes a score of these, and a frozen
+    # dataclass's __init__ sets each field through object.__setattr__.
     campaign: CompiledCampaign
     cents: int
 
