@@ -25,6 +25,7 @@ from leadmarket.kit.errors import (
     document_problems,
     install_error_handlers,
 )
+from leadmarket.kit.fastlane import FastLane
 from leadmarket.kit.http import (
     BodySizeLimitMiddleware,
     NulInAddressMiddleware,
@@ -191,6 +192,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, legal_views.router)
     include_guarded(app, retention_views.router)
 
+    # Innermost of the pure-ASGI middleware: the hottest endpoints skip FastAPI's routing.
+    app.add_middleware(FastLane, routes={**pingpost_api.FAST_LANE})
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,

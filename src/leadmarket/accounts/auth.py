@@ -24,9 +24,9 @@ from leadmarket.accounts.policy import (
     Action,
 )
 from leadmarket.kit.crypto import token_digest
-from leadmarket.kit.db import utcnow
+from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.errors import Forbidden, ReauthRequired, Unauthenticated
-from leadmarket.kit.routing import end_transaction_early, get_session, guard
+from leadmarket.kit.routing import get_session, guard
 from leadmarket.models import ApiKey, FraudCase, Role, User, UserSession, UserStatus
 from leadmarket.privacy.preferences import gpc_requested, honour_gpc
 
@@ -233,29 +233,40 @@ class ApiKeyPrincipals:
         self._entries[digest] = (time.monotonic() + self.ttl_seconds, principal)
 
 
+async def rechecked_principal(
+    request: Request, action: Action, roles: tuple[Role, ...]
+) -> Principal:
+    """The caller of a route that checks ``principal.api_key`` again where it writes: an API
+    key's principal may come from :class:`ApiKeyPrincipals`, so the request makes no database
+    round trip of its own; otherwise :func:`authenticate` runs in a short transaction of its own
+    (committed: it may note the key's or session's use, or store a GPC opt-out). Raises
+    Unauthenticated / Forbidden like :func:`requires`. Shared by :func:`requires_rechecked` and
+    fast-lane handlers (``kit.fastlane``)."""
+    token = _bearer_token(request)
+    cache: ApiKeyPrincipals = request.app.state.api_key_principals
+    principal: Principal | None = None
+    digest = token_digest(token) if token and token.startswith(API_KEY_PREFIX) else None
+    if digest is not None:
+        principal = cache.get(digest)
+    if principal is None:
+        db: Database = request.app.state.db
+        async with db.transaction() as session:
+            principal = await authenticate(request, session)
+        if principal is None:
+            raise Unauthenticated()
+        if digest is not None and principal.api_key is not None:
+            cache.put(digest, principal)
+    check_allowed(principal, action, roles)
+    return principal
+
+
 def requires_rechecked(action: Action, *roles: Role) -> Callable[..., Awaitable[Principal]]:
-    """Like :func:`requires`, but an API key's principal may come from
-    :class:`ApiKeyPrincipals`, so the request makes no database round trip of its own. The route
-    must check ``principal.api_key`` again where it writes."""
+    """Like :func:`requires`, but through :func:`rechecked_principal`. The route must check
+    ``principal.api_key`` again where it writes."""
 
     @guard
     async def dependency(request: Request) -> Principal:
-        token = _bearer_token(request)
-        cache: ApiKeyPrincipals = request.app.state.api_key_principals
-        principal: Principal | None = None
-        digest = token_digest(token) if token and token.startswith(API_KEY_PREFIX) else None
-        if digest is not None:
-            principal = cache.get(digest)
-        if principal is None:
-            principal = await authenticate(request, await get_session(request))
-            if principal is None:
-                raise Unauthenticated()
-            if digest is not None and principal.api_key is not None:
-                cache.put(digest, principal)
-            # The route writes in its own transaction; this one has nothing more to do.
-            await end_transaction_early(request)
-        check_allowed(principal, action, roles)
-        return principal
+        return await rechecked_principal(request, action, roles)
 
     dependency.__name__ = f"requires_rechecked_{action.value}"
     return dependency

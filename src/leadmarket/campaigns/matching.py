@@ -333,6 +333,9 @@ class _VerticalIndex:
         campaigns.sort(key=_order)
         self.campaigns = campaigns
         self.all = (1 << len(campaigns)) - 1
+        # Whether any campaign bids through its own endpoint: when none does, a ping can stop
+        # reading its matches at the first few bids.
+        self.with_endpoint = any(c.ping_url is not None for c in campaigns)
         self.shared_ok = 0  # campaigns that also buy shared leads
         self.postal = _KeyedMasks()
         self.region = _KeyedMasks()
@@ -445,6 +448,11 @@ class CampaignIndex:
         if vertical is None:
             return []
         return vertical.match(preview, HourOfWeek(now))
+
+    def has_endpoints(self, vertical: str) -> bool:
+        """Whether a campaign of ``vertical`` bids through its own endpoint (``ping_url``)."""
+        index = self._verticals.get(vertical)
+        return index is not None and index.with_endpoint
 
 
 def _order(campaign: CompiledCampaign) -> tuple[int, str]:

@@ -31,7 +31,8 @@ def derive_key(root: bytes, purpose: str, length: int = 32) -> bytes:
 
 
 def keyed_hash(key: bytes, value: str) -> str:
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    # hmac.digest: the one-shot C path, a few times cheaper than hmac.new(…).hexdigest().
+    return hmac.digest(key, value.encode(), "sha256").hex()
 
 
 def _b64(data: bytes) -> str:

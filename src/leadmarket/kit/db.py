@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -179,6 +180,19 @@ class Database:
             await session.close()
         await run_after_commit(session)
 
+    @asynccontextmanager
+    async def pinned(self) -> AsyncIterator[Database]:
+        """This database with every session on one connection, checked out (and pre-pinged)
+        once for the whole block instead of once per transaction: for a writer that runs many
+        short transactions one after the other (``kit.groupcommit``). Only one session at a
+        time may use it. A database whose sessions are not the engine's own (a test's, all
+        bound to its one connection) is used as it is."""
+        if type(self).new_session is not Database.new_session:
+            yield self
+            return
+        async with self.engine.connect() as connection:
+            yield _PinnedDatabase(self.engine, connection)
+
     async def ping(self) -> bool:
         session = self.new_session()
         try:
@@ -189,3 +203,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class _PinnedDatabase(Database):
+    def __init__(self, engine: AsyncEngine, connection: AsyncConnection) -> None:
+        super().__init__(engine)
+        self._connection = connection
+
+    def new_session(self) -> AsyncSession:
+        # A transaction begun on the connection by the session is committed (or rolled back)
+        # by it; the connection stays checked out for the next one.
+        return AsyncSession(bind=self._connection, expire_on_commit=False, autoflush=True)

@@ -164,6 +164,32 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def problem_document(
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    instance: str,
+    errors: list[FieldError] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The problem's JSON body: what :func:`problem_response` sends, and what ASGI code that runs
+    before the router (``kit.fastlane``) renders itself."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    if extra:
+        body.update(extra)
+    return body
+
+
 def problem_response(
     request: Request,
     *,
@@ -175,17 +201,15 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    if errors:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
-    if extra:
-        body.update(extra)
+    body = problem_document(
+        status=status,
+        slug=slug,
+        title=title,
+        detail=detail,
+        instance=request.url.path,
+        errors=errors,
+        extra=extra,
+    )
     if _wants_html(request):
         renderer = getattr(request.app.state, "render_error_page", None)
         if renderer is not None:
@@ -244,45 +268,72 @@ def register_validation_problem(error_type: str, problem: type[DomainError]) -> 
     _VALIDATION_PROBLEMS[error_type] = problem
 
 
+def domain_problem(exc: DomainError) -> dict[str, Any]:
+    """The problem answering ``exc`` (keyword arguments of :func:`problem_response`)."""
+    return {
+        "status": exc.status,
+        "slug": exc.slug,
+        "title": exc.title,
+        "detail": exc.detail,
+        "errors": exc.errors,
+        "headers": exc.headers,
+        "extra": exc.extra,
+    }
+
+
+def validation_problem(raw: list[dict[str, Any]]) -> dict[str, Any]:
+    """The problem answering pydantic's ``raw`` errors of a request body (keyword arguments of
+    :func:`problem_response` / :func:`problem_document`): a registered problem when a validator
+    raised one, else the generic 422 naming every bad field."""
+    for error in raw:
+        problem = _VALIDATION_PROBLEMS.get(str(error.get("type")))
+        if problem is not None:
+            return {
+                "status": problem.status,
+                "slug": problem.slug,
+                "title": problem.title,
+                "detail": problem.explanation,
+                "errors": validation_errors([e for e in raw if e.get("type") == error.get("type")]),
+            }
+    errors = validation_errors(raw)
+    return {
+        "status": 422,
+        "slug": "validation-error",
+        "title": "Invalid request",
+        "detail": "; ".join(f"{e.field}: {e.message}" for e in errors[:5]),
+        "errors": errors,
+    }
+
+
+# What an unexpected exception answers (after :func:`log_unexpected`).
+UNEXPECTED_PROBLEM: dict[str, Any] = {
+    "status": 500,
+    "slug": "internal-error",
+    "title": "Internal error",
+    "detail": "Something went wrong on our side; nothing was saved.",
+}
+
+
+def log_unexpected(exc: BaseException, path: str) -> None:
+    # The exception text may hold personal data: log its type and where, not its message.
+    log.error(
+        "unhandled error",
+        extra={
+            "error_type": type(exc).__name__,
+            "path": path,
+            "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+        },
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
-        return problem_response(
-            request,
-            status=exc.status,
-            slug=exc.slug,
-            title=exc.title,
-            detail=exc.detail,
-            errors=exc.errors,
-            headers=exc.headers,
-            extra=exc.extra,
-        )
+        return problem_response(request, **domain_problem(exc))
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        raw = list(exc.errors())
-        for error in raw:
-            problem = _VALIDATION_PROBLEMS.get(str(error.get("type")))
-            if problem is not None:
-                return problem_response(
-                    request,
-                    status=problem.status,
-                    slug=problem.slug,
-                    title=problem.title,
-                    detail=problem.explanation,
-                    errors=validation_errors(
-                        [e for e in raw if e.get("type") == error.get("type")]
-                    ),
-                )
-        errors = validation_errors(raw)
-        return problem_response(
-            request,
-            status=422,
-            slug="validation-error",
-            title="Invalid request",
-            detail="; ".join(f"{e.field}: {e.message}" for e in errors[:5]),
-            errors=errors,
-        )
+        return problem_response(request, **validation_problem(list(exc.errors())))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -298,22 +349,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # The exception text may hold personal data: log its type and where, not its message.
-        log.error(
-            "unhandled error",
-            extra={
-                "error_type": type(exc).__name__,
-                "path": request.url.path,
-                "traceback": "".join(traceback.format_tb(exc.__traceback__)),
-            },
-        )
-        return problem_response(
-            request,
-            status=500,
-            slug="internal-error",
-            title="Internal error",
-            detail="Something went wrong on our side; nothing was saved.",
-        )
+        log_unexpected(exc, request.url.path)
+        return problem_response(request, **UNEXPECTED_PROBLEM)
 
     app.add_exception_handler(DomainError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

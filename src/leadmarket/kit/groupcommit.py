@@ -67,26 +67,47 @@ class GroupCommit(Generic[Item, Result]):
         wait = self._wait_seconds()
         busy = False
         try:
+            # Checked again after the connection went back to the pool (an await): whatever
+            # was queued meanwhile is not left behind.
             while self._queue:
-                if busy and wait and len(self._queue) < self.max_batch:
-                    # More requests are on their way: a little patience makes the next batch
-                    # bigger, and each batch costs about the same whatever its size.
-                    await asyncio.sleep(wait)
-                busy = True
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                await self._write(batch)
+                try:
+                    # One connection for the whole burst: checking one out of the pool for
+                    # each batch (with its pre-ping, three round trips on asyncpg) cost as
+                    # much as writing the batch.
+                    async with self.db.pinned() as db:
+                        while self._queue:
+                            if busy and wait and len(self._queue) < self.max_batch:
+                                # More requests are on their way: a little patience makes the
+                                # next batch bigger, and each batch costs about the same
+                                # whatever its size.
+                                await asyncio.sleep(wait)
+                            busy = True
+                            batch = self._queue[: self.max_batch]
+                            del self._queue[: self.max_batch]
+                            await self._write(db, batch)
+                except Exception as exc:  # no connection to be had: refuse what is queued
+                    self._refuse_queued(exc)
+        except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
+            self._refuse_queued(exc)
+            raise
         finally:
             self._writer = None
 
-    async def _write(self, batch: list[tuple[Item, asyncio.Future[Result | DomainError]]]) -> None:
+    def _refuse_queued(self, exc: BaseException) -> None:
+        for _, future in self._queue:
+            _answer(future, exc)
+        del self._queue[:]
+
+    async def _write(
+        self, db: Database, batch: list[tuple[Item, asyncio.Future[Result | DomainError]]]
+    ) -> None:
         try:
-            async with self.db.transaction() as session:
+            async with db.transaction() as session:
                 outcomes = await self.write_batch(session, [item for item, _ in batch])
         except Exception as exc:
             if len(batch) > 1:
                 for entry in batch:
-                    await self._write([entry])
+                    await self._write(db, [entry])
                 return
             _answer(batch[0][1], exc)
             return

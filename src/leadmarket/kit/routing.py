@@ -52,13 +52,6 @@ class TransactionalRoute(APIRoute):
         return run_in_transaction
 
 
-async def end_transaction_early(request: Request) -> None:
-    """Commit and close the request's session now, for a handler that hands its writes to
-    another unit of work (and must not hold SQLite's write lock while that one waits for it).
-    A later use of the session opens a new one."""
-    await _finish(request, commit=True)
-
-
 async def _finish(request: Request, *, commit: bool) -> None:
     session: AsyncSession | None = getattr(request.state, _SESSION_ATTR, None)
     if session is None:

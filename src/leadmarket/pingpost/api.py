@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadmarket.accounts.auth import Principal, requires, requires_rechecked
+from leadmarket.accounts.auth import Principal, rechecked_principal, requires, requires_rechecked
 from leadmarket.accounts.policy import Action
+from leadmarket.kit.fastlane import LaneRequest, LaneResponse
 from leadmarket.kit.idempotency import check_key
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
@@ -49,13 +50,34 @@ async def ping(
 ) -> PingOut:
     """Answered from the in-memory campaign index (and buyers' own endpoints, within
     ``LEADMARKET_PING_DEADLINE_MS``); the ping is recorded with the others arriving at the same
-    moment, and answered once recorded."""
+    moment, and answered once recorded. (Served by :func:`ping_in_fast_lane`; this declaration
+    is what OpenAPI documents, and what answers if the lane is not installed.)"""
     return await service.ping(
         kit,
         seller=principal.user,
         api_key_id=principal.api_key.id if principal.api_key is not None else None,
         data=body,
     )
+
+
+async def ping_in_fast_lane(request: LaneRequest) -> LaneResponse:
+    """``POST /api/v1/ping`` in the fast lane (``kit.fastlane``): the route above, in the order
+    FastAPI applies it (malformed JSON, then the guard, then the body's model)."""
+    payload = request.json_payload()
+    principal = await rechecked_principal(request, Action.SELL_LEADS, (Role.SELLER,))
+    data = request.validate(PingIn, payload)
+    kit: service.PingKit = request.app.state.pingpost
+    answer = await service.ping(
+        kit,
+        seller=principal.user,
+        api_key_id=principal.api_key.id if principal.api_key is not None else None,
+        data=data,
+    )
+    return LaneResponse.of_model(answer)
+
+
+# What the application's fast lane answers itself (see app.create_app).
+FAST_LANE = {("POST", "/api/v1/ping"): ping_in_fast_lane}
 
 
 @router.post(

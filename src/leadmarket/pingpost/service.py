@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import httpx
 from sqlalchemy import Table, func, select, update
@@ -141,6 +143,9 @@ class PingKit:
         self._fingerprint_key = derive_key(root, "ping:fingerprint")
         self.recorder = PingRecorder(self)
         self._client: httpx.AsyncClient | None = None
+        # Built now, not inside the first ping's deadline: the first client of a process took
+        # ~0.1 s, most of a buyer's 150 ms, and that ping silently lost its endpoints' bids.
+        self.client()
 
     def postal_digest(self, country: str, postal_code: str) -> str:
         return keyed_hash(self._postal_key, f"{country}|{postal_code}")
@@ -152,6 +157,7 @@ class PingKit:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
+                verify=_tls_context(),
                 follow_redirects=False,
                 trust_env=False,
                 headers={"user-agent": USER_AGENT, "content-type": "application/json"},
@@ -163,6 +169,12 @@ class PingKit:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One per process: loading the CA bundle took as long as creating every client did."""
+    return httpx.create_ssl_context()
 
 
 # The ping -----------------------------------------------------------------------------------
@@ -200,8 +212,9 @@ def check_ping(data: PingIn) -> CheckedPing:
     return CheckedPing(vertical=vertical.slug, attributes=attributes, postal_code=postal)
 
 
-@dataclass(frozen=True)
-class Bid:
+class Bid(NamedTuple):
+    # A named tuple, not a frozen dataclass: a ping makes a score of these, and a frozen
+    # dataclass's __init__ sets each field through object.__setattr__.
     campaign: CompiledCampaign
     cents: int
 
@@ -224,6 +237,31 @@ def ranking(bids: Sequence[Bid], *, rule: Literal["first", "second"], floor: int
     else:
         price = min(top, floor)
     return [Bid(b.campaign, min(b.cents, price)) for b in ranked]
+
+
+def _candidates(
+    matched: Sequence[CompiledCampaign], currency: str, floor: int, *, endpoints: bool = True
+) -> tuple[list[Bid], list[CompiledCampaign]]:
+    """From ``matched`` (best bid first): the bids of the campaigns that bid their own price
+    and could be in the ranking (at most :data:`RANKED_KEPT`, at or above ``floor``: no other
+    can be kept, whatever the endpoints bid), and the campaigns whose endpoint is asked
+    (at most :data:`EXTERNAL_ASKED`). With thousands of campaigns, hundreds may match a ping;
+    making a bid of each only to keep ten was most of a ping's own cost. ``endpoints``: whether
+    any of them may have an endpoint (when none does, the first few bids are all there is)."""
+    bids: list[Bid] = []
+    external: list[CompiledCampaign] = []
+    asking = EXTERNAL_ASKED if endpoints else 0
+    for campaign in matched:
+        if campaign.currency != currency:
+            continue
+        if campaign.ping_url is not None:
+            if len(external) < asking:
+                external.append(campaign)
+        elif len(bids) < RANKED_KEPT and campaign.bid_cents >= floor:
+            bids.append(Bid(campaign, campaign.bid_cents))
+        elif len(external) >= asking and (len(bids) >= RANKED_KEPT or campaign.bid_cents < floor):
+            break  # the rest bid less: none of them can be kept or asked
+    return bids, external
 
 
 def _external_body(ping_id: str, preview: LeadPreview, data: PingIn, campaign_id: str) -> bytes:
@@ -329,9 +367,12 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         country=data.country,
     )
     index = await kit.index.current_from(kit.db)
-    matched = [c for c in index.match(preview, now) if c.currency == data.currency]
-    bids = [Bid(c, c.bid_cents) for c in matched if c.ping_url is None]
-    external = [c for c in matched if c.ping_url is not None][:EXTERNAL_ASKED]
+    bids, external = _candidates(
+        index.match(preview, now),
+        data.currency,
+        data.min_price_cents,
+        endpoints=index.has_endpoints(checked.vertical),
+    )
     if external:
         bids += await _external_bids(kit, external, ping_id, preview, data, started)
     ranked = ranking(bids, rule=kit.settings.ping_price_rule, floor=data.min_price_cents)
@@ -396,7 +437,17 @@ async def write_pings(
     session: AsyncSession, settings: Settings, records: Sequence[PingRecord]
 ) -> list[PingOut | DomainError]:
     """Write ``records`` in the session's transaction; one outcome per record, in order: its
-    answer, or the refusal (a key revoked meanwhile, a duplicate) of that record alone."""
+    answer, or the refusal (a key revoked meanwhile, a duplicate) of that record alone.
+
+    Duplicates: the first ping of each content in this batch claims the content's fingerprint
+    row, unless a live one (younger than the window) holds it: one upsert for the batch, its
+    rows in key order so two batches cannot deadlock. Every other ping of that content, in this
+    batch or not, is a duplicate of the ping that holds the row afterwards.
+
+    On PostgreSQL the claim and the insert of the pings that won it are one statement, their
+    rows passed as one array per column (prepared once per connection): SQLAlchemy's
+    executemany compiled and processed every value in Python, which cost more CPU than all
+    the rest of a ping."""
     now = utcnow()
     outcomes: list[PingOut | DomainError | None] = [None] * len(records)
     refusals = await recheck_api_keys(
@@ -405,13 +456,42 @@ async def write_pings(
     for i, record in enumerate(records):
         if record.api_key_id is not None and record.api_key_id in refusals:
             outcomes[i] = refusals[record.api_key_id]
+    live = [(i, r) for i, r in enumerate(records) if outcomes[i] is None]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    firsts: dict[str, str] = {}  # fingerprint -> the first live ping of that content
     if settings.ping_duplicate_window_minutes:
-        await _refuse_duplicates(session, settings, records, outcomes, now)
-    accepted = [(i, r) for i, r in enumerate(records) if outcomes[i] is None]
-    if accepted:
-        await session.execute(_PINGS.insert(), [r.row for _, r in accepted])
-        for i, record in accepted:
-            outcomes[i] = record.answer
+        for _, record in live:
+            firsts.setdefault(record.row["fingerprint"], record.row["id"])
+    if firsts:
+        until = now + dt.timedelta(minutes=settings.ping_duplicate_window_minutes)
+        if postgres:
+            candidates = [r.row for _, r in live if firsts[r.row["fingerprint"]] == r.row["id"]]
+            won = await _claim_and_insert_postgres(session, candidates, until, now)
+        else:
+            won = await _claim_sqlite(session, firsts, until, now)
+        holders = {f: firsts[f] for f in won}
+        lost = set(firsts) - won
+        if lost:
+            rows = await session.execute(
+                select(PingFingerprint.fingerprint, PingFingerprint.ping_id).where(
+                    PingFingerprint.fingerprint.in_(lost)
+                )
+            )
+            holders.update({str(f): str(p) for f, p in rows.all()})
+        for i, record in live:
+            holder = holders.get(record.row["fingerprint"], "")
+            if holder != record.row["id"]:
+                outcomes[i] = _duplicate(holder)
+    accepted = [(i, r) for i, r in live if outcomes[i] is None]
+    if accepted and not (postgres and firsts):  # else written with their claims
+        rows_in = [r.row for _, r in accepted]
+        if postgres:
+            connection = await session.connection()
+            await connection.exec_driver_sql(_INSERT_PINGS_POSTGRES, _ping_arrays(rows_in))
+        else:
+            await session.execute(_PINGS.insert(), rows_in)
+    for i, record in accepted:
+        outcomes[i] = record.answer
     return [o for o in outcomes if o is not None]
 
 
@@ -421,24 +501,10 @@ def _duplicate(earlier: str) -> DuplicatePing:
     )
 
 
-async def _refuse_duplicates(
-    session: AsyncSession,
-    settings: Settings,
-    records: Sequence[PingRecord],
-    outcomes: list[PingOut | DomainError | None],
-    now: dt.datetime,
-) -> None:
-    """The first ping of each content in this batch claims the content's fingerprint row,
-    unless a live one (younger than the window) holds it: one upsert for the batch, its rows
-    in key order so two batches cannot deadlock. Every other ping of that content, in this
-    batch or not, is a duplicate of the ping that holds the row afterwards."""
-    firsts: dict[str, str] = {}
-    for i, record in enumerate(records):
-        if outcomes[i] is None:
-            firsts.setdefault(record.row["fingerprint"], record.row["id"])
-    if not firsts:
-        return
-    until = now + dt.timedelta(minutes=settings.ping_duplicate_window_minutes)
+async def _claim_sqlite(
+    session: AsyncSession, firsts: dict[str, str], until: dt.datetime, now: dt.datetime
+) -> set[str]:
+    """Claim the fingerprints of ``firsts`` for their pings; the fingerprints won."""
     insert = dialect_insert(session, _FINGERPRINTS).values(
         [{"fingerprint": f, "ping_id": firsts[f], "expires_at": until} for f in sorted(firsts)]
     )
@@ -447,20 +513,86 @@ async def _refuse_duplicates(
         set_={"ping_id": insert.excluded.ping_id, "expires_at": insert.excluded.expires_at},
         where=_FINGERPRINTS.c.expires_at <= now,
     ).returning(_FINGERPRINTS.c.fingerprint)
-    won = set((await session.scalars(claim)).all())
-    holders = {f: firsts[f] for f in won}
-    lost = set(firsts) - won
-    if lost:
-        rows = await session.execute(
-            select(PingFingerprint.fingerprint, PingFingerprint.ping_id).where(
-                PingFingerprint.fingerprint.in_(lost)
-            )
-        )
-        holders.update({str(f): str(p) for f, p in rows.all()})
-    for i, record in enumerate(records):
-        holder = holders.get(record.row["fingerprint"], "")
-        if outcomes[i] is None and holder != record.row["id"]:
-            outcomes[i] = _duplicate(holder)
+    return set((await session.scalars(claim)).all())
+
+
+async def _claim_and_insert_postgres(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], until: dt.datetime, now: dt.datetime
+) -> set[str]:
+    """Claim the fingerprints of ``rows`` (one ping per fingerprint) and insert the rows whose
+    claim won, in one statement; the fingerprints won."""
+    connection = await session.connection()
+    claimed = await connection.exec_driver_sql(
+        _CLAIM_AND_INSERT_POSTGRES, (*_ping_arrays(rows), until, now)
+    )
+    return {str(f) for f in claimed.scalars()}
+
+
+# The columns of a new ping, in the order of the statements' arrays (the JSON ones as text); the
+# others (posted_at, outcome, lead_id, order_id, sold_price_cents) are NULL.
+_PING_COLUMNS = (
+    "id",
+    "seller_id",
+    "vertical",
+    "country",
+    "region",
+    "postal_prefix",
+    "postal_digest",
+    "preview_attributes",
+    "exclusive",
+    "currency",
+    "accepted",
+    "price_cents",
+    "campaign_id",
+    "ranked",
+    "fingerprint",
+    "created_at",
+    "expires_at",
+)
+_JSON_COLUMNS = frozenset({"preview_attributes", "ranked"})
+
+
+def _ping_arrays(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
+    return tuple(
+        [json.dumps(row[name]) for row in rows]
+        if name in _JSON_COLUMNS
+        else [row[name] for row in rows]
+        for name in _PING_COLUMNS
+    )
+
+
+_NEW_PINGS = (
+    "SELECT id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
+    "preview_attributes::json, exclusive, currency, accepted, price_cents, campaign_id, "
+    "ranked::json, fingerprint, created_at, expires_at "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+    "$7::text[], $8::text[], $9::bool[], $10::text[], $11::bool[], $12::int[], $13::text[], "
+    "$14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[]) "
+    "AS t(id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
+    "preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, ranked, "
+    "fingerprint, created_at, expires_at)"
+)
+_INSERT_PINGS = (
+    "INSERT INTO pings (id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
+    "preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, ranked, "
+    "fingerprint, created_at, expires_at) "
+)
+_INSERT_PINGS_POSTGRES = _INSERT_PINGS + _NEW_PINGS
+# The SQLite claim's upsert (rows in key order), and the insert of the pings whose claim won: a
+# data-modifying WITH runs to completion whether or not the outer query reads it.
+_CLAIM_AND_INSERT_POSTGRES = (
+    "WITH incoming AS (" + _NEW_PINGS + "), "  # noqa: S608  (constants only, no input)
+    "claimed AS (INSERT INTO ping_fingerprints (fingerprint, ping_id, expires_at) "
+    "SELECT fingerprint, id, $18::timestamptz FROM incoming ORDER BY fingerprint "
+    "ON CONFLICT (fingerprint) DO UPDATE "
+    "SET ping_id = excluded.ping_id, expires_at = excluded.expires_at "
+    "WHERE ping_fingerprints.expires_at <= $19::timestamptz "
+    "RETURNING fingerprint, ping_id), "
+    "inserted AS ("
+    + _INSERT_PINGS
+    + "SELECT * FROM incoming WHERE id IN (SELECT ping_id FROM claimed)) "
+    "SELECT fingerprint FROM claimed"
+)
 
 
 PURGE_FINGERPRINTS_JOB = "pingpost.purge_expired_fingerprints"
