@@ -26,7 +26,6 @@ from leadmarket.notifications.mail import MailBackend, make_mail_backend
 from leadmarket.notifications.sms import SmsBackend, make_sms_backend
 from leadmarket.orders import tasks as orders_tasks
 from leadmarket.pingpost import retention as ping_retention
-from leadmarket.pingpost import service as pingpost
 from leadmarket.privacy import (
     consumer_data,  # noqa: F401  (registers lead.erased/lead.corrected)
     retention_tasks,
@@ -73,9 +72,6 @@ def build_registry(settings: Settings | None = None) -> JobRegistry[JobServices]
     )
     registry.periodic(idempotency.PURGE_JOB_KIND, every=dt.timedelta(hours=1))(
         idempotency.purge_expired_records_handler
-    )
-    registry.periodic(pingpost.PURGE_FINGERPRINTS_JOB, every=dt.timedelta(hours=1))(
-        pingpost.purge_expired_fingerprints_handler
     )
     registry.periodic(ping_retention.SWEEP_JOB, every=ping_retention.SWEEP_EVERY)(
         ping_retention.sweep_pings_handler

@@ -70,7 +70,6 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
-from leadmarket.kit.jobs import JobContext
 from leadmarket.leads import intake
 from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import LeadIn, SaleIn
@@ -78,7 +77,7 @@ from leadmarket.models import Ping, PingFingerprint, PingOutcome, SaleVia, User
 from leadmarket.orders import service as orders
 from leadmarket.pingpost.schemas import PingIn, PingOut, PostIn, PostOut
 from leadmarket.verticals.registry import get_vertical, validate_attributes
-from leadmarket.webhooks.service import resolves_to_private
+from leadmarket.webhooks.outbound import public_client
 
 # A ping has no birth date: its preview's age band is unknown, which no age filter admits.
 UNKNOWN_AGE_BAND = ""
@@ -156,10 +155,11 @@ class PingKit:
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            # Pinned: each connection goes only to the addresses checked as public when it
+            # is made, so a buyer's name cannot rebind to the internal network.
+            self._client = public_client(
+                self.settings,
                 verify=_tls_context(),
-                follow_redirects=False,
-                trust_env=False,
                 headers={"user-agent": USER_AGENT, "content-type": "application/json"},
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             )
@@ -286,8 +286,6 @@ async def _ask_buyer(kit: PingKit, campaign: CompiledCampaign, body: bytes) -> i
     answer, an error, a refusal, or an address that is not on the public internet."""
     url = campaign.ping_url
     assert url is not None
-    if not kit.settings.webhook_allow_private_networks and await resolves_to_private(url):
-        return None
     try:
         response = await kit.client().post(url, content=body)
     except httpx.HTTPError:
@@ -593,20 +591,6 @@ _CLAIM_AND_INSERT_POSTGRES = (
     + "SELECT * FROM incoming WHERE id IN (SELECT ping_id FROM claimed)) "
     "SELECT fingerprint FROM claimed"
 )
-
-
-PURGE_FINGERPRINTS_JOB = "pingpost.purge_expired_fingerprints"
-
-
-async def purge_expired_fingerprints(session: AsyncSession, *, now: dt.datetime) -> int:
-    """Fingerprints past their window refuse nothing any more (a new ping takes the row over
-    anyway); deleting them keeps the table to the last few minutes of pings."""
-    result = await session.execute(_FINGERPRINTS.delete().where(_FINGERPRINTS.c.expires_at <= now))
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def purge_expired_fingerprints_handler(ctx: JobContext[Any]) -> None:
-    await purge_expired_fingerprints(ctx.session, now=utcnow())
 
 
 # The post -----------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,8 +40,6 @@ from leadmarket.models import (
     WebhookEndpoint,
 )
 from leadmarket.webhooks.outbound import (
-    AddressNotPublic,
-    checked_addresses,
     is_local_name,
     is_private_address,
     public_client,
@@ -190,7 +187,7 @@ def url_problem(url: str, settings: Settings) -> str | None:
         return "Put no user name or password in the address; the signature authenticates us."
     if not settings.webhook_allow_private_networks:
         if parts.scheme != "https":
-            return "Use https: leads carry personal data (S1)."
+            return "Use https: what we send there must not be readable on the way (S1)."
         if _is_private_host(host):
             return "This address is not on the public internet."
     return None
@@ -380,18 +377,6 @@ async def _prepare(
             separators=(",", ":"),
         ).encode()
         return _Prepared(url=delivery.url, secret=secret, body=body)
-
-
-async def resolves_to_private(url: str) -> bool:
-    """An early answer for callers that check before connecting. It proves nothing about the
-    connection that follows (the name may resolve differently then): connect through
-    :func:`outbound.public_client`, which checks the addresses it connects to."""
-    parts = urlsplit(url)
-    try:
-        await checked_addresses(parts.hostname or "", parts.port or 443, allow_private=False)
-    except httpcore.ConnectError as exc:
-        return isinstance(exc, AddressNotPublic)
-    return False
 
 
 async def _post(settings: Settings, delivery_id: str, prepared: _Prepared) -> _Outcome:
