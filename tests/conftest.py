@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from leadmarket.app import create_app
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine
+from leadmarket.kit.fastlane import FastLane
 from leadmarket.kit.migrate import upgrade_to_head
 from leadmarket.models import Base
 
@@ -167,6 +168,17 @@ def app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+async def route_client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """The application without its fast lane (``kit.fastlane``): every request goes through
+    FastAPI's routes, so a test can check the lane answers exactly as the route does."""
+    app = create_app(settings, database=db)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastLane]
     transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
         yield c

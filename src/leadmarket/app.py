@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     include_guarded(app, retention_views.router)
 
     # Innermost of the pure-ASGI middleware: the hottest endpoints skip FastAPI's routing.
-    app.add_middleware(FastLane, routes={**pingpost_api.FAST_LANE})
+    app.add_middleware(FastLane, routes={**pingpost_api.FAST_LANE, **leads_api.FAST_LANE})
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -6,7 +6,6 @@ the post still works after a fast-lane ping."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,23 +14,9 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadmarket.app import create_app
-from leadmarket.config import Settings
-from leadmarket.kit.db import Database
-from leadmarket.kit.fastlane import FastLane
 from leadmarket.models import Ping
 from tests.fixtures.accounts import bearer, signed_in
 from tests.fixtures.pingpost import bidding_buyer, ping_body, post_body
-
-
-@pytest.fixture
-async def route_client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    """The same application without its fast lane: pings go through FastAPI's route."""
-    app = create_app(settings, database=db)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastLane]
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
-        yield c
 
 
 async def pings_stored(session: AsyncSession) -> int:

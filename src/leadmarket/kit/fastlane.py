@@ -116,6 +116,23 @@ class LaneRequest(Request):
             raise DomainError("There was an error parsing the body") from exc
 
     @staticmethod
+    def header_errors(name: str, value: str | None, *, max_length: int) -> list[dict[str, Any]]:
+        """The errors FastAPI reports for an optional header declared ``Header(max_length=…)``
+        (none when it is absent or short enough), located under ``header`` as FastAPI does.
+        The handler raises them with the body's, headers first, as FastAPI does."""
+        if value is None or len(value) <= max_length:
+            return []
+        return [
+            {
+                "type": "string_too_long",
+                "loc": ("header", name),
+                "msg": f"String should have at most {max_length} characters",
+                "input": value,
+                "ctx": {"max_length": max_length},
+            }
+        ]
+
+    @staticmethod
     def validate(model: type[M], payload: Any) -> M:
         """``payload`` (from :meth:`json_payload`) as ``model``, or :class:`BodyInvalid`."""
         if payload is NO_BODY:
@@ -140,6 +157,12 @@ class LaneResponse:
     def of_model(cls, answer: BaseModel, status: int = 200) -> LaneResponse:
         """``answer`` as FastAPI sends a route's response model."""
         return cls(status, answer.model_dump_json().encode())
+
+    @classmethod
+    def of_json(cls, answer: Any, status: int = 200) -> LaneResponse:
+        """``answer`` (plain JSON values) as Starlette's ``JSONResponse`` renders it."""
+        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return cls(status, body.encode())
 
 
 Handler = Callable[[LaneRequest], Awaitable[LaneResponse]]
