@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.fixtures.accounts import bearer, signed_in
+from tests.fixtures.accounts import REFUSED_CALLERS, refused_caller, signed_in
 from tests.fixtures.leads import DELETE, lead_body, minor_birth_date
 from tests.leads.test_intake import row_counts, secrets_of
 
@@ -95,20 +95,14 @@ async def test_a_minor_is_named_as_such_even_beside_a_bad_header(
         assert secret not in response.text
 
 
-@pytest.mark.parametrize("credentials", ["none", "unknown key", "a buyer", "a stale cookie"])
+@pytest.mark.parametrize("credentials", REFUSED_CALLERS)
 async def test_each_refused_caller_is_refused_as_by_the_route(
     client: httpx.AsyncClient,
     route_client: httpx.AsyncClient,
     session: AsyncSession,
     credentials: str,
 ) -> None:
-    headers: dict[str, str] = {}
-    if credentials == "unknown key":
-        headers = bearer("lmk_" + "x" * 40)
-    elif credentials == "a buyer":
-        _, headers = await signed_in(client, "buyer")
-    elif credentials == "a stale cookie":
-        headers = {"Cookie": "lm_session=stale-or-forged"}
+    headers = await refused_caller(client, credentials)
     before = await row_counts(session)
     lane = await client.post("/api/v1/leads", json=lead_body(), headers=headers)
     route = await route_client.post("/api/v1/leads", json=lead_body(), headers=headers)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.models import Ping
-from tests.fixtures.accounts import bearer, signed_in
+from tests.fixtures.accounts import REFUSED_CALLERS, bearer, refused_caller, signed_in
 from tests.fixtures.pingpost import bidding_buyer, ping_body, post_body
 
 
@@ -72,27 +72,14 @@ async def test_each_refusal_is_the_routes_own(
     assert await pings_stored(session) == 0
 
 
-@pytest.mark.parametrize(
-    "credentials",
-    ["none", "unknown key", "unknown token", "not bearer", "a buyer", "a web session cookie"],
-)
+@pytest.mark.parametrize("credentials", REFUSED_CALLERS)
 async def test_each_refused_caller_is_refused_as_by_the_route(
     client: httpx.AsyncClient,
     route_client: httpx.AsyncClient,
     session: AsyncSession,
     credentials: str,
 ) -> None:
-    headers: dict[str, str] = {}
-    if credentials == "unknown key":
-        headers = bearer("lmk_" + "x" * 40)
-    elif credentials == "unknown token":
-        headers = bearer("lms_" + "x" * 40)
-    elif credentials == "not bearer":
-        headers = {"Authorization": "Basic YTpi"}
-    elif credentials == "a buyer":
-        _, headers = await signed_in(client, "buyer")
-    elif credentials == "a web session cookie":
-        headers = {"Cookie": "lm_session=stale-or-forged"}
+    headers = await refused_caller(client, credentials)
     lane = await client.post("/api/v1/ping", json=ping_body(), headers=headers)
     route = await route_client.post("/api/v1/ping", json=ping_body(), headers=headers)
     assert lane.status_code in (401, 403)
