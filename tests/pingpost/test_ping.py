@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.config import Settings
 from leadmarket.models import Ping
 from tests.fixtures.accounts import signed_in
-from tests.fixtures.pingpost import bidding_buyer, bidding_endpoint, ping_body
+from tests.fixtures.pingpost import bidding_buyer, bidding_endpoint, ping_body, pinged_buyer
 
 
 async def pings_stored(session: AsyncSession) -> int:
@@ -150,26 +150,27 @@ async def test_buyers_only_may_not_ping(client: httpx.AsyncClient) -> None:
 
 
 async def test_an_external_endpoint_bids_for_its_campaign(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     with bidding_endpoint(2500) as endpoint:
-        await bidding_buyer(session, bid_cents=4000, ping_url=endpoint.url)
+        await pinged_buyer(session, settings, endpoint, bid_cents=4000)
         await bidding_buyer(session, bid_cents=1000)
         _, seller = await signed_in(client, "seller")
         answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
     assert answer.json()["price_cents"] == 1001  # the endpoint's 2500 won, second price
-    (asked,) = endpoint.received
+    (pinged,) = endpoint.pings
+    asked = pinged.body
     assert asked["ping_id"] == answer.json()["ping_id"]
     assert asked["postal_prefix"] == "936" and "postal_code" not in asked
     assert set(asked["attributes"]) == set(ping_body()["attributes"])
 
 
 async def test_an_endpoint_bidding_above_its_campaigns_bid_is_capped(
-    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     app.state.settings.ping_price_rule = "first"
     with bidding_endpoint(9999) as endpoint:
-        await bidding_buyer(session, bid_cents=1800, ping_url=endpoint.url)
+        await pinged_buyer(session, settings, endpoint, bid_cents=1800)
         await bidding_buyer(session, bid_cents=1700)
         _, seller = await signed_in(client, "seller")
         answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
@@ -185,9 +186,9 @@ async def test_a_slow_buyer_never_delays_the_answer_past_the_deadline(
         bidding_endpoint(2500) as quick,
         bidding_endpoint(None) as declining,
     ):
-        await bidding_buyer(session, bid_cents=9000, ping_url=slow.url)
-        await bidding_buyer(session, bid_cents=3000, ping_url=quick.url)
-        await bidding_buyer(session, bid_cents=3000, ping_url=declining.url)
+        await pinged_buyer(session, settings, slow, bid_cents=9000)
+        await pinged_buyer(session, settings, quick, bid_cents=3000)
+        await pinged_buyer(session, settings, declining, bid_cents=3000)
         await bidding_buyer(session, bid_cents=1000)
         _, seller = await signed_in(client, "seller")
         started = time.monotonic()
@@ -195,5 +196,5 @@ async def test_a_slow_buyer_never_delays_the_answer_past_the_deadline(
         took = time.monotonic() - started
     assert answer.status_code == 200
     assert answer.json()["price_cents"] == 1001  # the slow 9000 was not waited for
-    assert len(slow.received) == 1
+    assert len(slow.pings) == 1
     assert took < deadline + 1.0, took

@@ -202,8 +202,11 @@ class CampaignIn(RequestModel):
         default=None,
         description="The buyer's own real-time bidding endpoint: each ping the campaign matches "
         'is POSTed there (no contact data) and its answer `{"bid_cents": n}` (at most '
-        "bid_cents) is the campaign's bid; no answer within the deadline: no bid. None: the "
-        "campaign bids bid_cents on every ping it matches.",
+        "bid_cents) is the campaign's bid; no answer within the deadline: no bid. Each ping "
+        "is signed like a delivery (Standard Webhooks: webhook-id, webhook-timestamp, "
+        "webhook-signature) with your webhook secret; without a webhook endpoint (PUT "
+        "/api/v1/me/webhook) the endpoint is not asked. None: the campaign bids bid_cents on "
+        "every ping it matches.",
     )
 
 

@@ -317,7 +317,8 @@ def main_inputs(timezone: str | None) -> tuple[InputSpec, ...]:
             spellcheck=False,
             maxlength=2000,
             hint="Real-time pings are sent to this https://… address (no contact data); its "
-            'answer {"bid_cents": n}, up to the bid above, is the campaign\'s bid. '
+            'answer {"bid_cents": n}, up to the bid above, is the campaign\'s bid. Pings are '
+            "signed like deliveries, with your webhook secret: set your webhook first. "
             "Empty: the campaign bids its bid on every ping it matches.",
         ),
     )

@@ -32,7 +32,19 @@ budget or funds, or the real lead fails its filters), the next campaign of the p
 buys at its own bid, never above the ping's price; if none can, the answer is ``sold: false``
 and nothing of the lead is kept (its rows are rolled back): the consumer's data was given for
 this sale, and the seller may still post the lead to the marketplace with ``POST
-/api/v1/leads``."""
+/api/v1/leads``.
+
+**Signed pings (M1, S1).** Each ping to a buyer's endpoint carries the Standard Webhooks
+headers, signed with the buyer's webhook secret, the one their deliveries are signed with, so a
+buyer tells our pings from forged ones the way they check deliveries. ``webhook-id`` is
+``<ping id>:<campaign id>``, unique per request. The secrets are opened once per process and
+snapshot of the matching index (:class:`PingKit`), not per ping: a secret changed or removed
+(``PUT``/``DELETE /api/v1/me/webhook``) bumps the matching stamp, so a process signs with the
+new one from its next read of the stamp, at most ``LEADMARKET_MATCHING_RECHECK_MS`` later (at
+once with the default 0). A buyer with a ``ping_url`` but no webhook endpoint has no secret:
+their endpoint is not asked. Making them a secret would not help, since the buyer could never
+learn it (a secret is shown once, when ``PUT /me/webhook`` makes it), and an unsigned ping is
+exactly what a forger sends."""
 
 from __future__ import annotations
 
@@ -42,7 +54,7 @@ import functools
 import json
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast
 
@@ -52,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.repository import recheck_api_keys
 from leadmarket.campaigns.matching import (
+    CampaignIndex,
     CompiledCampaign,
     LeadPreview,
     MatchingIndex,
@@ -78,6 +91,8 @@ from leadmarket.orders import service as orders
 from leadmarket.pingpost.schemas import PingIn, PingOut, PostIn, PostOut
 from leadmarket.verticals.registry import get_vertical, validate_attributes
 from leadmarket.webhooks.outbound import public_client
+from leadmarket.webhooks.service import owner_secrets
+from leadmarket.webhooks.signing import signed_headers
 
 # A ping has no birth date: its preview's age band is unknown, which no age filter admits.
 UNKNOWN_AGE_BAND = ""
@@ -142,6 +157,7 @@ class PingKit:
         self._fingerprint_key = derive_key(root, "ping:fingerprint")
         self.recorder = PingRecorder(self)
         self._client: httpx.AsyncClient | None = None
+        self._secrets: _OpenedSecrets | None = None
         # Built now, not inside the first ping's deadline: the first client of a process took
         # ~0.1 s, most of a buyer's 150 ms, and that ping silently lost its endpoints' bids.
         self.client()
@@ -165,10 +181,48 @@ class PingKit:
             )
         return self._client
 
+    async def signing_secrets(
+        self, index: CampaignIndex, buyer_ids: Iterable[str]
+    ) -> Mapping[str, str | None]:
+        """The signing secrets of ``buyer_ids`` (None: the buyer has none), opened for the
+        snapshot ``index`` of the matching index: read from the database only the first time
+        a buyer is asked after the snapshot was built. Each snapshot starts empty, and a change
+        of secret makes a new snapshot (see the module docstring), so what is kept here is
+        never older than the snapshot the ping matched against."""
+        cache = self._secrets
+        if cache is None or cache.index is not index:
+            cache = self._secrets = _OpenedSecrets(index)
+        missing = {b for b in buyer_ids if b not in cache.secrets}
+        if missing:
+            # One reader at a time: the pings that miss the same buyers at once (right after
+            # a rebuild) wait for that one read instead of each making their own.
+            async with cache.lock:
+                missing = {b for b in missing if b not in cache.secrets}
+                if missing:
+                    session = self.db.new_session()
+                    try:
+                        opened = await owner_secrets(session, self.settings, missing)
+                    finally:
+                        await session.close()
+                    cache.secrets.update(opened)
+        return cache.secrets
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+class _OpenedSecrets:
+    """Buyers' signing secrets opened for one snapshot of the matching index. The snapshot is
+    held, and compared by identity: a rebuilt index is a new object, even at the same stamp."""
+
+    __slots__ = ("index", "lock", "secrets")
+
+    def __init__(self, index: CampaignIndex) -> None:
+        self.index = index
+        self.secrets: dict[str, str | None] = {}
+        self.lock = asyncio.Lock()
 
 
 @functools.cache
@@ -281,13 +335,15 @@ def _external_body(ping_id: str, preview: LeadPreview, data: PingIn, campaign_id
     ).encode()
 
 
-async def _ask_buyer(kit: PingKit, campaign: CompiledCampaign, body: bytes) -> int | None:
+async def _ask_buyer(
+    kit: PingKit, campaign: CompiledCampaign, body: bytes, headers: dict[str, str]
+) -> int | None:
     """The bid of the campaign's own endpoint (at most the campaign's bid), or None: no
     answer, an error, a refusal, or an address that is not on the public internet."""
     url = campaign.ping_url
     assert url is not None
     try:
-        response = await kit.client().post(url, content=body)
+        response = await kit.client().post(url, content=body, headers=headers)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -304,22 +360,31 @@ async def _ask_buyer(kit: PingKit, campaign: CompiledCampaign, body: bytes) -> i
 
 async def _external_bids(
     kit: PingKit,
-    campaigns: Sequence[CompiledCampaign],
+    index: CampaignIndex,
+    asked: Sequence[CompiledCampaign],
     ping_id: str,
     preview: LeadPreview,
     data: PingIn,
     started: float,
 ) -> list[Bid]:
-    """Ask every endpoint at once; each gets ``ping_buyer_timeout_ms``, all of them together
-    no more than what is left of ``ping_deadline_ms``. Whoever has not answered by then is
-    cancelled and does not bid."""
+    """Ask every endpoint whose buyer has a signing secret at once, each request signed with
+    it; each gets ``ping_buyer_timeout_ms``, all of them together no more than what is left
+    of ``ping_deadline_ms``. Whoever has not answered by then is cancelled and does not bid."""
     settings = kit.settings
     per_buyer = settings.ping_buyer_timeout_ms / 1000
+    secrets = await kit.signing_secrets(index, {c.buyer_id for c in asked})
+    campaigns = [c for c in asked if secrets.get(c.buyer_id) is not None]
+    if not campaigns:
+        return []
+    timestamp = int(time.time())
 
     async def ask(campaign: CompiledCampaign) -> int | None:
         body = _external_body(ping_id, preview, data, campaign.id)
+        secret = secrets[campaign.buyer_id]
+        assert secret is not None
+        headers = signed_headers(secret, f"{ping_id}:{campaign.id}", body, timestamp=timestamp)
         try:
-            return await asyncio.wait_for(_ask_buyer(kit, campaign, body), per_buyer)
+            return await asyncio.wait_for(_ask_buyer(kit, campaign, body, headers), per_buyer)
         except TimeoutError:
             return None
 
@@ -372,7 +437,7 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         endpoints=index.has_endpoints(checked.vertical),
     )
     if external:
-        bids += await _external_bids(kit, external, ping_id, preview, data, started)
+        bids += await _external_bids(kit, index, external, ping_id, preview, data, started)
     ranked = ranking(bids, rule=kit.settings.ping_price_rule, floor=data.min_price_cents)
     price = ranked[0].cents if ranked else 0
     expires_at = now + dt.timedelta(seconds=kit.settings.ping_expiry_seconds)

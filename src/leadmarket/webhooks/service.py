@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +32,13 @@ from leadmarket.kit.crypto import derive_key
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.jobs import describe_error, enqueue, retry_delay
-from leadmarket.kit.keyring import DecryptionFailed, Keyring, WrappedKey, open_sealed
+from leadmarket.kit.keyring import (
+    DecryptionFailed,
+    Keyring,
+    KeyringError,
+    WrappedKey,
+    open_sealed,
+)
 from leadmarket.models import (
     DeliveryStatus,
     WebhookAttempt,
@@ -166,6 +172,26 @@ async def rewrap_endpoint_secrets(
         await session.flush()
 
 
+async def owner_secrets(
+    session: AsyncSession, settings: Settings, owner_ids: Iterable[str]
+) -> dict[str, str | None]:
+    """The signing secret of each of ``owner_ids``: None for an owner with no endpoint, or
+    whose secret no longer opens (sealed under a key that has since changed). Read-only: a
+    secret still sealed the pre-0017 way is opened, not converted (nothing here commits)."""
+    wanted = sorted(set(owner_ids))
+    secrets: dict[str, str | None] = dict.fromkeys(wanted)
+    if not wanted:
+        return secrets
+    for endpoint in await session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.owner_id.in_(wanted))
+    ):
+        try:
+            secrets[endpoint.owner_id] = endpoint_secret(settings, endpoint)
+        except (DecryptionFailed, KeyringError):
+            continue
+    return secrets
+
+
 async def endpoint_key_versions_in_use(session: AsyncSession) -> set[int]:
     versions = await session.scalars(select(WebhookEndpoint.key_version).distinct())
     return {version for version in versions if version is not None}
@@ -240,6 +266,7 @@ async def save_endpoint(
         secret = generate_secret()
         _seal_secret(settings.keyring(), endpoint, secret.encode())
         endpoint.secret_prefix = secret[: len(SECRET_PREFIX) + 4]
+        await _secret_changed(session)
     await session.flush()
     return endpoint, secret
 
@@ -248,7 +275,19 @@ async def delete_endpoint(session: AsyncSession, owner_id: str) -> None:
     endpoint = await get_endpoint(session, owner_id)
     if endpoint is not None:
         await session.delete(endpoint)
+        await _secret_changed(session)
         await session.flush()
+
+
+async def _secret_changed(session: AsyncSession) -> None:
+    """Pings to buyers' endpoints are signed with this secret from a per-process cache that
+    lives as long as the process's matching index (``pingpost.service.PingKit``): bumping the
+    matching stamp in this transaction makes every process drop it as it drops a stale index,
+    within ``LEADMARKET_MATCHING_RECHECK_MS`` (promise M1). Imported here: the campaigns'
+    service imports this module for :func:`url_problem`."""
+    from leadmarket.campaigns.service import bump_matching_version
+
+    await bump_matching_version(session)
 
 
 # Deliveries -------------------------------------------------------------------------------
