@@ -26,12 +26,7 @@ from leadmarket.kit.errors import (
     install_error_handlers,
 )
 from leadmarket.kit.fastlane import FastLane
-from leadmarket.kit.http import (
-    BodySizeLimitMiddleware,
-    NulInAddressMiddleware,
-    RequestLogMiddleware,
-    SecurityHeadersMiddleware,
-)
+from leadmarket.kit.http import HttpEdgeMiddleware
 from leadmarket.kit.realtime import make_broker
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
@@ -194,15 +189,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     # Innermost of the pure-ASGI middleware: the hottest endpoints skip FastAPI's routing.
     app.add_middleware(FastLane, routes={**pingpost_api.FAST_LANE, **leads_api.FAST_LANE})
-    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
-        BodySizeLimitMiddleware,
+        HttpEdgeMiddleware,
         max_bytes=settings.max_body_bytes,
         upload_paths=UPLOAD_PATHS,
         max_upload_bytes=settings.max_upload_bytes,
     )
-    app.add_middleware(NulInAddressMiddleware)
-    app.add_middleware(RequestLogMiddleware)
     return app
 
 
