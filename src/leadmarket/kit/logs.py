@@ -57,6 +57,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Neither formatter writes the thread or the process, and every record paid to look them up
+    # (one access line per request at least); the logging module's documented switches.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Drivers log SQL parameters at DEBUG, and parameters are personal data.
     for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(name).setLevel(logging.WARNING)
