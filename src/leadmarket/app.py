@@ -89,6 +89,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         description="A consumer lead exchange that keeps its privacy promises in code. "
         "Errors are RFC 9457 problem details; see /problems/{type} for each type.",
         lifespan=lifespan,
+        # Leadmarket exports no OpenTelemetry data; with FastAPI's native telemetry on, every
+        # request asked the global providers whether anyone was listening.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.db = db
