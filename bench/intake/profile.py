@@ -81,7 +81,7 @@ async def _census(scratch: Scratch, seller: Seller, bodies: list[dict[str, Any]]
         seen["statement: " + " ".join(statement.split()[:3])[:48]] += 1
 
     def on_checkout(*_: Any) -> None:
-        seen["pool check-out (pre-ping on PostgreSQL)"] += 1
+        seen["pool check-out (a ping on PostgreSQL)"] += 1
 
     def on_commit(*_: Any) -> None:
         seen["commit"] += 1

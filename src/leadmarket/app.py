@@ -26,12 +26,7 @@ from leadmarket.kit.errors import (
     install_error_handlers,
 )
 from leadmarket.kit.fastlane import FastLane
-from leadmarket.kit.http import (
-    BodySizeLimitMiddleware,
-    NulInAddressMiddleware,
-    RequestLogMiddleware,
-    SecurityHeadersMiddleware,
-)
+from leadmarket.kit.http import HttpEdgeMiddleware
 from leadmarket.kit.realtime import make_broker
 from leadmarket.kit.routing import TransactionalRoute, guard, include_guarded
 from leadmarket.kit.templating import STATIC_DIR, install_templates
@@ -94,6 +89,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         description="A consumer lead exchange that keeps its privacy promises in code. "
         "Errors are RFC 9457 problem details; see /problems/{type} for each type.",
         lifespan=lifespan,
+        # Leadmarket exports no OpenTelemetry data; with FastAPI's native telemetry on, every
+        # request asked the global providers whether anyone was listening.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.db = db
@@ -194,15 +192,12 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     # Innermost of the pure-ASGI middleware: the hottest endpoints skip FastAPI's routing.
     app.add_middleware(FastLane, routes={**pingpost_api.FAST_LANE, **leads_api.FAST_LANE})
-    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
-        BodySizeLimitMiddleware,
+        HttpEdgeMiddleware,
         max_bytes=settings.max_body_bytes,
         upload_paths=UPLOAD_PATHS,
         max_upload_bytes=settings.max_upload_bytes,
     )
-    app.add_middleware(NulInAddressMiddleware)
-    app.add_middleware(RequestLogMiddleware)
     return app
 
 

@@ -4,6 +4,7 @@ headers, deny-by-default authorization, and logs without personal data."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -130,3 +131,99 @@ def test_a_nested_unguarded_route_is_found_too() -> None:
     outer.include_router(inner)
     with pytest.raises(RuntimeError, match="/hidden"):
         include_guarded(app, outer)
+
+
+# The edge middleware (kit.http.HttpEdgeMiddleware) -------------------------------------------
+
+_SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "referrer-policy")
+
+
+def _has_edge_headers(response: httpx.Response) -> bool:
+    return response.headers["x-request-id"].startswith("req_") and all(
+        name in response.headers for name in _SECURITY_HEADERS
+    )
+
+
+async def test_a_nul_in_the_address_is_refused_with_the_edge_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    for url in ("/api/v1/leads?x=%00", "/api/v1/le%00ads"):
+        response = await client.get(url)
+        assert response.status_code == 400, url
+        assert response.json()["detail"] == "The address contains a NUL character."
+        assert _has_edge_headers(response)
+
+
+async def test_a_streamed_body_over_the_cap_is_refused(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 600_000  # 1.8 MB in all, announced by no Content-Length
+
+    response = await client.post(
+        "/api/v1/auth/login", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["instance"] == "/api/v1/auth/login"
+    assert response.headers["connection"] == "close"
+    assert _has_edge_headers(response)
+    announced = await client.post("/api/v1/ping", content=b"{}" + b" " * 2_000_000)
+    assert announced.status_code == 413 and _has_edge_headers(announced)
+
+
+async def test_every_answer_has_an_id_and_security_headers(client: httpx.AsyncClient) -> None:
+    answers = [
+        await client.get("/healthz"),
+        await client.get("/api/v1/nothing-here"),
+        await client.post("/api/v1/ping", json={}),  # the fast lane: 401, no key
+        await client.get("/signin"),
+    ]
+    assert all(_has_edge_headers(r) for r in answers)
+    ids = {r.headers["x-request-id"] for r in answers}
+    assert len(ids) == len(answers)
+
+
+async def test_a_header_the_response_sets_is_kept(client: httpx.AsyncClient) -> None:
+    # The docs page brings its own scripts from a CDN: its policy, not the default one.
+    docs = await client.get("/docs")
+    assert docs.headers.get_list("content-security-policy") == [
+        docs.headers["content-security-policy"]
+    ]
+    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+async def test_one_access_log_line_per_request_with_the_route_template(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="leadmarket.access")
+    await client.get("/problems/reauth-required?token=secret-in-query")
+    await client.post("/api/v1/ping?token=secret-in-query", json={})
+    await client.get("/api/v1/le%00ads")
+    lines = [r for r in caplog.records if r.name == "leadmarket.access"]
+    assert [(r.method, r.route, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", "/problems/{slug}", 200),
+        ("POST", "/api/v1/ping", 401),
+        ("GET", "(unmatched)", 400),
+    ]
+    ids = [r.request_id for r in lines]  # type: ignore[attr-defined]
+    assert len(set(ids)) == 3 and all(i.startswith("req_") for i in ids)
+    from leadmarket.kit.logs import JsonFormatter
+
+    assert not any("secret-in-query" in JsonFormatter().format(r) for r in lines)
+
+
+def test_the_phone_mask_matches_what_the_plain_pattern_matched() -> None:
+    """The log formatter's phone pattern carries a lookahead for speed; it must mask exactly
+    what the pattern without it masked."""
+    import random
+    import re
+
+    from leadmarket.kit.logs import mask_personal_data
+
+    plain = re.compile(r"\+\d[\d ().-]{6,18}\d|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b")
+    email = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+    rng = random.Random(7)
+    alphabet = "0123456789      ()+-.ax@_\"'"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        expected = plain.sub("[phone]", email.sub("[email]", text))
+        assert mask_personal_data(text) == expected, text

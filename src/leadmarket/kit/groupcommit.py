@@ -72,7 +72,7 @@ class GroupCommit(Generic[Item, Result]):
             while self._queue:
                 try:
                     # One connection for the whole burst: checking one out of the pool for
-                    # each batch (with its pre-ping, three round trips on asyncpg) cost as
+                    # each batch (with its pre-ping, then three round trips on asyncpg) cost as
                     # much as writing the batch.
                     async with self.db.pinned() as db:
                         while self._queue:

@@ -16,12 +16,33 @@ from leadmarket.kit.ids import new_id
 access_log = logging.getLogger("leadmarket.access")
 
 
-class RequestLogMiddleware:
-    """Gives each request an id (echoed as ``X-Request-Id``) and logs one line per request with
-    the route *template*, never the raw path or query string, which may carry tokens."""
+class HttpEdgeMiddleware:
+    """The edge every HTTP request passes, in one pure-ASGI layer (one wrapper around ``send``
+    and one around ``receive`` instead of one per concern, so each request pays once):
 
-    def __init__(self, app: ASGIApp) -> None:
+    * **request id and access log**: each request gets an id (echoed as ``X-Request-Id``) and
+      one log line with the route *template*, never the raw path or query string, which may
+      carry tokens;
+    * **NUL refusal**: a path or query string carrying a NUL character (``%00``) is answered
+      with a 400 problem: no database column can hold one, and no legitimate address needs it;
+    * **body cap**: bodies over ``max_bytes`` (``max_upload_bytes`` under ``upload_paths``, for
+      CSV files of leads) are refused with a 413 problem, whether announced by Content-Length
+      or discovered while streaming (chunked uploads);
+    * **security headers** on every response, its own refusals included; a header the
+      response sets itself is left as it is."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        upload_paths: tuple[str, ...] = (),
+        max_upload_bytes: int = 0,
+    ) -> None:
         self.app = app
+        self.default_max_bytes = max_bytes
+        self.upload_paths = upload_paths
+        self.max_upload_bytes = max(max_upload_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,56 +51,118 @@ class RequestLogMiddleware:
         request_id = new_id("req")
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
+        path: str = scope["path"]
+        security = _security_headers(path, _is_https(scope))
+        id_header = (b"x-request-id", request_id.encode())
         status = 500
+        response_started = False
+        limit = (
+            self.max_upload_bytes
+            if self.upload_paths and path.startswith(self.upload_paths)
+            else self.default_max_bytes
+        )
+        received = 0
+        refused = False  # the body went over the cap and the 413 went out
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        async def edge_send(message: Message) -> None:
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                response_started = True
+                headers = list(message.get("headers", ()))
+                if headers:
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(h for h in security if h[0] not in present)
+                else:
+                    headers.extend(security)
+                headers.append(id_header)
                 message["headers"] = headers
             await send(message)
 
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def app_send(message: Message) -> None:
+            nonlocal refused
+            if received > limit and not response_started:
+                # The app caught the cap's exception while reading the body and answers
+                # something else (FastAPI turns a body it cannot read into a 400): the answer
+                # is the 413 all the same, and the app's own is dropped.
+                refused = True
+                await _refuse_body(edge_send, path, limit)
+            if not refused:
+                await edge_send(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            if (
+                "\x00" in path
+                or b"%00" in scope.get("query_string", b"")
+                or b"%00" in scope.get("raw_path", b"")
+            ):
+                await send_problem(
+                    edge_send,
+                    status=400,
+                    slug="bad-request",
+                    title="Bad request",
+                    detail="The address contains a NUL character.",
+                    instance="",
+                )
+                return
+            if _announced_over(scope, limit):
+                await _refuse_body(edge_send, path, limit)
+                return
+            try:
+                await self.app(scope, counting_receive, app_send)
+            except _BodyTooLarge:
+                if not response_started:
+                    await _refuse_body(edge_send, path, limit)
         finally:
-            route = scope.get("route")
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "route": getattr(route, "path", None) or "(unmatched)",
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope.get("method"),
+                        "route": getattr(route, "path", None) or "(unmatched)",
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
 
 
-class NulInAddressMiddleware:
-    """Refuses a path or query string carrying a NUL character (``%00``) with a 400 problem:
-    no database column can hold one, and no legitimate address needs it."""
+class _BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            "\x00" in scope.get("path", "")
-            or b"%00" in scope.get("query_string", b"")
-            or b"%00" in scope.get("raw_path", b"")
-        ):
-            await send_problem(
-                send,
-                status=400,
-                slug="bad-request",
-                title="Bad request",
-                detail="The address contains a NUL character.",
-                instance="",
-            )
-            return
-        await self.app(scope, receive, send)
+def _announced_over(scope: Scope, limit: int) -> bool:
+    """Whether the request's Content-Length says its body is over ``limit``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
+async def _refuse_body(send: Send, path: str, limit: int) -> None:
+    await send_problem(
+        send,
+        status=413,
+        slug="payload-too-large",
+        title="Request body too large",
+        detail=f"Request bodies here are limited to {limit} bytes.",
+        instance=path,
+        close_connection=True,
+    )
 
 
 async def send_problem(
@@ -117,86 +200,6 @@ async def send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodySizeLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with a 413 problem, whether announced by Content-Length
-    or discovered while streaming (chunked uploads)."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_bytes: int,
-        *,
-        upload_paths: tuple[str, ...] = (),
-        max_upload_bytes: int = 0,
-    ) -> None:
-        self.app = app
-        self.default_max_bytes = max_bytes
-        # File uploads (CSV of leads) may be larger than any JSON body.
-        self.upload_paths = upload_paths
-        self.max_upload_bytes = max(max_upload_bytes, max_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        limit = (
-            self.max_upload_bytes
-            if self.upload_paths and path.startswith(self.upload_paths)
-            else self.default_max_bytes
-        )
-        await self._limited(scope, receive, send, limit)
-
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_large = int(value) > limit
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    await self._refuse(scope, send, limit)
-                    return
-        received = 0
-        response_started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(scope, send, limit)
-
-    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
-        await send_problem(
-            send,
-            status=413,
-            slug="payload-too-large",
-            title="Request body too large",
-            detail=f"Request bodies here are limited to {limit} bytes.",
-            instance=scope.get("path", ""),
-            close_connection=True,
-        )
-
-
 # Swagger UI at /docs loads its script and styles from a CDN; everything else is same-origin.
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -213,46 +216,41 @@ _DOCS_CSP = (
 EMBEDDABLE_PATH_PREFIX = "/forms/"
 _EMBEDDABLE_CSP = _CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
 
+SecurityHeaders = tuple[tuple[bytes, bytes], ...]
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        embeddable = path.startswith(EMBEDDABLE_PATH_PREFIX)
-        if path in ("/docs", "/redoc"):
-            csp = _DOCS_CSP
-        elif embeddable:
-            csp = _EMBEDDABLE_CSP
-        else:
-            csp = _CSP
-        https = _is_https(scope)
+def _header_set(csp: str, *, embeddable: bool, https: bool) -> SecurityHeaders:
+    return (
+        (b"content-security-policy", csp.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        *(() if embeddable else ((b"x-frame-options", b"DENY"),)),
+        (b"referrer-policy", b"same-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        *(
+            ((b"strict-transport-security", b"max-age=63072000; includeSubDomains"),)
+            if https
+            else ()
+        ),
+    )
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                extra: list[tuple[bytes, bytes]] = [
-                    (b"content-security-policy", csp.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    *([] if embeddable else [(b"x-frame-options", b"DENY")]),
-                    (b"referrer-policy", b"same-origin"),
-                    (b"cross-origin-opener-policy", b"same-origin"),
-                    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-                ]
-                if https:
-                    extra.append(
-                        (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
-                    )
-                headers.extend(h for h in extra if h[0] not in present)
-                message["headers"] = headers
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+# Built once: (page kind, https) -> the headers, in the order they are sent.
+_SECURITY_HEADERS = {
+    (kind, https): _header_set(csp, embeddable=kind == "embeddable", https=https)
+    for kind, csp in (("docs", _DOCS_CSP), ("embeddable", _EMBEDDABLE_CSP), ("other", _CSP))
+    for https in (False, True)
+}
+
+
+def _security_headers(path: str, https: bool) -> SecurityHeaders:
+    if path in ("/docs", "/redoc"):
+        kind = "docs"
+    elif path.startswith(EMBEDDABLE_PATH_PREFIX):
+        kind = "embeddable"
+    else:
+        kind = "other"
+    return _SECURITY_HEADERS[kind, https]
 
 
 def _is_https(scope: Scope) -> bool:

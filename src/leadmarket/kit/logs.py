@@ -12,12 +12,18 @@ from typing import Any
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 # International numbers (+…) and North American ten-digit ones; dates and times do not match.
-_PHONE = re.compile(r"\+\d[\d ().-]{6,18}\d|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b")
+# The lookahead names the characters either kind may start with, so the scan skips every other
+# position quickly (it matches exactly what the two alternatives match; about a third faster).
+_PHONE = re.compile(r"(?=[(+\d])(?:\+\d[\d ().-]{6,18}\d|\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b)")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def mask_personal_data(text: str) -> str:
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
+    # Every log line passes here (one per request at least): a line without "@" cannot hold an
+    # email, and skipping that scan halves the cost of the usual line.
+    if "@" in text:
+        text = _EMAIL.sub("[email]", text)
+    return _PHONE.sub("[phone]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,6 +57,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Neither formatter writes the thread or the process, and every record paid to look them up
+    # (one access line per request at least); the logging module's documented switches.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Drivers log SQL parameters at DEBUG, and parameters are personal data.
     for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "sqlalchemy.pool"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,38 @@
+"""Identifiers: ULID layout spelled in Crockford base32, ordered by time."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from leadmarket.kit import ids
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _spelled(value: int) -> str:
+    """The reference spelling: 26 digits of 5 bits, most significant first."""
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+@pytest.mark.parametrize("random_bytes", [bytes(10), b"\xff" * 10, bytes(range(1, 11))])
+def test_an_id_is_the_time_and_random_bits_in_crockford_base32(
+    monkeypatch: pytest.MonkeyPatch, random_bytes: bytes
+) -> None:
+    millis = 1_795_000_000_123
+    monkeypatch.setattr(ids.time, "time_ns", lambda: millis * 1_000_000 + 999_999)
+    monkeypatch.setattr(ids.os, "urandom", lambda n: random_bytes[:n])
+    value = (millis << 80) | int.from_bytes(random_bytes)
+    assert ids.new_id("lead") == "lead_" + _spelled(value)
+
+
+def test_ids_are_unique_and_ordered_by_time() -> None:
+    assert ids.time is time and ids.os is os  # the test above patched the real modules
+    first = ids.new_id("x")
+    time.sleep(0.002)
+    later = [ids.new_id("x") for _ in range(1000)]
+    assert len(set(later)) == 1000
+    assert all(first < i for i in later)
+    assert all(len(i) == 28 and set(i[2:]) <= set(_CROCKFORD) for i in later)
