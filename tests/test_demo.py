@@ -8,17 +8,20 @@ the ledger and the audit chain intact."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from leadmarket import demo
 from leadmarket.audit.service import verify_chain
 from leadmarket.config import Settings
 from leadmarket.demo import DEMO_CAMPAIGNS, DEMO_WALLET_CENTS, load_demo_data, post_demo_lead
 from leadmarket.demo_story import NOTICE_VERSION
-from leadmarket.kit.db import Database, utcnow
+from leadmarket.kit.db import Database, is_deadlock, utcnow
 from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
@@ -244,3 +247,71 @@ async def test_the_demo_tells_what_happens_after_the_sale_and_on_the_privacy_sid
         assert report.ok, report.problems
         chain = await verify_chain(session)
         assert chain.ok, chain.problems
+
+
+async def _refused(engine: AsyncEngine, deadlock: bool) -> DBAPIError:
+    """An error PostgreSQL really sent: a deadlock between two transactions updating two rows
+    in opposite orders, or (``deadlock=False``) a division by zero."""
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE deadlock_probe (id int PRIMARY KEY, v int)"))
+        await conn.execute(text("INSERT INTO deadlock_probe VALUES (1, 0), (2, 0)"))
+    try:
+        if not deadlock:
+            async with engine.connect() as conn:
+                with pytest.raises(DBAPIError) as refused:
+                    await conn.execute(text("SELECT 1 / 0"))
+            return refused.value
+        async with engine.connect() as one, engine.connect() as two:
+            await one.begin()
+            await two.begin()
+            await one.execute(text("UPDATE deadlock_probe SET v = 1 WHERE id = 1"))
+            await two.execute(text("UPDATE deadlock_probe SET v = 1 WHERE id = 2"))
+            outcomes = await asyncio.gather(
+                one.execute(text("UPDATE deadlock_probe SET v = 2 WHERE id = 2")),
+                two.execute(text("UPDATE deadlock_probe SET v = 2 WHERE id = 1")),
+                return_exceptions=True,
+            )
+            victims = [o for o in outcomes if isinstance(o, DBAPIError)]
+            assert len(victims) == 1
+            await one.rollback()
+            await two.rollback()
+            return victims[0]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TABLE deadlock_probe"))
+
+
+async def test_a_demo_load_that_loses_a_deadlock_loads_again(
+    committed_db: Database,
+    settings: Settings,
+    engine: AsyncEngine,
+    is_postgres: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The story's after-sale step makes several sales in one transaction, so a job worker
+    running meanwhile may deadlock with it; the victim's step was rolled back whole, and the
+    load (idempotent) runs again. Any other database error is not retried."""
+    if not is_postgres:
+        pytest.skip("SQLite has one writer at a time: it never deadlocks")
+    real_load = demo._load_demo_data
+    for deadlock in (True, False):
+        refusal = await _refused(engine, deadlock)
+        assert is_deadlock(refusal) is deadlock
+        calls = 0
+
+        async def first_refused(given: Settings, refusal: DBAPIError = refusal) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise refusal
+            return await real_load(given)
+
+        monkeypatch.setattr(demo, "_load_demo_data", first_refused)
+        if deadlock:
+            assert "lead-exchange-demo-2026" in await demo.load_demo_data(settings)
+            assert calls == 2
+            assert (await counts(committed_db))[1] > 0
+        else:
+            with pytest.raises(DBAPIError):
+                await demo.load_demo_data(settings)
+            assert calls == 1

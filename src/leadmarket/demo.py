@@ -13,11 +13,13 @@ lead arrives every minute, campaigns bid on it, auctions end and sell (the aucti
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts import repository
@@ -25,13 +27,15 @@ from leadmarket.accounts.service import AccountsKit
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
 from leadmarket.demo_story import load_demo_story
-from leadmarket.kit.db import Database, make_engine, utcnow
+from leadmarket.kit.db import Database, is_deadlock, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
 from leadmarket.kit.jobs import JobContext
 from leadmarket.leads.intake import LeadsKit, create_lead
 from leadmarket.leads.schemas import LeadIn
 from leadmarket.models import Campaign, Lead, Role, User
 from leadmarket.verticals.registry import Vertical, all_verticals
+
+log = logging.getLogger("leadmarket.demo")
 
 DEMO_PASSWORD = "lead-exchange-demo-2026"
 
@@ -288,7 +292,28 @@ async def new_demo_lead_job(ctx: JobContext[Any]) -> None:
         await post_demo_lead(ctx.session, ctx.services.settings)
 
 
+# How often the demo loads again after losing a deadlock (see load_demo_data).
+DEMO_LOAD_ATTEMPTS = 3
+
+
 async def load_demo_data(settings: Settings) -> str:
+    """Load the demo (idempotent: what is there already is not added again). The history's
+    after-sale step makes several sales in one transaction, so it takes lead, ledger and audit
+    locks in an order a single sale never does; a job worker running at the same time (a live
+    server's, or `leadmarket worker`) may then deadlock with it on PostgreSQL. Each step is one
+    transaction, so the victim lost only its own step: the load simply runs again."""
+    attempt = 1
+    while True:
+        try:
+            return await _load_demo_data(settings)
+        except DBAPIError as exc:
+            if not is_deadlock(exc) or attempt >= DEMO_LOAD_ATTEMPTS:
+                raise
+            attempt += 1
+            log.warning("demo load lost a deadlock to a running job; loading again")
+
+
+async def _load_demo_data(settings: Settings) -> str:
     kit = AccountsKit(settings)
     password_hash = kit.passwords.hash(DEMO_PASSWORD)
     db = Database(make_engine(settings.database_url))

@@ -116,6 +116,16 @@ def insert_or_update(
     )
 
 
+# PostgreSQL's answer to the victim of a deadlock: its transaction was rolled back whole.
+DEADLOCK_SQLSTATE = "40P01"
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a transaction it chose as a deadlock's victim
+    (SQLSTATE 40P01): nothing of that transaction was kept, so it may simply run again."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == DEADLOCK_SQLSTATE
+
+
 def is_sqlite_url(url: str) -> bool:
     return url.startswith("sqlite")
 
