@@ -8,12 +8,15 @@ import secrets
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from leadmarket.kit.keyring import Keyring, load_keyring
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
 
 
 class Settings(BaseSettings):
@@ -544,3 +547,9 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_of(connection: HTTPConnection) -> Settings:
+    """The settings of the application serving ``connection`` (a request or a websocket)."""
+    settings: Settings = connection.app.state.settings
+    return settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from leadmarket.accounts.service import AccountsKit, ClientMeta
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.http import client_ip
 
 
@@ -15,7 +15,7 @@ async def get_kit(request: Request) -> AccountsKit:
 
 
 def client_meta(request: Request) -> ClientMeta:
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     return ClientMeta(
         ip=client_ip(request, trust_proxy=settings.trust_proxy_headers),
         user_agent=request.headers.get("user-agent"),

@@ -43,7 +43,7 @@ from leadmarket.accounts.schemas import (
     RegisterIn,
 )
 from leadmarket.accounts.service import AccountsKit
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.feedback import service as feedback
 from leadmarket.feedback.schemas import REASON_LABELS
 from leadmarket.kit.csrf import double_submit, trusted_origins, verify_bound_token
@@ -51,7 +51,6 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import (
     Conflict,
     DomainError,
-    FieldError,
     Forbidden,
     ReauthRequired,
     TooManyRequests,
@@ -60,7 +59,7 @@ from leadmarket.kit.errors import (
     validation_errors,
 )
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
-from leadmarket.kit.templating import templates_of
+from leadmarket.kit.templating import errors_by_field, templates_of
 from leadmarket.models import Role, User
 
 Session = Annotated[AsyncSession, Depends(get_session)]
@@ -137,11 +136,6 @@ def _browser_principal(principal: Principal | None) -> Principal | None:
     return principal
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 def _here(request: Request) -> str:
     query = request.url.query
     return request.url.path + (f"?{query}" if query else "")
@@ -198,7 +192,7 @@ def member_page(
             raise Unauthenticated()
         request.state.viewer = Viewer.of(principal)
         if request.method not in _SAFE_METHODS:
-            await verify_bound_token(request, principal.session.csrf_token, _settings(request))
+            await verify_bound_token(request, principal.session.csrf_token, settings_of(request))
         check_allowed(principal, action, ())
         return principal
 
@@ -239,7 +233,7 @@ def visitor_page(*, return_to: str | None = None) -> Callable[..., Awaitable[Pri
         if principal is not None and principal.session is not None:
             request.state.viewer = Viewer.of(principal)
         if request.method not in _SAFE_METHODS:
-            settings = _settings(request)
+            settings = settings_of(request)
             await double_submit(request).verify(request, trusted_origins(request, settings))
         return principal
 
@@ -259,7 +253,7 @@ async def signing_out(request: Request, session: Session) -> Principal | None:
     if principal is None or principal.session is None:
         return None
     request.state.viewer = Viewer.of(principal)
-    await verify_bound_token(request, principal.session.csrf_token, _settings(request))
+    await verify_bound_token(request, principal.session.csrf_token, settings_of(request))
     check_allowed(principal, Action.SIGN_OUT, ())
     return principal
 
@@ -404,19 +398,12 @@ def _address_payload(form: FormData) -> dict[str, Any] | None:
     return parts
 
 
-def _field_errors(errors: Sequence[FieldError]) -> dict[str, str]:
-    by_field: dict[str, str] = {}
-    for error in errors:
-        by_field.setdefault(error.field, error.message)
-    return by_field
-
-
 def _errors_of(exc: DomainError, *, default_field: str = "form") -> dict[str, str]:
-    return _field_errors(exc.errors) if exc.errors else {default_field: exc.detail}
+    return errors_by_field(exc.errors) if exc.errors else {default_field: exc.detail}
 
 
 def _invalid(exc: ValidationError) -> dict[str, str]:
-    return _field_errors(validation_errors([dict(error) for error in exc.errors()]))
+    return errors_by_field(validation_errors([dict(error) for error in exc.errors()]))
 
 
 def _wait_text(seconds: int) -> str:
@@ -641,7 +628,7 @@ async def signin(
         token,
         user_session.expires_at,
         remembered=user_session.remembered,
-        secure=_settings(request).cookie_secure,
+        secure=settings_of(request).cookie_secure,
     )
     return response
 
@@ -653,7 +640,7 @@ async def signout(
     if principal is not None:
         await service.logout(session, principal)
     response = see_other(f"{HOME}?done=signed-out")
-    _clear_session_cookie(response, secure=_settings(request).cookie_secure)
+    _clear_session_cookie(response, secure=settings_of(request).cookie_secure)
     return response
 
 
@@ -755,7 +742,7 @@ async def reset_password(
         )
     # Every session of the account was just signed out, this browser's included.
     response = render_page(request, "accounts/reset_done.html")
-    _clear_session_cookie(response, secure=_settings(request).cookie_secure)
+    _clear_session_cookie(response, secure=settings_of(request).cookie_secure)
     return response
 
 
@@ -983,7 +970,7 @@ async def close_account(
         )
     await service.close_account(session, principal)
     response = see_other(f"{HOME}?done=closed")
-    _clear_session_cookie(response, secure=_settings(request).cookie_secure)
+    _clear_session_cookie(response, secure=settings_of(request).cookie_secure)
     return response
 
 
@@ -1024,7 +1011,7 @@ async def revoke_session(
     if not current:
         return see_other(f"{SESSIONS}?done=revoked")
     response = see_other(f"{HOME}?done=signed-out")
-    _clear_session_cookie(response, secure=_settings(request).cookie_secure)
+    _clear_session_cookie(response, secure=settings_of(request).cookie_secure)
     return response
 
 

@@ -22,6 +22,7 @@ from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.schemas import MeOut
 from leadmarket.audit.service import Actor, record, verify_chain
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
@@ -87,7 +88,7 @@ async def read_lead_personal_data(
 ) -> dict[str, Any]:
     return await reveal_personal_data(
         session,
-        request.app.state.settings,
+        settings_of(request),
         lead_id,
         reader=Reader(principal.user.id, principal.user.role),
         purpose=Purpose.ADMIN_REVIEW,

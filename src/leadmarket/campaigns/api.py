@@ -13,7 +13,7 @@ from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import CampaignIn, CampaignOut, CampaignPatch
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
@@ -25,11 +25,6 @@ CampaignId = Annotated[str, Path(max_length=40)]
 # Reading is part of the buyer's dashboard (A2); changing a campaign moves money later.
 viewing = requires(Action.VIEW_DASHBOARD, Role.BUYER)
 managing = requires(Action.MANAGE_CAMPAIGNS, Role.BUYER)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def campaign_outs(session: AsyncSession, campaigns: list[Campaign]) -> list[CampaignOut]:
@@ -88,7 +83,7 @@ async def list_campaigns(
 async def create_campaign(
     request: Request, body: CampaignIn, session: Session, principal: Principal = Depends(managing)
 ) -> CampaignOut:
-    service.check_endpoint_urls(body.model_dump(), _settings(request))
+    service.check_endpoint_urls(body.model_dump(), settings_of(request))
     campaign = await service.create_campaign(session, principal.user, body)
     return (await campaign_outs(session, [campaign]))[0]
 
@@ -114,7 +109,7 @@ async def patch_campaign(
     principal: Principal = Depends(managing),
 ) -> CampaignOut:
     changes = body.model_dump(exclude_unset=True)
-    service.check_endpoint_urls(changes, _settings(request))
+    service.check_endpoint_urls(changes, settings_of(request))
     campaign = await service.update_campaign(session, principal.user, campaign_id, changes)
     return (await campaign_outs(session, [campaign]))[0]
 

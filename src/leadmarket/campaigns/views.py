@@ -25,7 +25,7 @@ from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import DAYS, DEFAULT_TIMEZONE, known_timezones
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, ValidationFailed
 from leadmarket.kit.money import format_money, parse_dollars
@@ -83,11 +83,6 @@ NOTICES = {
 _API_TO_FORM = {"bid_cents": "bid", "budget_cents": "budget"}
 _NUMBER = re.compile(r"^[+-]?\d{1,15}(?:\.\d{1,6})?$", re.ASCII)
 _WHOLE = re.compile(r"^\d{1,9}$", re.ASCII)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def buyer_page(
@@ -662,7 +657,7 @@ async def _save(
 ) -> Response:
     read = read_campaign_form(await request.form(), vertical)
     # Collected first so that they are shown together with whatever check_campaign refuses.
-    url_errors = service.endpoint_url_errors(read.payload, _settings(request))
+    url_errors = service.endpoint_url_errors(read.payload, settings_of(request))
     try:
         data, _ = service.check_campaign(read.payload)
         if read.errors or url_errors:

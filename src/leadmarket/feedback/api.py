@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.accounts import service as accounts
 from leadmarket.accounts.auth import Principal, optional_principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.feedback import service
 from leadmarket.feedback.schemas import (
     AdminReportOut,
@@ -41,11 +41,6 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 Id = Annotated[str, Path(max_length=40)]
 Traders = Depends(requires(Action.LEAVE_FEEDBACK, Role.BUYER, Role.SELLER))
 Admins = Depends(requires(Action.ADMINISTER, Role.ADMIN))
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def _report_out(report: FeedbackReport) -> ReportOut:
@@ -77,7 +72,7 @@ async def leave_feedback(
 ) -> FeedbackOut:
     feedback = await service.leave_feedback(
         session,
-        _settings(request),
+        settings_of(request),
         order_id=order_id,
         author=principal.user,
         rating=body.rating,
@@ -90,7 +85,7 @@ async def leave_feedback(
 async def order_feedback(
     order_id: Id, request: Request, session: Session, principal: Principal = Traders
 ) -> OrderFeedbackOut:
-    return await service.order_feedback(session, _settings(request), order_id, principal.user)
+    return await service.order_feedback(session, settings_of(request), order_id, principal.user)
 
 
 @router.patch(
@@ -152,7 +147,7 @@ async def report(
 ) -> ReportOut:
     created = await service.file_feedback_report(
         session,
-        _settings(request),
+        settings_of(request),
         feedback_id=feedback_id,
         reporter=principal.user,
         reason=body.reason,

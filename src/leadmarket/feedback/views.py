@@ -24,7 +24,7 @@ from leadmarket.accounts.views import (
     safe_local_path,
     see_other,
 )
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.feedback import service
 from leadmarket.feedback.schemas import REASON_LABELS
 from leadmarket.kit.db import utcnow
@@ -46,11 +46,6 @@ NOTICES = {
     "hidden": "The feedback is hidden and the decision recorded.",
     "dismissed": "The report is dismissed; the feedback stays.",
 }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def trader_page(
@@ -121,7 +116,7 @@ async def _order_page(
     errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    context = await panel_context(session, _settings(request), order_id, viewer)
+    context = await panel_context(session, settings_of(request), order_id, viewer)
     return render_page(
         request,
         "feedback/order.html",
@@ -170,7 +165,7 @@ async def leave_feedback(
     try:
         await service.leave_feedback(
             session,
-            _settings(request),
+            settings_of(request),
             order_id=order_id,
             author=principal.user,
             rating=rating,
@@ -242,7 +237,7 @@ async def report(
         reason = FeedbackReportReason.OTHER.value
     await service.file_feedback_report(
         session,
-        _settings(request),
+        settings_of(request),
         feedback_id=feedback_id,
         reporter=principal.user,
         reason=FeedbackReportReason(reason),

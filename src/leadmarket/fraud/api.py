@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.fraud import reports, service
 from leadmarket.fraud.schemas import (
     ActionIn,
@@ -35,11 +35,6 @@ CaseId = Annotated[str, Path(max_length=40)]
 REVIEWERS = (Role.ADMIN,)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 @router.post(
     "/reports",
     status_code=status.HTTP_201_CREATED,
@@ -59,7 +54,7 @@ async def file_report(
 ) -> ReportOut:
     recorded = await reports.file_report(
         session,
-        _settings(request),
+        settings_of(request),
         reporter=principal.user,
         subject_type=body.subject_type,
         subject_id=body.subject_id,
@@ -183,7 +178,7 @@ async def act_on_case(
 ) -> CaseOut:
     await service.act_on_case(
         session,
-        _settings(request),
+        settings_of(request),
         request.app.state.broker,
         case_id=case_id,
         admin=principal.user,

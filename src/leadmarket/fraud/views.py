@@ -12,7 +12,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.fraud import service
 from leadmarket.fraud.service import CaseAction
 from leadmarket.kit.errors import DomainError, FieldError, ValidationFailed
@@ -41,11 +41,6 @@ NOTICES = {action.value: f"Done: {label}." for action, label in ACTION_LABELS.it
 
 def admin_page(*, return_to: str | None = None) -> Any:
     return role_page(Action.ADMINISTER, Role.ADMIN, REFUSAL, return_to=return_to)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 @router.get(QUEUE)
@@ -130,7 +125,7 @@ async def act(
             ) from None
         await service.act_on_case(
             session,
-            _settings(request),
+            settings_of(request),
             request.app.state.broker,
             case_id=case_id,
             admin=principal.user,

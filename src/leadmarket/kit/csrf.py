@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from starlette.responses import Response
 
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.crypto import derive_key, keyed_hash, random_token
 from leadmarket.kit.errors import DomainError
 
@@ -145,7 +145,7 @@ def double_submit(request: Request) -> DoubleSubmit:
     existing: DoubleSubmit | None = getattr(request.app.state, _STATE_ATTR, None)
     if existing is not None:
         return existing
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     created = DoubleSubmit(settings.signing_key(), secure_cookie=settings.cookie_secure)
     setattr(request.app.state, _STATE_ATTR, created)
     return created

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import Database
 from leadmarket.kit.errors import FieldError, ValidationFailed
 from leadmarket.kit.idempotency import (
@@ -97,11 +97,6 @@ def row_out(row: LeadUploadRow) -> UploadRowOut:
     )
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 _SALE_SCHEMA: dict[str, Any] = {
     "mode": {"type": "string", "enum": ["auction", "fixed"]},
     "reserve_cents": {"type": "integer", "minimum": 0},
@@ -161,7 +156,7 @@ async def upload_leads(
     # The body may take a while to arrive: end the authentication's transaction first, so that
     # no lock is held (SQLite's write lock, above all) while the client is sending.
     await session.commit()
-    settings = _settings(request)
+    settings = settings_of(request)
     with uploads.open_spool(settings) as spool:
         form = await uploads.receive_form(
             request.stream(),

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal, authenticate, check_allowed
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, Viewer, member_page, render_page, visitor_page
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.csrf import CSRF_FIELD, CsrfFailed, check_origin, trusted_origins
 from leadmarket.kit.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
@@ -55,11 +55,6 @@ FIELD_LABELS = {
 }
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 def _refuse_non_sellers(principal: Principal) -> None:
     if principal.user.role != Role.SELLER.value:
         raise Forbidden("Only sellers upload leads.")
@@ -88,7 +83,7 @@ async def seller_upload_post(request: Request, session: Session) -> Principal:
     if principal is None or principal.session is None or principal.session.kind != "web":
         raise Unauthenticated()
     request.state.viewer = Viewer.of(principal)
-    check_origin(request, trusted_origins(request, _settings(request)))
+    check_origin(request, trusted_origins(request, settings_of(request)))
     check_allowed(principal, Action.SELL_LEADS, (Role.SELLER,))
     return principal
 
@@ -137,7 +132,7 @@ async def _uploads_page(
             "values": {"mode": "auction", "exclusive": "true", "currency": "USD", **(values or {})},
             "errors": dict(errors or {}),
             "labels": FIELD_LABELS,
-            "max_upload_mib": _settings(request).max_upload_bytes // (1024 * 1024),
+            "max_upload_mib": settings_of(request).max_upload_bytes // (1024 * 1024),
             "max_rows": uploads.MAX_DATA_ROWS,
         },
         status_code=status_code,
@@ -161,7 +156,7 @@ async def upload_leads(
 ) -> Response:
     # As in the API: no transaction stays open while the file arrives.
     await session.commit()
-    settings = _settings(request)
+    settings = settings_of(request)
     with uploads.open_spool(settings) as spool:
         typed: dict[str, str] = {}
         try:

@@ -56,7 +56,7 @@ from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.deps import client_meta
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other, visitor_page
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.kit.csrf import check_origin, double_submit, trusted_origins
 from leadmarket.kit.db import utcnow
@@ -70,6 +70,7 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.money import format_money, parse_dollars
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
+from leadmarket.kit.templating import form_text
 from leadmarket.leads import intake, previews, service
 from leadmarket.leads.api import Kit
 from leadmarket.leads.intake import ConsumerOptedOut, DuplicateLead, MinorRefused
@@ -143,11 +144,6 @@ def seller_page(
         "These pages are for sellers. Buyers find leads on the market.",
         return_to=return_to,
     )
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 # Rendering --------------------------------------------------------------------------------
@@ -444,14 +440,9 @@ def _labels(*groups: Sequence[InputSpec]) -> dict[str, str]:
 # Reading a lead form ----------------------------------------------------------------------
 
 
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
 def _typed(form: FormData, specs: Sequence[InputSpec]) -> dict[str, str]:
     """The values to show again in a refused form."""
-    return {spec.name: _text(form, spec.name).strip() for spec in specs}
+    return {spec.name: form_text(form, spec.name).strip() for spec in specs}
 
 
 _INTEGER = re.compile(r"^[+-]?\d{1,15}$", re.ASCII)
@@ -493,7 +484,7 @@ def _attributes_payload(
     errors: dict[str, str] = {}
     for spec in vertical.fields:
         name = f"attributes.{spec.name}"
-        text = _text(form, name).strip()
+        text = form_text(form, name).strip()
         if not text:
             continue
         value, message = _attribute_value(spec, text)
@@ -508,10 +499,10 @@ def _contact_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
     contact: dict[str, Any] = {}
     for part in ("first_name", "last_name", "email", "phone"):
-        value = _text(form, f"contact.{part}").strip()
+        value = form_text(form, f"contact.{part}").strip()
         if value:
             contact[part] = value
-    birth = _text(form, "contact.birth_date").strip()
+    birth = form_text(form, "contact.birth_date").strip()
     if birth:
         try:
             contact["birth_date"] = dt.date.fromisoformat(birth).isoformat()
@@ -519,7 +510,7 @@ def _contact_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
             errors["contact.birth_date"] = "Enter the date as year-month-day, like 1980-04-02."
     address: dict[str, Any] = {}
     for part in ("street", "city", "region", "postal_code", "country"):
-        value = _text(form, f"contact.address.{part}").strip()
+        value = form_text(form, f"contact.address.{part}").strip()
         if value:
             address[part] = value
     contact["address"] = address
@@ -539,19 +530,19 @@ def _is_minor(birth_date_text: str) -> bool:
 
 def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
-    sale: dict[str, Any] = {"exclusive": _text(form, "sale.exclusive") != "no"}
+    sale: dict[str, Any] = {"exclusive": form_text(form, "sale.exclusive") != "no"}
     for name in ("mode", "currency"):
-        value = _text(form, f"sale.{name}").strip()
+        value = form_text(form, f"sale.{name}").strip()
         if value:
             sale[name] = value
     for form_name, api_name in _MONEY_FIELDS.items():
-        cents, message = parse_dollars(_text(form, form_name))
+        cents, message = parse_dollars(form_text(form, form_name))
         if message is not None:
             errors[form_name] = message
         elif cents is not None:
             sale[api_name] = cents
     for name in ("duration_minutes", "max_buyers"):
-        text = _text(form, f"sale.{name}").strip()
+        text = form_text(form, f"sale.{name}").strip()
         if not text:
             continue
         number = _whole_number(text)
@@ -568,14 +559,14 @@ def _consent_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     consent: dict[str, Any] = {}
     # Its hash is the evidence of the words shown, so only what a browser adds is undone:
     # textareas send CRLF line breaks, and the ends pick up stray blank lines.
-    disclosure = _text(form, "consent.disclosure_text").replace("\r\n", "\n")
+    disclosure = form_text(form, "consent.disclosure_text").replace("\r\n", "\n")
     if disclosure.strip():
         consent["disclosure_text"] = disclosure.strip()
     for part in ("page_url", "ip", "user_agent"):
-        value = _text(form, f"consent.{part}").strip()
+        value = form_text(form, f"consent.{part}").strip()
         if value:
             consent[part] = value
-    given = _text(form, "consent.given_at").strip()
+    given = form_text(form, "consent.given_at").strip()
     if given:
         try:
             moment = dt.datetime.fromisoformat(given)
@@ -751,7 +742,7 @@ def form_tokens(request: Request) -> ConsumerFormTokens:
     existing: ConsumerFormTokens | None = getattr(request.app.state, _TOKENS_STATE_ATTR, None)
     if existing is not None:
         return existing
-    created = ConsumerFormTokens(_settings(request).signing_key())
+    created = ConsumerFormTokens(settings_of(request).signing_key())
     setattr(request.app.state, _TOKENS_STATE_ATTR, created)
     return created
 
@@ -776,7 +767,7 @@ def embedding_page(request: Request) -> str | None:
         page = clean_page_url(referer)
     except ValueError:
         return None
-    if _origin(page) in trusted_origins(request, _settings(request)):
+    if _origin(page) in trusted_origins(request, settings_of(request)):
         return None
     # The evidence column holds 2000 characters; the site alone is better than nothing.
     return page if len(page) <= 2000 else _origin(page) + "/"
@@ -797,7 +788,7 @@ async def consumer_form_guard(request: Request) -> None:
     of this site (``Origin``); its signed form token is checked by the handler, which knows the
     seller the token was made for."""
     if request.method not in _SAFE_METHODS:
-        settings = _settings(request)
+        settings = settings_of(request)
         check_origin(request, trusted_origins(request, settings))
 
 
@@ -936,7 +927,7 @@ async def consumer_form_submit(
         )
 
     ticket = form_tokens(request).read(
-        _text(form, FORM_TOKEN_FIELD), vertical.slug, seller.id, now=now
+        form_text(form, FORM_TOKEN_FIELD), vertical.slug, seller.id, now=now
     )
     embedded_in = ticket.embedded_in if ticket else None
     if ticket is None or not ticket.fresh:
@@ -952,14 +943,14 @@ async def consumer_form_submit(
             status_code=400,
         )
 
-    agreed = _text(form, "consent.agree") == "yes"
+    agreed = form_text(form, "consent.agree") == "yes"
     form_errors = {} if agreed else {"consent.agree": "Tick “I agree” to send your request."}
     disclosure = vertical.consent_text_for(seller.username)
     gpc = gpc_requested(request.headers)
     if gpc:
         # GPC on the consumer form: see the module docstring.
         disclosure = f"{disclosure}\n\n{gpc_consent_addendum(vertical)}"
-        if _text(form, "consent.gpc_direct") != "yes":
+        if form_text(form, "consent.gpc_direct") != "yes":
             form_errors["consent.gpc_direct"] = (
                 "Your browser asks us not to sell or share your data. Tick this box if you "
                 "still want one company to answer your request; otherwise nothing is sent."
@@ -967,7 +958,7 @@ async def consumer_form_submit(
     consent = {
         # Re-rendered, never read from the form: the evidence is what this page showed.
         "disclosure_text": disclosure,
-        "page_url": embedded_in or own_form_url(_settings(request), vertical),
+        "page_url": embedded_in or own_form_url(settings_of(request), vertical),
         "ip": client_meta(request).ip,
         "user_agent": request.headers.get("user-agent", ""),
         "given_at": now.isoformat(),
@@ -1099,7 +1090,7 @@ async def withdraw_consent(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     form = await request.form()
-    typed = {name: _text(form, name).strip() for name in ("email", "phone")}
+    typed = {name: form_text(form, name).strip() for name in ("email", "phone")}
     try:
         body = ConsentWithdrawalIn.model_validate(
             {name: value for name, value in typed.items() if value}
@@ -1327,7 +1318,7 @@ async def post_lead_by_hand(
     seller = principal.user
     # A refused lead is answered after the rollback, which expires the ORM objects.
     username = seller.username
-    vertical = get_vertical(_text(form, "vertical"))
+    vertical = get_vertical(form_text(form, "vertical"))
     if vertical is None:
         return _new_lead_page(
             request,
@@ -1340,7 +1331,7 @@ async def post_lead_by_hand(
     every_input = (*CONTACT_INPUTS, *inputs, *CONSENT_EVIDENCE_INPUTS, *SALE_INPUTS)
     typed = _typed(form, every_input)
     # The disclosure's line breaks are part of the words the consumer saw.
-    typed["consent.disclosure_text"] = _text(form, "consent.disclosure_text")
+    typed["consent.disclosure_text"] = form_text(form, "consent.disclosure_text")
 
     def minor_page() -> Response:
         return _new_lead_page(request, username, vertical, minor=True, status_code=422)
@@ -1411,7 +1402,7 @@ async def seller_forms(
     request: Request,
     principal: Principal = Depends(seller_page(Action.VIEW_DASHBOARD)),
 ) -> Response:
-    base = _settings(request).base_url.rstrip("/")
+    base = settings_of(request).base_url.rstrip("/")
     forms = []
     for vertical in all_verticals():
         url = base + form_path(vertical, principal.user.username)

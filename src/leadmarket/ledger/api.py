@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.idempotency import check_key
 from leadmarket.kit.money import DEFAULT_CURRENCY, Currency
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -25,11 +25,6 @@ from leadmarket.models import Role
 
 router = APIRouter(prefix="/api/v1/wallet", route_class=TransactionalRoute, tags=["wallet"])
 Session = Annotated[AsyncSession, Depends(get_session)]
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def entry_out(entry: service.EntryView) -> EntryOut:
@@ -80,7 +75,7 @@ async def create_deposit(
 ) -> Any:
     status_code, answer = await service.deposit_once(
         session,
-        _settings(request),
+        settings_of(request),
         member_id=principal.user.id,
         body=body,
         idempotency_key=check_key(idempotency_key),

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, Viewer, member_page
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import (
     DomainError,
@@ -64,11 +64,6 @@ KIND_NAMES = {
 }
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 def buyer_page(action: Action, *, return_to: str | None = None) -> Callable[..., Awaitable[Any]]:
     """:func:`member_page`, for buyers only."""
     member = member_page(action, return_to=return_to)
@@ -101,7 +96,7 @@ async def _wallet_page(
     errors: Mapping[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     cursor = request.query_params.get("before")
     before_id = decode_cursor(cursor) if cursor and len(cursor) <= 200 else None
     entries = await service.list_entries(
@@ -192,7 +187,7 @@ async def deposit(
         body = _deposit_body(fields)
         await service.deposit_once(
             session,
-            _settings(request),
+            settings_of(request),
             member_id=member_id,
             body=body,
             idempotency_key=check_key(fields["deposit_key"] or None),

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import Database
 from leadmarket.kit.idempotency import (
     check_key,
@@ -32,11 +32,6 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 LeadId = Annotated[str, Path(max_length=40)]
 # Comments keep proxies from closing a quiet stream; the browser reconnects on its own anyway.
 KEEP_ALIVE_SECONDS = 15.0
-
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def broker_of(request: Request) -> Broker:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, Viewer, member_page
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import DomainError, NotFound
 from leadmarket.kit.money import format_money, parse_dollars
 from leadmarket.kit.realtime import Broker
@@ -40,11 +40,6 @@ NOTICES = {
 }
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def _page(
     request: Request,
     session: AsyncSession,
@@ -55,7 +50,7 @@ async def _page(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     lead = await get_visible_lead(session, lead_id, member)
     view, standing = await service.auction_view(session, settings, lead_id, member)
     viewer: Viewer | None = getattr(request.state, "viewer", None)
@@ -118,7 +113,7 @@ async def bid_from_page(
         try:
             placed = await service.place_bid(
                 session,
-                _settings(request),
+                settings_of(request),
                 broker,
                 lead_id=lead_id,
                 buyer=buyer,

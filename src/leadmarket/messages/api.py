@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.messages import service
@@ -22,11 +22,6 @@ router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["mess
 Session = Annotated[AsyncSession, Depends(get_session)]
 Id = Annotated[str, Path(max_length=40)]
 PARTIES = (Role.BUYER, Role.SELLER)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def message_out(view: service.MessageView) -> MessageOut:
@@ -89,7 +84,7 @@ async def send_message(
     try:
         view = await service.send_message(
             session,
-            _settings(request),
+            settings_of(request),
             order_id=order_id,
             sender=principal.user,
             body=body.body,
@@ -119,7 +114,7 @@ async def report_spam(
 ) -> ReportOut:
     signal = await service.report_spam(
         session,
-        _settings(request),
+        settings_of(request),
         message_id=message_id,
         reporter=principal.user,
         note=body.details if body else None,

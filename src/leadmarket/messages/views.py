@@ -9,7 +9,7 @@ nothing stored."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,11 +18,12 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, member_page, render_page, see_other
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.fraud import reports
 from leadmarket.fraud.reports import REASON_LABELS, REASONS_FOR, ReportReason, SubjectType
 from leadmarket.kit.errors import DomainError, FieldError, Forbidden, NotFound, ValidationFailed
 from leadmarket.kit.routing import get_session, guard
+from leadmarket.kit.templating import form_text
 from leadmarket.messages import service
 from leadmarket.models import Role, User
 from leadmarket.orders.service import get_order
@@ -54,11 +55,6 @@ def party_page(action: Action) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def _thread_page(
     request: Request,
     session: AsyncSession,
@@ -83,7 +79,7 @@ async def _thread_page(
             "counterpart_role": "seller" if is_buyer else "buyer",
             "typed": typed,
             "errors": errors or {},
-            "max_chars": _settings(request).message_max_chars,
+            "max_chars": settings_of(request).message_max_chars,
             "reasons": [(r.value, REASON_LABELS[r]) for r in REASONS_FOR[SubjectType.MEMBER]],
             "notice": NOTICES.get(request.query_params.get("done", "")),
         },
@@ -99,11 +95,6 @@ async def thread_page(
     principal: Principal = Depends(party_page(Action.VIEW_ORDERS)),
 ) -> Response:
     return await _thread_page(request, session, principal.user, order_id)
-
-
-def _text(form: Any, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
 
 
 async def _refused(
@@ -146,10 +137,10 @@ async def send(
 ) -> Response:
     viewer_id = principal.user.id  # read now: a rollback expires the ORM objects
     form = await request.form()
-    body = _text(form, "body")
+    body = form_text(form, "body")
     try:
         await service.send_message(
-            session, _settings(request), order_id=order_id, sender=principal.user, body=body
+            session, settings_of(request), order_id=order_id, sender=principal.user, body=body
         )
     except NotFound:
         raise
@@ -172,7 +163,7 @@ async def report_spam(
     viewer_id = principal.user.id
     try:
         await service.report_spam(
-            session, _settings(request), message_id=message_id, reporter=principal.user
+            session, settings_of(request), message_id=message_id, reporter=principal.user
         )
     except NotFound:
         raise
@@ -192,9 +183,9 @@ async def report_problem(
     viewer_id = principal.user.id
     order = await get_order(session, order_id, principal.user)
     form = await request.form()
-    about = _text(form, "about")
+    about = form_text(form, "about")
     try:
-        reason = ReportReason(_text(form, "reason"))
+        reason = ReportReason(form_text(form, "reason"))
     except ValueError:
         reason = None
     try:
@@ -215,12 +206,12 @@ async def report_problem(
             )
         await reports.file_report(
             session,
-            _settings(request),
+            settings_of(request),
             reporter=principal.user,
             subject_type=subject_type,
             subject_id=subject_id,
             reason=reason,
-            details=_text(form, "details"),
+            details=form_text(form, "details"),
         )
     except DomainError as exc:
         return await _refused(request, session, viewer_id, order_id, exc, field="report")

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
 from leadmarket.notifications.service import read_unsubscribe_token, unsubscribe
@@ -25,11 +25,6 @@ router = APIRouter(
 )
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 @router.get(
     "/unsubscribe/{token}",
     response_class=HTMLResponse,
@@ -38,7 +33,7 @@ def _settings(request: Request) -> Settings:
 )
 async def unsubscribe_page(request: Request, token: str) -> Response:
     # Only checks the link: mail scanners open every URL in a message, so a GET must not act.
-    link = read_unsubscribe_token(_settings(request), token)
+    link = read_unsubscribe_token(settings_of(request), token)
     return templates_of(request).TemplateResponse(
         request, "notifications/unsubscribe.html", {"done": False, "category": link.category.value}
     )
@@ -60,7 +55,7 @@ async def unsubscribe_now(
 ) -> Response:
     # No CSRF token: RFC 8058 posts come from mail clients, and all this can do is opt the
     # address named in the signed link out of marketing mail.
-    outcome = await unsubscribe(session, _settings(request), token)
+    outcome = await unsubscribe(session, settings_of(request), token)
     if "text/html" in request.headers.get("accept", ""):
         return templates_of(request).TemplateResponse(
             request,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import NotFound
 from leadmarket.kit.idempotency import check_key
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -35,11 +35,6 @@ from leadmarket.webhooks import service as webhooks
 router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["orders"])
 Session = Annotated[AsyncSession, Depends(get_session)]
 Id = Annotated[str, Path(max_length=40)]
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 @router.post(
@@ -64,7 +59,7 @@ async def purchase(
     principal: Principal = Depends(requires(Action.BUY_LEAD, Role.BUYER)),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    settings = _settings(request)
+    settings = settings_of(request)
     status_code, order_id = await service.purchase(
         session,
         settings,
@@ -91,7 +86,7 @@ async def list_orders(
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    settings = _settings(request)
+    settings = settings_of(request)
     return Page(
         items=[await service.order_out(session, settings, o, principal.user) for o in rows],
         next_cursor=encode_cursor(rows[-1].id) if more and rows else None,
@@ -106,7 +101,7 @@ async def get_order(
     principal: Principal = Depends(requires(Action.VIEW_ORDERS, Role.BUYER, Role.SELLER)),
 ) -> OrderOut:
     order = await service.get_order(session, order_id, principal.user)
-    return await service.order_out(session, _settings(request), order, principal.user)
+    return await service.order_out(session, settings_of(request), order, principal.user)
 
 
 def delivery_out(log: webhooks.DeliveryLog) -> DeliveryOut:
@@ -204,7 +199,7 @@ async def put_webhook(
 ) -> WebhookOut:
     endpoint, secret = await webhooks.save_endpoint(
         session,
-        _settings(request),
+        settings_of(request),
         principal.user.id,
         url=body.url,
         new_secret=body.rotate_secret,

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.feedback.views import panel_context as feedback_panel
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import DomainError, NotFound
@@ -53,11 +53,6 @@ NOTICES = {
     "changed": "Your feedback is changed.",
     "replied": "Your reply is published.",
 }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def _render(
@@ -161,7 +156,7 @@ async def purchase(
     try:
         _, order_id = await service.purchase(
             session,
-            _settings(request),
+            settings_of(request),
             lead_id=lead_id,
             buyer=principal.user,
             idempotency_key=check_key(key if isinstance(key, str) and key else None),
@@ -239,7 +234,9 @@ async def render_buyer_order(
         or done == "bought"
         or request.query_params.get("show") == "contact"
     )
-    out = await service.order_out(session, _settings(request), order, buyer, reveal_contact=reveal)
+    out = await service.order_out(
+        session, settings_of(request), order, buyer, reveal_contact=reveal
+    )
     return _render(
         request,
         "orders/order.html",
@@ -254,7 +251,7 @@ async def render_buyer_order(
             "claim_categories": returns_service.CLAIM_LABELS,
             "form_key": random_token(18),
             "error": error,
-            **await feedback_panel(session, _settings(request), order.id, buyer),
+            **await feedback_panel(session, settings_of(request), order.id, buyer),
         },
         status_code=status_code,
     )
@@ -316,7 +313,7 @@ async def save_webhook(
     try:
         endpoint, secret = await webhooks.save_endpoint(
             session,
-            _settings(request),
+            settings_of(request),
             owner_id,
             url=url,
             new_secret=form.get("rotate_secret") == "on",
@@ -352,7 +349,7 @@ async def sales(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     rows, next_cursor = await _page_of_orders(session, principal.user, cursor)
-    settings = _settings(request)
+    settings = settings_of(request)
     return _render(
         request,
         "orders/sales.html",

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
@@ -55,7 +55,7 @@ async def request_payout(
     principal: Principal = Depends(requires(Action.MOVE_MONEY, Role.SELLER)),
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     seller = principal.user
     body = body or PayoutIn()
 

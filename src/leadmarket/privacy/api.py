@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import NotFound, Unauthenticated
 from leadmarket.kit.http import client_ip
@@ -52,11 +52,6 @@ consumer = APIRouter(
 officer = APIRouter(
     prefix="/api/v1/admin/privacy", route_class=TransactionalRoute, tags=["privacy"]
 )
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def request_token(request: Request) -> str:
@@ -116,7 +111,7 @@ async def status_out(
 async def submit(
     body: PrivacyRequestIn, request: Request, session: Session
 ) -> PrivacyRequestCreated:
-    settings = _settings(request)
+    settings = settings_of(request)
     row, token = await requests.submit_request(
         session,
         settings,
@@ -141,7 +136,7 @@ async def verify(
     request_id: RequestId, body: VerifyIn, request: Request, session: Session
 ) -> VerifyOut:
     try:
-        row = await requests.verify_request(session, _settings(request), request_id, body.code)
+        row = await requests.verify_request(session, settings_of(request), request_id, body.code)
     except (requests.VerificationCodeWrong, requests.VerificationExpired):
         await session.commit()  # the attempt (or the expiry) counts even though we refuse
         raise
@@ -157,7 +152,7 @@ async def read(
     request_id: RequestId, token: Token, request: Request, session: Session
 ) -> PrivacyRequestStatusOut:
     row = await requests.request_by_token(session, request_id, token)
-    return await status_out(session, _settings(request), row)
+    return await status_out(session, settings_of(request), row)
 
 
 async def _report(
@@ -198,7 +193,7 @@ def report_download(request_id: str, report: dict[str, Any], extension: str) -> 
 async def report_json(
     request_id: RequestId, token: Token, request: Request, session: Session
 ) -> Response:
-    report = await _report(session, _settings(request), request_id, token)
+    report = await _report(session, settings_of(request), request_id, token)
     return report_download(request_id, report, "json")
 
 
@@ -210,7 +205,7 @@ async def report_json(
 async def report_csv(
     request_id: RequestId, token: Token, request: Request, session: Session
 ) -> Response:
-    report = await _report(session, _settings(request), request_id, token)
+    report = await _report(session, settings_of(request), request_id, token)
     return report_download(request_id, report, "csv")
 
 
@@ -295,7 +290,7 @@ async def extend(
     principal: OfficerPrincipal,
 ) -> QueueItem:
     row = await requests.extend_request(
-        session, _settings(request), request_id, officer_id=principal.user.id, reason=body.reason
+        session, settings_of(request), request_id, officer_id=principal.user.id, reason=body.reason
     )
     return queue_item(row, utcnow())
 
@@ -314,7 +309,7 @@ async def deny(
 ) -> QueueItem:
     row = await requests.deny_request(
         session,
-        _settings(request),
+        settings_of(request),
         request_id,
         officer_id=principal.user.id,
         reason=body.reason,
@@ -340,7 +335,7 @@ async def proof(
 ) -> QueueItem:
     row = await requests.review_proof(
         session,
-        _settings(request),
+        settings_of(request),
         request_id,
         officer_id=principal.user.id,
         accept=body.accept,

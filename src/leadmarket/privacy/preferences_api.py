@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.accounts.auth import Principal, check_allowed, requires
 from leadmarket.accounts.policy import Action
 from leadmarket.audit.service import Actor
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import NotFound
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
@@ -31,11 +31,6 @@ def public_notice() -> None:
     """Guard of the notice routes: the privacy notice is public by nature."""
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def change_preferences(
     request: Request, session: AsyncSession, principal: Principal, body: PreferencesIn
 ) -> PreferencesOut:
@@ -47,7 +42,7 @@ async def change_preferences(
         check_allowed(principal, Action.GIVE_CONSENT, ())
     return await preferences.update_preferences(
         session,
-        _settings(request),
+        settings_of(request),
         principal.user,
         body,
         gpc=gpc_requested(request.headers),
@@ -104,7 +99,7 @@ async def current_notice(request: Request, session: Session) -> NoticeOut:
     page = await notices.notice_page(session, now=now)
     if page.shown is None:
         raise NotFound("No privacy notice is in effect yet.")
-    return notices.notice_out(_settings(request), page.shown, page.current, now)
+    return notices.notice_out(settings_of(request), page.shown, page.current, now)
 
 
 @router.get(
@@ -117,7 +112,7 @@ async def list_notices(request: Request, session: Session) -> NoticeListOut:
     page = await notices.notice_page(session, now=now)
     versions = await notices.all_versions(session)
     return NoticeListOut(
-        data_region=_settings(request).data_region,
+        data_region=settings_of(request).data_region,
         current=notices.summary_out(page.current, page.current, now) if page.current else None,
         versions=[notices.summary_out(v, page.current, now) for v in versions],
     )
@@ -135,7 +130,7 @@ async def get_notice(
     now = utcnow()
     page = await notices.notice_page(session, version=version, now=now)
     assert page.shown is not None
-    return notices.notice_out(_settings(request), page.shown, page.current, now)
+    return notices.notice_out(settings_of(request), page.shown, page.current, now)
 
 
 @router.post(
@@ -156,7 +151,7 @@ async def publish_notice(
     session: Session,
     principal: Principal = Depends(requires(Action.ADMINISTER, Role.ADMIN)),
 ) -> NoticeOut:
-    settings = _settings(request)
+    settings = settings_of(request)
     notice = await notices.publish_notice(session, settings, body, admin=principal.user)
     notices.refresh_banner_after_commit(session, request.app.state.notice_banner)
     now = utcnow()

@@ -30,7 +30,7 @@ from leadmarket.accounts.views import (
     see_other,
     visitor_page,
 )
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, ValidationFailed, validation_errors
 from leadmarket.kit.routing import get_session
@@ -75,11 +75,6 @@ NOTICES = {
     "published": "The new version is published. Members are being told by email.",
 }
 _ON = "yes"
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def _field_errors(errors: list[FieldError]) -> dict[str, str]:
@@ -200,7 +195,7 @@ async def _notice_page(request: Request, session: AsyncSession, version: str | N
         {
             "page": page,
             "now": now,
-            "data_region": _settings(request).data_region,
+            "data_region": settings_of(request).data_region,
             "gpc": gpc_requested(request.headers),
         },
     )
@@ -291,7 +286,7 @@ async def publish_notice(
         payload["effective_at"] = _effective_at(payload["effective_at"])
     try:
         data = NoticeIn.model_validate(payload)
-        await notices.publish_notice(session, _settings(request), data, admin=principal.user)
+        await notices.publish_notice(session, settings_of(request), data, admin=principal.user)
     except ValidationError as exc:
         errors = validation_errors([dict(e) for e in exc.errors()])
         by_field = _field_errors(errors)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
+from leadmarket.config import settings_of
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.models import Role
 from leadmarket.privacy.retention import LATENESS_TARGET, RetentionMonitor, retention_monitor
@@ -106,4 +107,4 @@ async def get_retention(
     session: Session,
     _: Principal = Depends(requires(Action.ADMINISTER, *MONITOR_ROLES)),
 ) -> RetentionOut:
-    return retention_out(await retention_monitor(session, request.app.state.settings))
+    return retention_out(await retention_monitor(session, settings_of(request)))

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, member_page, render_page
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import Forbidden
 from leadmarket.kit.routing import get_session, guard
 from leadmarket.privacy.retention import LATENESS_TARGET, retention_monitor
@@ -37,7 +38,7 @@ async def monitor_page(principal: Principal = Depends(_member)) -> Principal:
 async def retention_page(
     request: Request, session: Session, _: Principal = Depends(monitor_page)
 ) -> Response:
-    monitor = await retention_monitor(session, request.app.state.settings)
+    monitor = await retention_monitor(session, settings_of(request))
     return render_page(
         request,
         "privacy/retention.html",

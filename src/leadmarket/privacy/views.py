@@ -25,12 +25,11 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, member_page, render_page, see_other, visitor_page
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.csrf import double_submit
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import (
     DomainError,
-    FieldError,
     Forbidden,
     TooManyRequests,
     ValidationFailed,
@@ -38,6 +37,7 @@ from leadmarket.kit.errors import (
 )
 from leadmarket.kit.http import client_ip
 from leadmarket.kit.routing import get_session, guard
+from leadmarket.kit.templating import errors_by_field, form_text
 from leadmarket.models import PrivacyRequest, Role
 from leadmarket.models.privacy import OPEN_STATUSES, DenialReason, RequestStatus, RequestType
 from leadmarket.privacy import requests
@@ -116,16 +116,6 @@ NOTICES = {
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
 def _visitor_page(
     request: Request,
     template: str,
@@ -145,13 +135,6 @@ def _visitor_page(
     )
     csrf.attach(response, issued)
     return response
-
-
-def _field_errors(errors: list[FieldError]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for error in errors:
-        found.setdefault(error.field, error.message)
-    return found
 
 
 def _set_token(response: Response, settings: Settings, request_id: str, token: str) -> None:
@@ -234,9 +217,9 @@ async def submit_request(
     session: Session,
     _: Principal | None = Depends(visitor_page(return_to=CENTER)),
 ) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     form = await request.form()
-    typed = {name: _text(form, name).strip() for name in FORM_FIELDS}
+    typed = {name: form_text(form, name).strip() for name in FORM_FIELDS}
     errors: dict[str, str] = {}
     payload: dict[str, Any] = {
         "type": typed["type"] or None,
@@ -247,7 +230,7 @@ async def submit_request(
             payload[name] = typed[name]
     if typed["details"]:
         if typed["type"] == RequestType.CORRECT.value:
-            corrections, problem = _corrections(_text(form, "details"))
+            corrections, problem = _corrections(form_text(form, "details"))
             if problem:
                 errors["details"] = problem
             payload["details"] = corrections
@@ -274,12 +257,12 @@ async def submit_request(
     except ValidationError as exc:
         found = {
             ("proof_document" if field.startswith("proof_document.") else field): message
-            for field, message in _field_errors(
+            for field, message in errors_by_field(
                 validation_errors([dict(e) for e in exc.errors()])
             ).items()
         }
         return _center(request, values=typed, errors={**found, **errors}, status_code=422)
-    errors = {**_field_errors(data.problems()), **errors}
+    errors = {**errors_by_field(data.problems()), **errors}
     if errors:
         return _center(request, values=typed, errors=errors, status_code=422)
     try:
@@ -292,7 +275,7 @@ async def submit_request(
         )
     except ValidationFailed as exc:
         await session.rollback()
-        return _center(request, values=typed, errors=_field_errors(exc.errors), status_code=422)
+        return _center(request, values=typed, errors=errors_by_field(exc.errors), status_code=422)
     except TooManyRequests as exc:
         return _center(
             request,
@@ -323,7 +306,7 @@ def _code_page(
         {
             "request_id": row.id,
             "channel": row.channel,
-            "minutes": _settings(request).privacy_code_minutes,
+            "minutes": settings_of(request).privacy_code_minutes,
             "token": token,
             "errors": errors or {},
         },
@@ -358,15 +341,15 @@ async def verify(
     if row is None:
         raise requests.PrivacyRequestNotFound()
     try:
-        body = VerifyIn.model_validate({"code": _text(form, "code")})
+        body = VerifyIn.model_validate({"code": form_text(form, "code")})
     except ValidationError as exc:
-        found = _field_errors(validation_errors([dict(e) for e in exc.errors()]))
+        found = errors_by_field(validation_errors([dict(e) for e in exc.errors()]))
         return _code_page(request, row, errors=found, status_code=422)
     try:
-        await requests.verify_request(session, _settings(request), request_id, body.code)
+        await requests.verify_request(session, settings_of(request), request_id, body.code)
     except requests.VerificationCodeWrong as exc:
         await session.commit()
-        return _code_page(request, row, errors=_field_errors(exc.errors), status_code=422)
+        return _code_page(request, row, errors=errors_by_field(exc.errors), status_code=422)
     except requests.VerificationExpired as exc:
         await session.commit()
         return render_page(
@@ -402,7 +385,7 @@ async def status_page(
         return _visitor_page(
             request, "privacy/token.html", {"request_id": request_id, "errors": {}}
         )
-    answer = await requests.answer_of(session, _settings(request), row)
+    answer = await requests.answer_of(session, settings_of(request), row)
     return render_page(
         request,
         "privacy/status.html",
@@ -427,7 +410,7 @@ async def open_with_token(
     _: Principal | None = Depends(visitor_page()),
 ) -> Response:
     form = await request.form()
-    token = _text(form, "token").strip()
+    token = form_text(form, "token").strip()
     try:
         if not token or len(token) > 200:
             raise requests.PrivacyRequestNotFound()
@@ -443,7 +426,7 @@ async def open_with_token(
             status_code=404,
         )
     response = see_other(f"/privacy/requests/{request_id}")
-    _set_token(response, _settings(request), request_id, token)
+    _set_token(response, settings_of(request), request_id, token)
     return response
 
 
@@ -453,7 +436,7 @@ async def _report_by_cookie(
     row = await _by_cookie(request, session, request_id)
     if row is None or row.report_sealed is None:
         raise requests.PrivacyRequestNotFound("No report to download here.")
-    report = await requests.answer_of(session, _settings(request), row)
+    report = await requests.answer_of(session, settings_of(request), row)
     assert report is not None
     return report
 
@@ -589,7 +572,7 @@ async def _officer_action(
         await action()
     except ValidationError as exc:
         await session.rollback()
-        found = _field_errors(validation_errors([dict(e) for e in exc.errors()]))
+        found = errors_by_field(validation_errors([dict(e) for e in exc.errors()]))
         return await _detail(request, session, request_id, errors=found, status_code=422)
     except DomainError as exc:
         if exc.status >= 500 or exc.status in (401, 403, 404):
@@ -611,10 +594,10 @@ async def extend(
     form = await request.form()
 
     async def act() -> object:
-        body = ExtendIn.model_validate({"reason": _text(form, "reason")})
+        body = ExtendIn.model_validate({"reason": form_text(form, "reason")})
         return await requests.extend_request(
             session,
-            _settings(request),
+            settings_of(request),
             request_id,
             officer_id=principal.user.id,
             reason=body.reason,
@@ -634,11 +617,11 @@ async def deny(
 
     async def act() -> object:
         body = DenyIn.model_validate(
-            {"reason": _text(form, "reason") or "other", "note": _text(form, "note")}
+            {"reason": form_text(form, "reason") or "other", "note": form_text(form, "note")}
         )
         return await requests.deny_request(
             session,
-            _settings(request),
+            settings_of(request),
             request_id,
             officer_id=principal.user.id,
             reason=body.reason,
@@ -656,16 +639,16 @@ async def review_proof(
     principal: Principal = Depends(officer_page()),
 ) -> Response:
     form = await request.form()
-    accept = _text(form, "decision") == "accept"
+    accept = form_text(form, "decision") == "accept"
 
     async def act() -> object:
         return await requests.review_proof(
             session,
-            _settings(request),
+            settings_of(request),
             request_id,
             officer_id=principal.user.id,
             accept=accept,
-            note=_text(form, "note").strip()[:1000] or None,
+            note=form_text(form, "note").strip()[:1000] or None,
         )
 
     return await _officer_action(
@@ -681,7 +664,7 @@ async def proof_page(
     principal: Principal = Depends(officer_page()),
 ) -> Response:
     proof = await requests.read_proof(
-        session, _settings(request), request_id, officer_id=principal.user.id
+        session, settings_of(request), request_id, officer_id=principal.user.id
     )
     return render_page(request, "privacy/proof.html", {"request_id": request_id, "proof": proof})
 
@@ -694,7 +677,7 @@ async def proof_document(
     principal: Principal = Depends(officer_page()),
 ) -> Response:
     proof = await requests.read_proof(
-        session, _settings(request), request_id, officer_id=principal.user.id
+        session, settings_of(request), request_id, officer_id=principal.user.id
     )
     if proof.document is None or proof.content_type not in PROOF_CONTENT_TYPES:
         raise requests.PrivacyRequestNotFound("This request has no proof document.")

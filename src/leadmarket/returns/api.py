@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import NotFound
 from leadmarket.kit.idempotency import check_key, run_once
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
@@ -60,11 +60,6 @@ PARTIES = (Role.BUYER, Role.SELLER, Role.ADMIN)
 BAD_STATE: dict[int | str, dict[str, Any]] = {
     409: {"description": "Not possible in the current state; `type` says why"}
 }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def _once(
@@ -116,7 +111,7 @@ async def cancel(
     buyer = principal.user
 
     async def run() -> tuple[int, dict[str, object]]:
-        order = await service.cancel_order(session, _settings(request), order_id, buyer)
+        order = await service.cancel_order(session, settings_of(request), order_id, buyer)
         hold = await service.hold_amount(session, order)
         return 200, CancelOut(
             order_id=order.id, status=order.status, released_cents=hold, currency=order.currency
@@ -150,7 +145,7 @@ async def request_return(
     async def run() -> tuple[int, dict[str, object]]:
         ret = await service.request_return(
             session,
-            _settings(request),
+            settings_of(request),
             order_id,
             buyer,
             reason=ReturnReason(body.reason),
@@ -232,7 +227,7 @@ async def decide(
 
     async def run() -> tuple[int, dict[str, object]]:
         ret = await service.seller_decides(
-            session, _settings(request), return_id, seller, approve=body.approve, note=body.note
+            session, settings_of(request), return_id, seller, approve=body.approve, note=body.note
         )
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
@@ -258,7 +253,7 @@ async def dispute(
 
     async def run() -> tuple[int, dict[str, object]]:
         opened = await service.dispute_return(
-            session, _settings(request), return_id, buyer, note=body.note
+            session, settings_of(request), return_id, buyer, note=body.note
         )
         return 201, service.dispute_out(opened).model_dump(mode="json")
 
@@ -280,7 +275,7 @@ async def add_evidence(
     evidence: Annotated[UploadFile, File(description="The file")],
     principal: Principal = Depends(requires(Action.AFTER_SALE, Role.BUYER, Role.SELLER)),
 ) -> EvidenceOut:
-    settings = _settings(request)
+    settings = settings_of(request)
     content = await evidence.read(settings.return_evidence_max_bytes + 1)
     stored = await service.upload_evidence(
         session,
@@ -313,7 +308,7 @@ async def download_evidence(
     evidence = await session.get(ReturnEvidence, evidence_id)
     if evidence is None or evidence.return_id != return_id:
         raise NotFound("No such evidence.")
-    content = service.open_evidence(_settings(request), evidence)
+    content = service.open_evidence(settings_of(request), evidence)
     # Served back as an opaque download whatever its declared type: a member's upload must never
     # run as a page of this site.
     ascii_name = "".join(ch for ch in evidence.filename if ch.isascii() and ch.isprintable())
@@ -374,7 +369,7 @@ async def review(
 
     async def run() -> tuple[int, dict[str, object]]:
         ret = await service.admin_reviews(
-            session, _settings(request), return_id, who, approve=body.approve, note=body.note
+            session, settings_of(request), return_id, who, approve=body.approve, note=body.note
         )
         return 200, (await service.return_out(session, ret)).model_dump(mode="json")
 
@@ -422,7 +417,7 @@ async def decide_dispute(
     async def run() -> tuple[int, dict[str, object]]:
         decided = await service.decide_dispute(
             session,
-            _settings(request),
+            settings_of(request),
             dispute_id,
             who,
             outcome=DisputeOutcome(body.outcome),

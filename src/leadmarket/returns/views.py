@@ -21,7 +21,7 @@ from starlette.responses import Response
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
-from leadmarket.config import Settings
+from leadmarket.config import Settings, settings_of
 from leadmarket.kit.crypto import random_token
 from leadmarket.kit.errors import DomainError, FieldError, NotFound, ValidationFailed
 from leadmarket.kit.idempotency import check_key, run_once
@@ -61,11 +61,6 @@ PER_PAGE = 25
 def admin_page(action: Action, *, return_to: str | None = None) -> Callable[..., Awaitable[Any]]:
     """Guard of the admins' after-sale pages."""
     return role_page(action, Role.ADMIN, "These pages are for admins.", return_to=return_to)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def _render(
@@ -143,7 +138,7 @@ async def cancel(
 
     async def act() -> None:
         async def run() -> tuple[int, dict[str, Any]]:
-            await service.cancel_order(session, _settings(request), order_id, buyer)
+            await service.cancel_order(session, settings_of(request), order_id, buyer)
             return 200, {"order_id": order_id}
 
         await run_once(session, buyer.id, _form_key(form), {"orders.cancel": order_id}, run)
@@ -171,7 +166,7 @@ async def request_return(
     principal: Principal = Depends(buyer_page(Action.AFTER_SALE, return_to=ORDERS)),
 ) -> Response:
     buyer = principal.user
-    settings = _settings(request)
+    settings = settings_of(request)
     form = await request.form()
 
     async def act() -> None:
@@ -212,7 +207,7 @@ async def dispute(
         if ret is None:
             raise NotFound("This order has no return.")
         await service.dispute_return(
-            session, _settings(request), ret.id, buyer, note=_text(form, "note")
+            session, settings_of(request), ret.id, buyer, note=_text(form, "note")
         )
 
     return await _buyer_action(request, session, order_id, buyer.id, act, "disputed")
@@ -255,7 +250,7 @@ async def _sale_page(
     order = await session.get(Order, order_id)
     if order is None or order.seller_id != seller.id:
         raise NotFound("No such sale.")
-    out = await orders_service.order_out(session, _settings(request), order, seller)
+    out = await orders_service.order_out(session, settings_of(request), order, seller)
     return _render(
         request,
         "orders/sale.html",
@@ -324,7 +319,7 @@ async def seller_decision(
         async def run() -> tuple[int, dict[str, Any]]:
             await service.seller_decides(
                 session,
-                _settings(request),
+                settings_of(request),
                 return_id,
                 seller,
                 approve=approve,
@@ -425,7 +420,7 @@ async def request_payout(
     form = await request.form()
 
     async def run() -> tuple[int, dict[str, Any]]:
-        result = await payouts.request_payout(session, _settings(request), seller, currency="USD")
+        result = await payouts.request_payout(session, settings_of(request), seller, currency="USD")
         return 201, {"id": result.payout.id}
 
     try:
@@ -516,7 +511,7 @@ async def review_return(
         async def run() -> tuple[int, dict[str, Any]]:
             await service.admin_reviews(
                 session,
-                _settings(request),
+                settings_of(request),
                 return_id,
                 admin,
                 approve=approve,
@@ -551,7 +546,7 @@ async def decide_dispute(
         async def run() -> tuple[int, dict[str, Any]]:
             await service.decide_dispute(
                 session,
-                _settings(request),
+                settings_of(request),
                 dispute_id,
                 admin,
                 outcome=outcome,

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.accounts import repository
 from leadmarket.accounts.auth import Principal, requires
 from leadmarket.accounts.policy import Action
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.leads.vault import Reader
@@ -31,11 +31,6 @@ router = APIRouter(prefix=PREFIX, route_class=TransactionalRoute, tags=["admin"]
 Session = Annotated[AsyncSession, Depends(get_session)]
 RequestId = Annotated[str, Path(max_length=40)]
 admin_only = requires(Action.ADMINISTER, Role.ADMIN)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def request_out(session: AsyncSession, item: LegalRequest) -> LegalRequestOut:
@@ -102,7 +97,7 @@ async def enter_legal_request(
     principal: Principal = Depends(admin_only),
 ) -> LegalRequestOut:
     item = await service.enter_request(
-        session, _settings(request), admin_id=principal.user.id, body=body
+        session, settings_of(request), admin_id=principal.user.id, body=body
     )
     return await request_out(session, item)
 
@@ -152,7 +147,7 @@ async def produce_legal_request(
 ) -> Response:
     production = await service.produce(
         session,
-        _settings(request),
+        settings_of(request),
         request_id,
         admin=Reader(principal.user.id, principal.user.role),
     )
@@ -184,7 +179,7 @@ async def download_production(
     principal: Principal = Depends(admin_only),
 ) -> Response:
     production: dict[str, Any] = await service.read_production(
-        session, _settings(request), request_id, admin_id=principal.user.id
+        session, settings_of(request), request_id, admin_id=principal.user.id
     )
     return JSONResponse(
         production,
@@ -207,7 +202,7 @@ async def download_document(
     principal: Principal = Depends(admin_only),
 ) -> Response:
     document = await service.read_document(
-        session, _settings(request), request_id, admin_id=principal.user.id
+        session, settings_of(request), request_id, admin_id=principal.user.id
     )
     media_type = document.content_type.split(";", 1)[0].strip().lower()
     return Response(

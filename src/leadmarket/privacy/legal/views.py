@@ -19,7 +19,7 @@ from leadmarket.accounts import repository
 from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
-from leadmarket.config import Settings
+from leadmarket.config import settings_of
 from leadmarket.kit.errors import DomainError, ValidationFailed, validation_errors
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
@@ -88,11 +88,6 @@ STATUS_LABELS = {
     LegalRequestStatus.PRODUCED.value: "Produced",
     LegalRequestStatus.REJECTED.value: "Rejected",
 }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def admin_page(*, return_to: str | None = None) -> Any:
@@ -212,7 +207,7 @@ async def enter(
     try:
         body = await _body_of(values, upload if isinstance(upload, UploadFile) else None)
         item = await service.enter_request(
-            session, _settings(request), admin_id=admin_id, body=body
+            session, settings_of(request), admin_id=admin_id, body=body
         )
     except ValidationFailed as exc:
         await session.rollback()
@@ -309,7 +304,7 @@ async def produce(
 ) -> Response:
     await service.produce(
         session,
-        _settings(request),
+        settings_of(request),
         request_id,
         admin=Reader(principal.user.id, principal.user.role),
     )
