@@ -76,8 +76,10 @@ def post_leads(
     workdir: Path,
     name: str,
     max_seconds: float,
+    rate: float = 0,
 ) -> WrkResult:
-    """Post every body of ``shards`` (one wrk thread per shard) and return once all are answered."""
+    """Post every body of ``shards`` (one wrk thread per shard) and return once all are answered;
+    at ``rate`` leads per second in all, on a fixed schedule, if it is not 0."""
     threads = len(shards)
     marker_prefix = workdir / f"{name}-done-"
     markers = [Path(f"{marker_prefix}{i}") for i in range(threads)]
@@ -97,6 +99,7 @@ def post_leads(
         shard_prefix,
         api_key,
         str(marker_prefix),
+        str(rate / threads),
         *map(str, shard_sizes),
     ]
     return run_wrk(command, markers=markers, max_seconds=max_seconds, log=workdir / f"{name}.log")

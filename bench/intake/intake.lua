@@ -1,11 +1,13 @@
 -- wrk script for bench/intake. Two modes, chosen by the first script argument:
 --
---   intake <shard prefix> <api key> <marker prefix> <bodies in shard 0> <bodies in shard 1> ...
+--   intake <shard prefix> <api key> <marker prefix> <rate> <bodies in shard 0> <bodies in 1> ...
 --       Each wrk thread posts the lead bodies of its own shard file (one JSON body per line,
 --       read as it goes, so memory stays flat), counts the answers by status, and stops once
 --       every body of its shard has been answered. It then writes "<marker prefix><thread>"
 --       so the driver knows when to end wrk. Connections that find the shard empty send
---       GET /healthz, 20 ms apart, until the last posts are answered.
+--       GET /healthz, 20 ms apart, until the last posts are answered. <rate> is 0 (as fast as
+--       answers come back) or this thread's leads per second: each post then waits for its
+--       slot on a fixed schedule (latency at a given load rather than at saturation).
 --   get
 --       A plain GET of the URL's path (the bare-endpoint baseline).
 --
@@ -20,7 +22,20 @@ function setup(thread)
    thread_count = thread_count + 1
 end
 
-local shard, headers, marker, expected, filler
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local CLOCK_MONOTONIC = 1
+local clock_now = ffi.new("bench_timespec")
+
+local function now_ms()
+   ffi.C.clock_gettime(CLOCK_MONOTONIC, clock_now)
+   return tonumber(clock_now.tv_sec) * 1000 + tonumber(clock_now.tv_nsec) / 1e6
+end
+
+local shard, headers, marker, expected, filler, interval_ms, next_due
 local exhausted = false
 local first_call = true
 answered = 0
@@ -47,6 +62,18 @@ local function intake_delay()
    if exhausted then
       return 20
    end
+   if interval_ms == nil then
+      return 0
+   end
+   local now = now_ms()
+   if next_due == nil or next_due < now - 1000 then
+      next_due = now  -- the start, or more than a second behind: do not burst to catch up
+   end
+   local wait = next_due - now
+   next_due = next_due + interval_ms
+   if wait > 0 then
+      return wait
+   end
    return 0
 end
 
@@ -72,7 +99,11 @@ function init(args)
          ["Content-Type"] = "application/json",
       }
       marker = args[4]
-      expected = tonumber(args[5 + id])
+      local rate = tonumber(args[5])
+      if rate > 0 then
+         interval_ms = 1000 / rate
+      end
+      expected = tonumber(args[6 + id])
       filler = wrk.format("GET", "/healthz")
       request = intake_request
       delay = intake_delay

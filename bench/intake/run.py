@@ -77,6 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Leads in the bare baselines (default: --leads).",
     )
+    parser.add_argument(
+        "--paced",
+        type=int,
+        action="append",
+        default=None,
+        metavar="LEADS_PER_SECOND",
+        help="After the measured run, also post leads at this steady rate for --paced-seconds "
+        "and report their latency (repeatable; default 250; 0 for none).",
+    )
+    parser.add_argument("--paced-seconds", type=int, default=10)
     parser.add_argument("--max-seconds", type=int, default=900, help="Give up on wrk after this.")
     parser.add_argument("--rss-interval", type=float, default=1.0)
     parser.add_argument("--output", type=Path, default=None, help="Result JSON file.")
@@ -94,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bare_leads = args.leads
     if args.output is None:
         args.output = RESULTS_DIR / f"intake-{args.db}.json"
+    args.paced = [r for r in (args.paced if args.paced is not None else [250]) if r > 0]
     return args
 
 
@@ -278,6 +289,13 @@ def run_application(args: argparse.Namespace, scratch: Scratch) -> dict[str, Any
         scratch, "measured", args.warmup_leads, args.leads, seller, args.client_threads
     )
     total = args.warmup_leads + args.leads
+    paced_shards = []
+    for i, target in enumerate(args.paced):
+        count = target * args.paced_seconds
+        paced_shards.append(
+            shard_files(scratch, f"paced{i}", total, count, seller, args.client_threads)
+        )
+        total += count
     log(f"generated {total:,} bodies in {time.perf_counter() - started:.1f}s")
 
     server = Server(server_environment(scratch, args.src), workers=args.server_workers)
@@ -323,11 +341,34 @@ def run_application(args: argparse.Namespace, scratch: Scratch) -> dict[str, Any
             )
             after = cpu_snapshot(server_pids + postgres_pids)
         log(f"measured: {measured.figures['statuses']} in {measured.wall_seconds:.1f}s")
+        # Read back before the paced runs add leads of their own.
+        times = lead_times(scratch, measured.started_at - 0.5)
+        batches = write_batches(scratch, measured.started_at - 0.5)
+        paced: list[dict[str, Any]] = []
+        for target, (paced_paths, paced_sizes) in zip(args.paced, paced_shards, strict=True):
+            run_paced = post_leads(
+                server.base_url,
+                shards=paced_paths,
+                shard_sizes=paced_sizes,
+                api_key=seller.api_key,
+                connections=args.concurrency,
+                workdir=scratch.workdir,
+                name=f"paced-{target}",
+                max_seconds=args.max_seconds,
+                rate=target,
+            )
+            paced.append(
+                {
+                    "target_per_second": target,
+                    "leads_per_second": round(sum(paced_sizes) / run_paced.wall_seconds, 1),
+                    "statuses": run_paced.figures["statuses"],
+                    "latency_ms": latency_ms(run_paced),
+                }
+            )
+            log(f"paced at {target:,}/s: {paced[-1]}")
     finally:
         server.stop()
 
-    times = lead_times(scratch, measured.started_at - 0.5)
-    batches = write_batches(scratch, measured.started_at - 0.5)
     created = measured.figures["statuses"].get("201", 0)
     steady = throughput(times, args.skip_seconds)
     statuses: dict[str, int] = measured.figures["statuses"]
@@ -381,6 +422,7 @@ def run_application(args: argparse.Namespace, scratch: Scratch) -> dict[str, Any
             / max(server_cpu + postgres_cpu + measured.cpu_seconds, 1e-9),
         },
         "server_rss": memory_trend(sampler.samples, times),
+        "paced": paced,
     }
 
 
@@ -471,6 +513,12 @@ def print_table(result: dict[str, Any]) -> None:
         f"server RSS MiB: start {rss['start_mib']} → middle {rss['middle_mib']} "
         f"(at {rss['middle_at_leads']:,} leads) → end {rss['end_mib']}, max {rss['max_mib']}; "
         f"slope {rss['slope_mib_per_100k_leads']} MiB per 100k leads",
+        *(
+            f"paced at {p['target_per_second']:,}/s: {p['leads_per_second']:,.0f}/s, latency ms "
+            f"p50 {p['latency_ms']['p50']} p95 {p['latency_ms']['p95']} "
+            f"p99 {p['latency_ms']['p99']} max {p['latency_ms']['max']}, {p['statuses']}"
+            for p in app["paced"]
+        ),
         "",
     ]
     print("\n".join(lines))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from bench.intake.server import REPO_ROOT, Server, cpu_snapshot, cpu_used, postg
 from bench.matching.run import make_campaigns
 from leadmarket.campaigns import service as campaigns
 from leadmarket.kit.db import Database, make_engine
+from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import CA_PROVINCES, check_postal_code, state_for_zip
 from leadmarket.models import Campaign, Role, User
 from leadmarket.verticals.registry import FieldSpec, all_verticals
@@ -36,6 +38,8 @@ from leadmarket.verticals.registry import FieldSpec, all_verticals
 SCRIPT = Path(__file__).with_name("pingpost.lua")
 RESULTS = REPO_ROOT / "bench" / "results" / "pingpost.json"
 BUYERS = 700
+# Sellers who know the consumer's age give it with the ping (half the campaigns filter on age).
+AGE_SHARE = 0.8
 # Canadian places (a postal code of each province's first letter); US ZIPs are drawn at random.
 CANADIAN = (("ON", "M5V 2T6"), ("BC", "V6B 1A1"), ("QC", "H2X 1Y4"), ("AB", "T2P 1J9"))
 
@@ -58,6 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Distinct ping bodies for the measured run (default: 6,000 per second of it, "
         "more than the server can answer, so no body is sent twice).",
     )
+    parser.add_argument(
+        "--paced",
+        type=int,
+        action="append",
+        default=None,
+        metavar="PINGS_PER_SECOND",
+        help="After the saturated run, also send pings at this steady rate for --paced-seconds "
+        "and report their latency (repeatable; default 500 and 1,000; 0 for none).",
+    )
+    parser.add_argument("--paced-seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=32, help="Keep-alive connections.")
     parser.add_argument("--client-threads", type=int, default=1, help="wrk threads.")
     parser.add_argument("--server-workers", type=int, default=None, help="Default: 2 (PG), 1.")
@@ -76,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.server_workers = 2 if args.db == "postgres" else 1
     if args.pings is None:
         args.pings = 6_000 * args.seconds
+    args.paced = [r for r in (args.paced if args.paced is not None else [500, 1000]) if r > 0]
     return args
 
 
@@ -188,7 +203,11 @@ def ping_bodies(count: int, seed: int) -> list[dict[str, Any]]:
             "attributes": attributes,
             "exclusive": rng.random() < 0.6,
         }
-        key = json.dumps([vertical.slug, country, region, postal, attributes], sort_keys=True)
+        if rng.random() < AGE_SHARE:
+            body["age"] = rng.randint(18, 80)
+        # Two ages of one band are the same ping (a duplicate): the key holds the band.
+        band = age_band(body["age"]) if "age" in body else ""
+        key = json.dumps([vertical.slug, country, region, postal, band, attributes], sort_keys=True)
         if key not in seen:
             seen.add(key)
             bodies.append(body)
@@ -256,10 +275,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(_load_campaigns(scratch, args.campaigns, args.seed))
         log(f"{args.campaigns:,} campaigns written in {time.perf_counter() - started:.1f}s")
         threads = args.client_threads
-        bodies = ping_bodies(args.pings + 6_000 * args.warmup_seconds, args.seed)
-        warm_paths = write_shards(scratch.workdir, "warmup", iter(bodies[args.pings :]), threads)
-        paths = write_shards(scratch.workdir, "measured", iter(bodies[: args.pings]), threads)
-        log(f"{len(bodies):,} ping bodies written")
+        paced_counts = [rate * args.paced_seconds + 1_000 for rate in args.paced]
+        warm_count = 6_000 * args.warmup_seconds
+        bodies = iter(ping_bodies(args.pings + warm_count + sum(paced_counts), args.seed))
+        warm_paths = write_shards(
+            scratch.workdir, "warmup", itertools.islice(bodies, warm_count), threads
+        )
+        paths = write_shards(
+            scratch.workdir, "measured", itertools.islice(bodies, args.pings), threads
+        )
+        paced_paths = [
+            write_shards(scratch.workdir, f"paced{i}", itertools.islice(bodies, count), threads)
+            for i, count in enumerate(paced_counts)
+        ]
+        log("ping bodies written")
         environment = scratch.environment()
         environment["LEADMARKET_MATCHING_RECHECK_MS"] = str(args.recheck_ms)
         if args.src is not None:
@@ -303,6 +332,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 **common,
             )
             log(f"GET /healthz: {rate(after):,.0f}/s")
+            paced: list[dict[str, Any]] = []
+            for target, shard_paths in zip(args.paced, paced_paths, strict=True):
+                run_paced = wrk(
+                    server.base_url,
+                    [
+                        "ping",
+                        str(shard_paths[0]).removesuffix("0.jsonl"),
+                        seller.api_key,
+                        str(target / threads),
+                    ],
+                    seconds=args.paced_seconds,
+                    name=f"paced-{target}",
+                    **common,
+                )
+                paced.append(
+                    {
+                        "target_per_second": target,
+                        "pings_per_second": round(rate(run_paced), 1),
+                        "statuses": run_paced.figures["statuses"],
+                        "latency_ms": latency_ms(run_paced),
+                    }
+                )
+                log(f"paced at {target:,}/s: {rate(run_paced):,.0f}/s, {latency_ms(run_paced)}")
         finally:
             server.stop()
         recorded = asyncio.run(_recorded(scratch, measured.started_at))
@@ -339,6 +391,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "latency_ms_before": latency_ms(before),
         },
         "ratio_pings_to_healthz": round(pings / healthz, 3) if healthz else None,
+        "paced": paced,
+        "age_share": AGE_SHARE,
         "cpu": {
             "server_seconds": round(server_cpu, 2),
             "server_ms_per_ping": round(
@@ -374,6 +428,13 @@ def main(argv: list[str] | None = None) -> None:
         f"(before {h['before_per_second']:,.0f}, after {h['after_per_second']:,.0f})"
     )
     print(f"  pings ÷ healthz        {result['ratio_pings_to_healthz']}")
+    for run_paced in result["paced"]:
+        lat = run_paced["latency_ms"]
+        print(
+            f"  paced at {run_paced['target_per_second']:>6,}/s     "
+            f"{run_paced['pings_per_second']:>9,.0f} /s   p50 {lat['p50']}  p95 {lat['p95']}  "
+            f"p99 {lat['p99']}  max {lat['max']}"
+        )
     print(
         f"  accepted share         {result['accepted_share']}   "
         f"recorded {result['pings_recorded']:,}"

@@ -66,15 +66,57 @@ async def test_nobody_wanting_the_lead_is_accepted_false_at_no_price(
     assert (answer.json()["accepted"], answer.json()["price_cents"]) == (False, 0)
 
 
-async def test_campaigns_filtering_on_age_do_not_bid_on_pings(
+async def test_campaigns_filtering_on_age_do_not_bid_on_pings_without_one(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    """A ping has no birth date, so no age band: an age filter admits no ping."""
+    """A ping without an age has no age band: an age filter cannot admit it."""
     await bidding_buyer(session, bid_cents=5000, filters={"age_min": 25, "age_max": 64})
     await bidding_buyer(session, bid_cents=1000)
     _, seller = await signed_in(client, "seller")
     answer = await client.post("/api/v1/ping", json=ping_body(), headers=seller)
     assert answer.json()["price_cents"] == 1  # the lone bidder at the default floor
+
+
+async def test_a_pings_age_lets_campaigns_filtering_on_age_bid_and_only_its_band_is_kept(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    app.state.settings.ping_price_rule = "first"  # the price names the winning campaign
+    await bidding_buyer(session, bid_cents=5000, filters={"age_min": 25, "age_max": 34})
+    await bidding_buyer(session, bid_cents=4000, filters={"age_min": 35, "age_max": 64})
+    await bidding_buyer(session, bid_cents=1000)
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(age=30), headers=seller)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["price_cents"] == 5000
+    older = await client.post("/api/v1/ping", json=ping_body(age=40), headers=seller)
+    assert older.json()["price_cents"] == 4000
+    stored = (await session.scalars(select(Ping.age_band).order_by(Ping.created_at))).all()
+    assert stored == ["25-34", "35-44"]  # the band, never the age itself
+    listed = await client.get("/api/v1/pings", headers=seller)
+    assert [p["age_band"] for p in listed.json()["items"]] == ["35-44", "25-34"]
+
+
+async def test_pings_of_the_same_lead_in_other_age_bands_are_not_duplicates(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=1000)
+    _, seller = await signed_in(client, "seller")
+    for age in (30, 40):
+        answer = await client.post("/api/v1/ping", json=ping_body(age=age), headers=seller)
+        assert answer.status_code == 200, answer.text
+    again = await client.post("/api/v1/ping", json=ping_body(age=31), headers=seller)
+    assert again.status_code == 409  # 31 is in 30's band: the same ping
+
+
+async def test_a_ping_for_a_child_is_refused_as_minor_and_not_stored(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=1000)
+    _, seller = await signed_in(client, "seller")
+    answer = await client.post("/api/v1/ping", json=ping_body(age=13), headers=seller)
+    assert answer.status_code == 422
+    assert answer.json()["type"].endswith("/minor")
+    assert await pings_stored(session) == 0
 
 
 @pytest.mark.parametrize(

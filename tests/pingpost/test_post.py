@@ -282,3 +282,24 @@ async def test_the_sellers_pings_page_and_list(
     items = listed.json()["items"]
     assert [i["outcome"] for i in items] == [None, "sold"]
     assert items[1]["sold_price_cents"] == 1
+
+
+async def test_a_post_outside_the_pings_age_band_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await bidding_buyer(session, bid_cents=3000, filters={"age_min": 25, "age_max": 34})
+    _, seller = await signed_in(client, "seller")
+    ping = await pinged(client, seller, age=30)
+    assert ping["accepted"]
+    born_46_years_ago = post_body(ping["ping_id"])  # the fixture's consumer: born 1980
+    refused = await client.post("/api/v1/post", json=born_46_years_ago, headers=seller)
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["contact.birth_date"]
+    assert await nothing_stored(session)
+    today = dt.date.today()
+    aged_30 = post_body(ping["ping_id"], contact__birth_date=f"{today.year - 31}-01-01")
+    if (today.month, today.day) == (1, 1):  # 31 on New Year's Day: 1 January of 30 years ago
+        aged_30 = post_body(ping["ping_id"], contact__birth_date=f"{today.year - 30}-01-01")
+    sold = await client.post("/api/v1/post", json=aged_30, headers=seller)
+    assert sold.status_code == 201, sold.text
+    assert sold.json()["sold"] is True

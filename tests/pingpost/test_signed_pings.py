@@ -40,6 +40,7 @@ PING_FIELDS = {
     "country",
     "region",
     "postal_prefix",
+    "age_band",
     "attributes",
     "exclusive",
     "currency",

@@ -42,6 +42,8 @@ class Ping(Base):
     postal_prefix: Mapped[str] = mapped_column(String(3))
     # Keyed digest of the normalised postal code: the post's address must give the same one.
     postal_digest: Mapped[str] = mapped_column(String(64))
+    # The band of the age the ping gave ("" if none): the post's birth date must fall in it.
+    age_band: Mapped[str] = mapped_column(String(10), default="", server_default="")
     preview_attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     exclusive: Mapped[bool] = mapped_column(Boolean, default=True)
     currency: Mapped[str] = mapped_column(String(3), default="USD")

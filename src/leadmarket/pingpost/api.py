@@ -120,6 +120,7 @@ def ping_row(ping: Ping) -> PingRowOut:
         vertical=ping.vertical,
         region=ping.region,
         postal_prefix=ping.postal_prefix,
+        age_band=ping.age_band or None,
         accepted=ping.accepted,
         price_cents=ping.price_cents,
         currency=ping.currency,

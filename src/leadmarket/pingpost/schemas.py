@@ -8,9 +8,10 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from leadmarket.kit.schemas import RequestModel
-from leadmarket.leads.schemas import ConsentIn, ContactIn
+from leadmarket.leads.schemas import MINIMUM_AGE, MINOR_ERROR, ConsentIn, ContactIn
 
 Cents = Annotated[int, Field(ge=1, le=100_000_000)]
 
@@ -31,11 +32,25 @@ class PingIn(RequestModel):
         default=1,
         description="The lowest price the seller accepts (a reserve); bids below it do not count.",
     )
+    age: Annotated[int, Field(ge=0, le=120)] | None = Field(
+        default=None,
+        description="The consumer's age in years. Only its band (18-24, 25-34, …) is kept and "
+        "shown to buyers; campaigns with an age filter bid only on pings that give it, and the "
+        "post's birth date must fall in the same band.",
+    )
 
     @field_validator("region")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.strip().upper()
+
+    @field_validator("age")
+    @classmethod
+    def _not_a_child(cls, value: int | None) -> int | None:
+        if value is not None and value < MINIMUM_AGE:
+            # The /problems/minor answer, as for a lead: nothing of the ping is stored (L2).
+            raise PydanticCustomError(MINOR_ERROR, "The consumer is under 14.")
+        return value
 
 
 class PingOut(BaseModel):
@@ -72,6 +87,7 @@ class PingRowOut(BaseModel):
     vertical: str
     region: str
     postal_prefix: str
+    age_band: str | None = Field(description="The band of the age the ping gave, if any.")
     accepted: bool
     price_cents: int
     currency: str

@@ -84,8 +84,9 @@ from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.leads import intake
+from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import check_postal_code, region_name
-from leadmarket.leads.schemas import LeadIn, SaleIn
+from leadmarket.leads.schemas import LeadIn, SaleIn, age_on
 from leadmarket.models import Ping, PingFingerprint, PingOutcome, SaleVia, User
 from leadmarket.orders import service as orders
 from leadmarket.pingpost.schemas import PingIn, PingOut, PostIn, PostOut
@@ -328,6 +329,7 @@ def _external_body(ping_id: str, preview: LeadPreview, data: PingIn, campaign_id
             "country": preview.country,
             "region": preview.region,
             "postal_prefix": preview.postal_prefix,
+            "age_band": preview.age_band or None,
             "attributes": dict(preview.attributes),
             "exclusive": preview.exclusive,
             "currency": data.currency,
@@ -423,7 +425,7 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         vertical=checked.vertical,
         region=data.region,
         postal_prefix=checked.postal_code[:3],
-        age_band=UNKNOWN_AGE_BAND,
+        age_band=UNKNOWN_AGE_BAND if data.age is None else age_band(data.age),
         quality_score=PING_QUALITY,
         exclusive=data.exclusive,
         attributes=checked.attributes,
@@ -453,6 +455,7 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         "country": data.country,
         "region": data.region,
         "postal_code": checked.postal_code,
+        "age_band": preview.age_band,
         "attributes": checked.attributes,
     }
     row = {
@@ -463,6 +466,7 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         "region": data.region,
         "postal_prefix": preview.postal_prefix,
         "postal_digest": kit.postal_digest(data.country, checked.postal_code),
+        "age_band": preview.age_band,
         "preview_attributes": checked.attributes,
         "exclusive": data.exclusive,
         "currency": data.currency,
@@ -601,6 +605,7 @@ _PING_COLUMNS = (
     "region",
     "postal_prefix",
     "postal_digest",
+    "age_band",
     "preview_attributes",
     "exclusive",
     "currency",
@@ -625,20 +630,20 @@ def _ping_arrays(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
 
 
 _NEW_PINGS = (
-    "SELECT id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
+    "SELECT id, seller_id, vertical, country, region, postal_prefix, postal_digest, age_band, "
     "preview_attributes::json, exclusive, currency, accepted, price_cents, campaign_id, "
     "ranked::json, fingerprint, created_at, expires_at "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-    "$7::text[], $8::text[], $9::bool[], $10::text[], $11::bool[], $12::int[], $13::text[], "
-    "$14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[]) "
-    "AS t(id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
+    "$7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[], $13::int[], "
+    "$14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[]) "
+    "AS t(id, seller_id, vertical, country, region, postal_prefix, postal_digest, age_band, "
     "preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, ranked, "
     "fingerprint, created_at, expires_at)"
 )
 _INSERT_PINGS = (
     "INSERT INTO pings (id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
-    "preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, ranked, "
-    "fingerprint, created_at, expires_at) "
+    "age_band, preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, "
+    "ranked, fingerprint, created_at, expires_at) "
 )
 _INSERT_PINGS_POSTGRES = _INSERT_PINGS + _NEW_PINGS
 # The SQLite claim's upsert (rows in key order), and the insert of the pings whose claim won: a
@@ -646,10 +651,10 @@ _INSERT_PINGS_POSTGRES = _INSERT_PINGS + _NEW_PINGS
 _CLAIM_AND_INSERT_POSTGRES = (
     "WITH incoming AS (" + _NEW_PINGS + "), "  # noqa: S608  (constants only, no input)
     "claimed AS (INSERT INTO ping_fingerprints (fingerprint, ping_id, expires_at) "
-    "SELECT fingerprint, id, $18::timestamptz FROM incoming ORDER BY fingerprint "
+    "SELECT fingerprint, id, $19::timestamptz FROM incoming ORDER BY fingerprint "
     "ON CONFLICT (fingerprint) DO UPDATE "
     "SET ping_id = excluded.ping_id, expires_at = excluded.expires_at "
-    "WHERE ping_fingerprints.expires_at <= $19::timestamptz "
+    "WHERE ping_fingerprints.expires_at <= $20::timestamptz "
     "RETURNING fingerprint, ping_id), "
     "inserted AS ("
     + _INSERT_PINGS
@@ -661,12 +666,18 @@ _CLAIM_AND_INSERT_POSTGRES = (
 # The post -----------------------------------------------------------------------------------
 
 
-def _lead_of(kit: PingKit, ping: Ping, data: PostIn) -> LeadIn:
+def _lead_of(kit: PingKit, ping: Ping, data: PostIn, now: dt.datetime) -> LeadIn:
     """The lead the post makes: the ping's fields, the post's contact, consent and remaining
     attributes, sold at the ping's price. Raises :class:`ValidationFailed` when the contact's
-    place is not the ping's, or the post changes an attribute the ping gave."""
+    place or age band is not the ping's, or the post changes an attribute the ping gave."""
     address = data.contact.address
     errors: list[FieldError] = []
+    if ping.age_band:
+        band = age_band(age_on(data.contact.birth_date, now.date()))
+        if band != ping.age_band:
+            errors.append(
+                FieldError("contact.birth_date", f"Not in the ping's age band ({ping.age_band}).")
+            )
     if address.country != ping.country:
         errors.append(FieldError("contact.address.country", "Not the country of the ping."))
     elif address.region != ping.region:
@@ -785,7 +796,7 @@ async def post(
         leads_kit,
         seller_id=seller.id,
         seller_username=seller.username,
-        data=_lead_of(kit, ping, data),
+        data=_lead_of(kit, ping, data, now),
         source="ping",
         now=now,
     )
