@@ -43,6 +43,7 @@ from leadmarket.kit.errors import Conflict, DomainError, FieldError, NotFound, V
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.money import format_money
+from leadmarket.kit.transient import outside_effect
 from leadmarket.ledger.schemas import DepositIn, DepositOut
 from leadmarket.models import (
     AccountKind,
@@ -271,6 +272,7 @@ async def deposit(
     retried request is charged once; without one, each deposit is its own charge."""
     _positive(amount_cents, "a deposit")
     deposit_id = new_id("dep")
+    outside_effect()  # a request charged once is never run again (kit.transient)
     charge = await processor.charge(
         ChargeRequest(
             amount_cents=amount_cents,
