@@ -452,6 +452,28 @@ async def hold_funds(
     return await _hold_or_not_found(session, reference)
 
 
+async def lock_buyer_accounts(
+    session: AsyncSession, currency: str, buyer_ids: Sequence[str]
+) -> None:
+    """Lock the wallet and held accounts in ``currency`` of ``buyer_ids`` (those that exist),
+    all at once and in the order of their ids (``SELECT … ORDER BY id FOR UPDATE``; SQLite's
+    write lock already covers them): for a caller about to move the money of several buyers
+    in more than one transaction (an outbid leader's hold released, the bidder's taken).
+    Locked one transaction at a time, they would be taken in the order the caller posts them,
+    which differs between two such callers, and PostgreSQL would make one of them the victim
+    of a deadlock."""
+    await session.execute(
+        select(LedgerAccount.id)
+        .where(
+            LedgerAccount.owner_key.in_(sorted(set(buyer_ids))),
+            LedgerAccount.kind.in_([AccountKind.BUYER_WALLET.value, AccountKind.BUYER_HELD.value]),
+            LedgerAccount.currency == currency,
+        )
+        .order_by(LedgerAccount.id)
+        .with_for_update()
+    )
+
+
 async def release_hold(session: AsyncSession, reference: str) -> LedgerHold:
     """Give the funds held for ``reference`` back to the buyer's wallet (the sale was cancelled
     or returned before it settled): held → wallet. Raises NotFound, or :class:`HoldClosed` if

@@ -47,6 +47,7 @@ from leadmarket.ledger.service import (
     InsufficientFunds,
     hold_funds,
     hold_of,
+    lock_buyer_accounts,
     release_hold,
     wallet_summary,
 )
@@ -411,6 +412,11 @@ async def place_bid(
     price = min(price, leader_max)
 
     if leads:
+        # Both buyers' accounts, in one global order, before either moves: the bidder's hold
+        # and the outbid leader's release would otherwise lock them in opposite orders in two
+        # bids by the same two buyers on different leads, and deadlock.
+        buyers = [buyer.id] if auction.leader_id is None else [buyer.id, auction.leader_id]
+        await lock_buyer_accounts(session, lead.currency, buyers)
         if raising and previous_bid_id is not None:
             await release_hold(session, previous_bid_id)
         await hold_funds(
