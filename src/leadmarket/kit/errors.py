@@ -331,17 +331,14 @@ def unexpected_problem(exc: BaseException, path: str) -> dict[str, Any]:
     :func:`problem_response` / :func:`problem_document`): a database that cannot be used just
     now, or a conflict it kept losing, is a 503 with ``Retry-After`` (``kit.transient``);
     anything else is logged and is the 500 of :data:`UNEXPECTED_PROBLEM`."""
-    from leadmarket.kit.transient import (
-        DatabaseBusy,
-        DatabaseUnavailable,
-        is_lost_conflict,
-        is_unavailable,
-    )
+    from leadmarket.kit import transient
 
-    if is_unavailable(exc):
-        return domain_problem(DatabaseUnavailable())
-    if is_lost_conflict(exc):
-        return domain_problem(DatabaseBusy())
+    if transient.is_unavailable(exc):
+        transient.log_transient(exc, path, "unavailable")
+        return domain_problem(transient.DatabaseUnavailable())
+    if transient.is_lost_conflict(exc):
+        transient.log_transient(exc, path, "busy")
+        return domain_problem(transient.DatabaseBusy())
     log_unexpected(exc, path)
     return dict(UNEXPECTED_PROBLEM)
 

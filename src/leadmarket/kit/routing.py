@@ -33,6 +33,7 @@ from leadmarket.kit.transient import (
     end_unit_of_work,
     is_lost_conflict,
     is_unavailable,
+    log_transient,
 )
 
 _SESSION_ATTR = "db_session"
@@ -75,6 +76,7 @@ class TransactionalRoute(APIRoute):
                 except BaseException as exc:
                     if not is_lost_conflict(exc):
                         if is_unavailable(exc):
+                            log_transient(exc, request.url.path, "unavailable")
                             raise DatabaseUnavailable() from exc
                         raise
                     if (
@@ -82,6 +84,7 @@ class TransactionalRoute(APIRoute):
                         or attempt >= CONFLICT_ATTEMPTS
                         or not await _body_reusable(request)
                     ):
+                        log_transient(exc, request.url.path, f"busy after {attempt} attempts")
                         raise DatabaseBusy() from exc
                 else:
                     break

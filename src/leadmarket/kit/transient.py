@@ -15,6 +15,7 @@ calls :func:`outside_effect` first, and the request is then answered, not rerun.
 from __future__ import annotations
 
 import contextvars
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -31,6 +32,8 @@ _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
 
 RETRY_AFTER_SECONDS = 1
+
+log = logging.getLogger("leadmarket.transient")
 
 
 class ServiceUnavailable(DomainError):
@@ -108,6 +111,16 @@ def is_unavailable(exc: BaseException) -> bool:
     return any(
         isinstance(cause, ConnectionError) or type(cause).__name__ == "ConnectionDoesNotExistError"
         for cause in _causes(exc)[1:]
+    )
+
+
+def log_transient(exc: BaseException, path: str, answer: str) -> None:
+    """Note a 503 for the operators: the error's type and where, not its text (it may hold
+    personal data)."""
+    log.warning(
+        "database failure answered %s",
+        answer,
+        extra={"error_type": type(exc).__name__, "sqlstate": _sqlstate(exc), "path": path},
     )
 
 
