@@ -1,6 +1,7 @@
 """A buyer in a real browser: signs in, finds Campaigns in the navigation, creates a campaign
 with filters of the vertical and its own bidding endpoint (mistakes first, each shown beside
-its control), pauses and resumes it. The browser reports no script error or failed resource."""
+its control, then the webhook secret pings are signed with), pauses and resumes it. The
+browser reports no script error or failed resource."""
 
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ def test_a_buyer_creates_pauses_and_resumes_a_campaign(
 
     regions.fill("CA, NV")
     ping_url.fill("https://bids.example.com/ping")
+    page.get_by_role("button", name="Create the campaign").click()
+    # Pings are signed with the buyer's webhook secret: none yet, so the address is refused.
+    expect(page.locator("#ping_url-error")).to_contain_text("create your webhook endpoint first")
+    login = {"login": account["username"], "password": account["password"]}
+    token = httpx.post(live_site.url("/api/v1/auth/login"), json=login, timeout=30)
+    hook = httpx.put(
+        live_site.url("/api/v1/me/webhook"),
+        json={"url": "https://buyer.example.com/hooks"},
+        headers={"Authorization": f"Bearer {token.json()['token']}"},
+        timeout=30,
+    )
+    assert hook.status_code == 200, hook.text
     page.get_by_role("button", name="Create the campaign").click()
     expect(page.get_by_role("status")).to_contain_text("The campaign was created.")
     row = page.get_by_role("row", name="Fresno Hondas")

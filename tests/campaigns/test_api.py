@@ -15,6 +15,7 @@ from leadmarket.models import Campaign, MatchingVersion
 from tests.fixtures.accounts import signed_in
 
 URL = "/api/v1/campaigns"
+WEBHOOK = "/api/v1/me/webhook"
 
 
 def campaign_body(**overrides: Any) -> dict[str, Any]:
@@ -255,6 +256,7 @@ async def test_a_patch_to_a_private_ping_url_is_refused_and_changes_nothing(
     client: httpx.AsyncClient,
 ) -> None:
     _, auth = await signed_in(client, "buyer")
+    await client.put(WEBHOOK, json={"url": "https://buyer.example.com/hooks"}, headers=auth)
     url = "https://bids.example.com/ping"
     created = await client.post(URL, json=campaign_body(ping_url=url), headers=auth)
     assert created.status_code == 201, created.text
@@ -266,3 +268,39 @@ async def test_a_patch_to_a_private_ping_url_is_refused_and_changes_nothing(
     assert fields_of(refused) == {"ping_url"}
     after = (await client.get(path, headers=auth)).json()
     assert after["ping_url"] == url and after["bid_cents"] == created.json()["bid_cents"]
+
+
+async def test_a_ping_url_needs_the_buyers_webhook_secret_first(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    """Pings are signed with the buyer's webhook secret and never sent unsigned: a ping_url
+    without one would silently never be asked, so it is refused where it is set (a 422 naming
+    ``ping_url`` that says what to do), and nothing is written."""
+    _, auth = await signed_in(client, "buyer")
+    url = "https://bids.example.com/ping"
+    refused = await client.post(URL, json=campaign_body(ping_url=url), headers=auth)
+    assert fields_of(refused) == {"ping_url"}
+    assert "webhook" in refused.json()["errors"][0]["message"]
+    assert await session.scalar(select(Campaign.id)) is None
+
+    plain = await client.post(URL, json=campaign_body(), headers=auth)
+    assert plain.status_code == 201, plain.text
+    path = f"{URL}/{plain.json()['id']}"
+    assert fields_of(await client.patch(path, json={"ping_url": url}, headers=auth)) == {"ping_url"}
+    assert (await client.get(path, headers=auth)).json()["ping_url"] is None
+
+    hook = await client.put(WEBHOOK, json={"url": "https://buyer.example.com/hooks"}, headers=auth)
+    assert hook.status_code == 200, hook.text
+    patched = await client.patch(path, json={"ping_url": url}, headers=auth)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["ping_url"] == url
+
+    # The secret removed afterwards: the campaign can still be paused, resumed and edited (its
+    # address unchanged); only a new address needs a secret again.
+    assert (await client.delete(WEBHOOK, headers=auth)).status_code == 204
+    paused = await client.patch(path, json={"active": False, "ping_url": url}, headers=auth)
+    assert paused.status_code == 200, paused.text
+    moved = await client.patch(path, json={"ping_url": "https://bids.example.com/v2"}, headers=auth)
+    assert fields_of(moved) == {"ping_url"}
+    cleared = await client.patch(path, json={"ping_url": None}, headers=auth)
+    assert cleared.status_code == 200 and cleared.json()["ping_url"] is None

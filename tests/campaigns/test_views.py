@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.config import Settings
 from leadmarket.models import Campaign
+from leadmarket.webhooks import service as webhooks
 from tests.fixtures.accounts import register
 from tests.leads.test_views import control_is_in_error, csrf_of, sign_in
 
@@ -201,11 +203,20 @@ async def test_the_ping_url_is_checked_like_the_apis_and_refused_beside_its_fiel
 
 
 async def test_the_ping_url_is_set_shown_changed_and_cleared_through_the_pages(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
-    await web_member(client)
+    account = await web_member(client)
     form = await client.get(NEW, params={"vertical": "auto-insurance"})
     url = "https://bids.example.com/ping"
+    refused = await client.post(NEW, data=answers(csrf_of(form.text), ping_url=url))
+    assert refused.status_code == 422  # no webhook secret to sign pings with yet
+    assert control_is_in_error(refused.text, "ping_url")
+    beside = refused.text.split('id="ping_url-error"', 1)[1][:400]
+    assert "create your webhook endpoint first" in beside
+    assert await campaigns_of(session) == 0
+    await webhooks.save_endpoint(
+        session, settings, account["id"], url="https://buyer.example.com/hooks", new_secret=True
+    )
     created = await client.post(NEW, data=answers(csrf_of(form.text), ping_url=url))
     assert created.status_code == 303, created.text
     row = await session.scalar(select(Campaign))

@@ -83,7 +83,9 @@ async def list_campaigns(
 async def create_campaign(
     request: Request, body: CampaignIn, session: Session, principal: Principal = Depends(managing)
 ) -> CampaignOut:
-    service.check_endpoint_urls(body.model_dump(), settings_of(request))
+    await service.check_campaign_endpoints(
+        session, settings_of(request), principal.user, body.model_dump()
+    )
     campaign = await service.create_campaign(session, principal.user, body)
     return (await campaign_outs(session, [campaign]))[0]
 
@@ -109,7 +111,10 @@ async def patch_campaign(
     principal: Principal = Depends(managing),
 ) -> CampaignOut:
     changes = body.model_dump(exclude_unset=True)
-    service.check_endpoint_urls(changes, settings_of(request))
+    current = await service.get_campaign(session, principal.user, campaign_id)
+    await service.check_campaign_endpoints(
+        session, settings_of(request), principal.user, changes, current
+    )
     campaign = await service.update_campaign(session, principal.user, campaign_id, changes)
     return (await campaign_outs(session, [campaign]))[0]
 

@@ -204,9 +204,9 @@ class CampaignIn(RequestModel):
         'is POSTed there (no contact data) and its answer `{"bid_cents": n}` (at most '
         "bid_cents) is the campaign's bid; no answer within the deadline: no bid. Each ping "
         "is signed like a delivery (Standard Webhooks: webhook-id, webhook-timestamp, "
-        "webhook-signature) with your webhook secret; without a webhook endpoint (PUT "
-        "/api/v1/me/webhook) the endpoint is not asked. None: the campaign bids bid_cents on "
-        "every ping it matches.",
+        "webhook-signature) with your webhook secret, so a new ping_url is refused (422) "
+        "until you have a webhook endpoint (PUT /api/v1/me/webhook); once it is removed, the "
+        "endpoint is not asked. None: the campaign bids bid_cents on every ping it matches.",
     )
 
 

@@ -36,7 +36,7 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, insert_or_update, utcnow
 from leadmarket.kit.errors import FieldError, NotFound, ValidationFailed, validation_errors
 from leadmarket.kit.ids import new_id
-from leadmarket.models import Campaign, CampaignCapCounter, MatchingVersion, User
+from leadmarket.models import Campaign, CampaignCapCounter, MatchingVersion, User, WebhookEndpoint
 from leadmarket.verticals.registry import FieldSpec, Vertical, get_vertical
 from leadmarket.webhooks.service import url_problem
 
@@ -202,9 +202,44 @@ def endpoint_url_errors(fields: Mapping[str, Any], settings: Settings) -> list[F
     return errors
 
 
-def check_endpoint_urls(fields: Mapping[str, Any], settings: Settings) -> None:
-    """:func:`endpoint_url_errors` as a 422 naming each refused field."""
+NO_SIGNING_SECRET = (
+    "Pings are signed with your webhook secret, and you have none: create your webhook "
+    "endpoint first (the Webhook page, /webhook, or PUT /api/v1/me/webhook), then set ping_url."
+)
+
+
+async def ping_url_errors(
+    session: AsyncSession,
+    buyer: User,
+    fields: Mapping[str, Any],
+    current: Campaign | None = None,
+) -> list[FieldError]:
+    """``ping_url`` among ``fields`` refused when the buyer has no webhook endpoint: each ping
+    is signed with its secret, and an unsigned one is never sent, so such a campaign would
+    silently never be asked. Only a new address is checked (``current``: the campaign being
+    changed), so a buyer whose endpoint was removed can still pause or edit the campaign."""
+    url = fields.get("ping_url")
+    if not isinstance(url, str) or not url.strip():
+        return []
+    if current is not None and current.ping_url == url.strip():
+        return []
+    endpoint = await session.scalar(
+        select(WebhookEndpoint.id).where(WebhookEndpoint.owner_id == buyer.id)
+    )
+    return [FieldError("ping_url", NO_SIGNING_SECRET)] if endpoint is None else []
+
+
+async def check_campaign_endpoints(
+    session: AsyncSession,
+    settings: Settings,
+    buyer: User,
+    fields: Mapping[str, Any],
+    current: Campaign | None = None,
+) -> None:
+    """:func:`endpoint_url_errors` and :func:`ping_url_errors` as one 422 naming each field."""
     errors = endpoint_url_errors(fields, settings)
+    if not any(e.field == "ping_url" for e in errors):
+        errors += await ping_url_errors(session, buyer, fields, current)
     if errors:
         raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 

@@ -658,9 +658,16 @@ async def _save(
     read = read_campaign_form(await request.form(), vertical)
     # Collected first so that they are shown together with whatever check_campaign refuses.
     url_errors = service.endpoint_url_errors(read.payload, settings_of(request))
+    # Placed after the others: an address that is no address at all is told so first.
+    current = (
+        await service.get_campaign(session, principal.user, campaign_id)
+        if campaign_id is not None
+        else None
+    )
+    secret_errors = await service.ping_url_errors(session, principal.user, read.payload, current)
     try:
         data, _ = service.check_campaign(read.payload)
-        if read.errors or url_errors:
+        if read.errors or url_errors or secret_errors:
             raise ValidationFailed(errors=[])
         if campaign_id is None:
             await service.create_campaign(session, principal.user, data)
@@ -669,7 +676,8 @@ async def _save(
     except ValidationFailed as exc:
         await session.rollback()
         errors = dict(read.errors)
-        for name, message in place_errors([*url_errors, *exc.errors], _known(vertical)).items():
+        found = [*url_errors, *exc.errors, *secret_errors]
+        for name, message in place_errors(found, _known(vertical)).items():
             errors.setdefault(name, message)
         return _form_page(
             request,

@@ -326,6 +326,23 @@ def log_unexpected(exc: BaseException, path: str) -> None:
     )
 
 
+def unexpected_problem(exc: BaseException, path: str) -> dict[str, Any]:
+    """The problem answering an exception no handler expected (keyword arguments of
+    :func:`problem_response` / :func:`problem_document`): a database that cannot be used just
+    now, or a conflict it kept losing, is a 503 with ``Retry-After`` (``kit.transient``);
+    anything else is logged and is the 500 of :data:`UNEXPECTED_PROBLEM`."""
+    from leadmarket.kit import transient
+
+    if transient.is_unavailable(exc):
+        transient.log_transient(exc, path, "unavailable")
+        return domain_problem(transient.DatabaseUnavailable())
+    if transient.is_lost_conflict(exc):
+        transient.log_transient(exc, path, "busy")
+        return domain_problem(transient.DatabaseBusy())
+    log_unexpected(exc, path)
+    return dict(UNEXPECTED_PROBLEM)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
@@ -349,8 +366,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log_unexpected(exc, request.url.path)
-        return problem_response(request, **UNEXPECTED_PROBLEM)
+        return problem_response(request, **unexpected_problem(exc, request.url.path))
 
     app.add_exception_handler(DomainError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

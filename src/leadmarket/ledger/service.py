@@ -43,6 +43,7 @@ from leadmarket.kit.errors import Conflict, DomainError, FieldError, NotFound, V
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.money import format_money
+from leadmarket.kit.transient import outside_effect
 from leadmarket.ledger.schemas import DepositIn, DepositOut
 from leadmarket.models import (
     AccountKind,
@@ -271,6 +272,7 @@ async def deposit(
     retried request is charged once; without one, each deposit is its own charge."""
     _positive(amount_cents, "a deposit")
     deposit_id = new_id("dep")
+    outside_effect()  # a request charged once is never run again (kit.transient)
     charge = await processor.charge(
         ChargeRequest(
             amount_cents=amount_cents,
@@ -448,6 +450,28 @@ async def hold_funds(
             [Line(wallet, -amount_cents), Line(held, amount_cents)],
         )
     return await _hold_or_not_found(session, reference)
+
+
+async def lock_buyer_accounts(
+    session: AsyncSession, currency: str, buyer_ids: Sequence[str]
+) -> None:
+    """Lock the wallet and held accounts in ``currency`` of ``buyer_ids`` (those that exist),
+    all at once and in the order of their ids (``SELECT … ORDER BY id FOR UPDATE``; SQLite's
+    write lock already covers them): for a caller about to move the money of several buyers
+    in more than one transaction (an outbid leader's hold released, the bidder's taken).
+    Locked one transaction at a time, they would be taken in the order the caller posts them,
+    which differs between two such callers, and PostgreSQL would make one of them the victim
+    of a deadlock."""
+    await session.execute(
+        select(LedgerAccount.id)
+        .where(
+            LedgerAccount.owner_key.in_(sorted(set(buyer_ids))),
+            LedgerAccount.kind.in_([AccountKind.BUYER_WALLET.value, AccountKind.BUYER_HELD.value]),
+            LedgerAccount.currency == currency,
+        )
+        .order_by(LedgerAccount.id)
+        .with_for_update()
+    )
 
 
 async def release_hold(session: AsyncSession, reference: str) -> LedgerHold:

@@ -47,6 +47,7 @@ from leadmarket.ledger.service import (
     InsufficientFunds,
     hold_funds,
     hold_of,
+    lock_buyer_accounts,
     release_hold,
     wallet_summary,
 )
@@ -411,6 +412,12 @@ async def place_bid(
     price = min(price, leader_max)
 
     if leads:
+        if auction.leader_id is not None and auction.leader_id != buyer.id:
+            # Both buyers' accounts, in one global order, before either moves: the bidder's
+            # hold and the outbid leader's release would otherwise lock them in opposite
+            # orders in two bids by the same two buyers on different leads, and deadlock.
+            # (One buyer's own accounts are always locked in id order: nothing to do.)
+            await lock_buyer_accounts(session, lead.currency, [buyer.id, auction.leader_id])
         if raising and previous_bid_id is not None:
             await release_hold(session, previous_bid_id)
         await hold_funds(

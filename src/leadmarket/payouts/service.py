@@ -32,6 +32,7 @@ from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import Conflict, DomainError
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
+from leadmarket.kit.transient import outside_effect
 from leadmarket.ledger.service import Line, open_account, post_transaction
 from leadmarket.models import (
     AccountKind,
@@ -127,6 +128,7 @@ async def pay_out(
                 extra={"balance_cents": balance, "currency": currency},
             )
         payout_id = new_id("pay")
+        outside_effect()  # money that left is never sent again by a retried request
         answer = await processor.payout(
             PayoutRequest(
                 amount_cents=balance,
