@@ -145,7 +145,7 @@ def campaign_rows(draw: st.DrawFn, number: int) -> SimpleNamespace:
         vertical=vertical,
         filters=filters,
         bid_cents=draw(st.integers(1, 5)),  # few values: ties must be ordered too
-        currency="USD",
+        currency=draw(st.sampled_from(["USD", "USD", "CAD"])),
         timezone=draw(st.sampled_from(ZONES)),
         schedule=schedule,
         exclusive_only=draw(st.booleans()),
@@ -203,6 +203,10 @@ def test_index_matches_a_brute_force_reading_of_the_filters(
             (c for c in rows if reference_match(c, lead, now)), key=lambda c: (-c.bid_cents, c.id)
         )
         assert [c.id for c in index.match(lead, now)] == [c.id for c in expected]
+        for currency in ("USD", "CAD"):  # what a ping reads: lazily, in its own currency
+            assert [c.id for c in index.matching(lead, now, currency)] == [
+                c.id for c in expected if c.currency == currency
+            ]
 
 
 def test_schedule_is_read_in_the_campaigns_time_zone() -> None:

@@ -4,9 +4,11 @@ headers; a client that leaves before its body is complete gets no answer."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -14,7 +16,8 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from leadmarket.kit.errors import TooManyRequests
-from leadmarket.kit.fastlane import FastLane, LaneRequest, LaneResponse
+from leadmarket.kit.fastlane import BodyInvalid, FastLane, LaneRequest, LaneResponse
+from leadmarket.kit.schemas import RequestModel
 
 
 async def echo(request: LaneRequest) -> LaneResponse:
@@ -105,3 +108,61 @@ async def test_a_body_in_pieces_is_read_whole_and_a_client_gone_is_not_answered(
         [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}]
     )
     assert gone == []
+
+
+class Ask(RequestModel):
+    name: str
+    count: int = 0
+    extra: dict[str, Any] = {}
+
+
+def lane_request(body: bytes, content_type: bytes | None = b"application/json") -> LaneRequest:
+    headers = [(b"content-type", content_type)] if content_type is not None else []
+    return LaneRequest({"type": "http", "method": "POST", "path": "/", "headers": headers}, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "a", "count": 2}',
+        b' {"name": "\\u00e9", "extra": {"x": [1, 2.5, null, true], "x": 3}}\n',
+        b'{"name": "a", "count": 3.0, "extra": {"big": 123456789012345678901234567890}}',
+        b'{"name": "a", "count": "4", "extra": {"inf": 1e400, "nan": NaN}}',
+    ],
+)
+def test_a_plainly_valid_body_is_what_json_and_the_model_make_of_it(body: bytes) -> None:
+    plain = lane_request(body).plainly_valid(Ask)
+    assert plain is not None
+    assert repr(plain) == repr(Ask.model_validate(json.loads(body)))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"name": "a\\u0000"}', b"application/json"),  # the model's NUL check must see it
+        (b'{"name": "a", "extra": {"k": "\\u0000"}}', b"application/json"),
+        ('{"name": "a"}'.encode("utf-16"), b"application/json"),
+        (b'\xef\xbb\xbf{"name": "a"}', b"application/json"),  # json.loads reads a BOM
+        (b'{"name": "\\ud800"}', b"application/json"),  # and lone surrogates
+        (b'{"name": "a"}', b"application/json; charset=utf-8"),
+        (b'{"name": "a"}', b"text/plain"),
+        (b'{"name": "a"}', None),
+        (b'{"name": "a", "other": 1}', b"application/json"),
+        (b'{"name": "a\tb"}', b"application/json"),
+        (b'{"name": "a"} x', b"application/json"),
+        (b"", b"application/json"),
+    ],
+)
+def test_anything_else_is_left_to_the_slow_path(body: bytes, content_type: bytes | None) -> None:
+    assert lane_request(body, content_type).plainly_valid(Ask) is None
+
+
+def test_the_nul_check_still_refuses_through_validate() -> None:
+    request = lane_request(b'{"name": "a\\u0000b"}')
+    with pytest.raises(BodyInvalid) as refused:
+        request.validate(Ask, request.json_payload())
+    assert [e["loc"] for e in refused.value.errors] == [("body", "name")]
+    request = lane_request(b'{"name": "ab", "count": "x"}')
+    with pytest.raises(BodyInvalid) as refused:
+        request.validate(Ask, request.json_payload())
+    assert [e["loc"] for e in refused.value.errors] == [("body", "count")]

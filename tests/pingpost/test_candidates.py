@@ -62,6 +62,9 @@ def test_the_ranking_is_that_of_every_bid(seed: int) -> None:
     bids += [Bid(c, min(answers[c.id], c.bid_cents)) for c in asked]
     made = [(b.campaign.id, b.cents) for b in ranking(bids, rule=rule, floor=floor)]
     assert made == every_bid_ranking(matched, "USD", floor, answers, rule)
+    if not asked:  # as a ping ranks them: in the index's order, unsorted
+        ordered = ranking(bids, rule=rule, floor=floor, ordered=True)
+        assert [(b.campaign.id, b.cents) for b in ordered] == made
     assert [c.id for c in asked] == [
         c.id for c in matched if c.currency == "USD" and c.ping_url is not None
     ][:EXTERNAL_ASKED]

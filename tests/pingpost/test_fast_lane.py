@@ -27,6 +27,10 @@ def _json(**changes: Any) -> bytes:
     return json.dumps(ping_body(**changes)).encode()
 
 
+def _utf16(**changes: Any) -> bytes:
+    return json.dumps(ping_body(**changes)).encode("utf-16")
+
+
 # (name, body bytes, content type): requests each refused before anything is written.
 BAD_REQUESTS: list[tuple[str, bytes, str | None]] = [
     ("malformed JSON", b'{"vertical": "auto-insurance",', "application/json"),
@@ -45,6 +49,12 @@ BAD_REQUESTS: list[tuple[str, bytes, str | None]] = [
     ("postal code of another state", _json(postal_code="10001"), "application/json"),
     ("bad country", _json(country="FR"), "application/json"),
     ("a price below a cent", _json(min_price_cents=0), "application/json"),
+    # The lane skips the models' NUL check for bodies that cannot hold a NUL: these can.
+    ("NUL in a field", _json(region="C\x00A"), "application/json"),
+    ("NUL in an attribute", _json(attributes={"vehicle_make": "hon\x00da"}), "application/json"),
+    ("NUL and a bad field", _json(vertical="a\x00b", country="FR"), "application/json"),
+    ("UTF-16 with a NUL", _utf16(region="C\x00A"), "application/json"),
+    ("UTF-16, bad region", _utf16(region="ZZ"), "application/json"),
 ]
 
 

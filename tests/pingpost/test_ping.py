@@ -3,6 +3,7 @@ deadline; bad fields named; the same ping twice within the window refused."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -12,7 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
+from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.models import Ping
+from leadmarket.pingpost.service import PingKit
 from tests.fixtures.accounts import signed_in
 from tests.fixtures.pingpost import bidding_buyer, bidding_endpoint, ping_body, pinged_buyer
 
@@ -240,3 +243,20 @@ async def test_a_slow_buyer_never_delays_the_answer_past_the_deadline(
     assert answer.json()["price_cents"] == 1001  # the slow 9000 was not waited for
     assert len(slow.pings) == 1
     assert took < deadline + 1.0, took
+
+
+async def test_digests_are_the_keyed_hashes_rows_already_hold(app: FastAPI) -> None:
+    """The postal digest is compared with earlier pings' at the post, and the fingerprint with
+    rows a process running older code wrote: both must stay ``keyed_hash`` of the same text."""
+    kit: PingKit = app.state.pingpost
+    root = kit.settings.signing_key()
+    content = {"vertical": "auto-insurance", "region": "CA", "attributes": {"b": 1, "a": [True]}}
+    text = json.dumps(["usr_1", content], sort_keys=True, separators=(",", ":"))
+    for _ in range(2):  # the keyed state is copied, never used up
+        assert kit.postal_digest("US", "93650") == keyed_hash(
+            derive_key(root, "ping:postal-code"), "US|93650"
+        )
+        assert kit.fingerprint("usr_1", content) == keyed_hash(
+            derive_key(root, "ping:fingerprint"), text
+        )
+    assert kit.fingerprint("usr_2", content) != kit.fingerprint("usr_1", content)

@@ -38,7 +38,7 @@ import datetime as dt
 import time
 import weakref
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -131,15 +131,16 @@ def _local_hour_of_week(zone: str, quarter: int) -> int:
 class HourOfWeek:
     """The hour of the week (Monday 00h = 0) of one moment in each zone asked."""
 
-    __slots__ = ("_quarter",)
+    __slots__ = ("quarter",)
 
     def __init__(self, now: dt.datetime) -> None:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        self._quarter = int(now.timestamp()) // _QUARTER_SECONDS
+        # The UTC quarter hour: the same one means the same hour in every zone.
+        self.quarter = int(now.timestamp()) // _QUARTER_SECONDS
 
     def __call__(self, zone: str) -> int:
-        return _local_hour_of_week(zone, self._quarter)
+        return _local_hour_of_week(zone, self.quarter)
 
 
 class CompiledCampaign:
@@ -337,6 +338,7 @@ class _VerticalIndex:
         # reading its matches at the first few bids.
         self.with_endpoint = any(c.ping_url is not None for c in campaigns)
         self.shared_ok = 0  # campaigns that also buy shared leads
+        self.currencies: dict[str, int] = {}  # currency -> the campaigns bidding in it
         self.postal = _KeyedMasks()
         self.region = _KeyedMasks()
         self.age = _KeyedMasks()
@@ -346,11 +348,14 @@ class _VerticalIndex:
         self.always = 0  # campaigns without a schedule
         # zone -> hour of the week -> campaigns of that zone buying then
         self.hours: dict[str, list[int]] = {}
+        # (quarter hour, the campaigns buying then): every lead of a quarter hour shares it.
+        self._scheduled: tuple[int, int] = (-1, 0)
         by_min_quality = [0] * 101
         for position, campaign in enumerate(campaigns):
             bit = 1 << position
             if not campaign.exclusive_only:
                 self.shared_ok |= bit
+            self.currencies[campaign.currency] = self.currencies.get(campaign.currency, 0) | bit
             self.postal.add(bit, campaign.postal_prefixes)
             self.region.add(bit, campaign.regions)
             self.age.add(bit, _admitted_bands(campaign))
@@ -380,6 +385,8 @@ class _VerticalIndex:
         for name, ranged in self.ranges.items():
             ranged.free = self.all & ~self._filtering_range(name)
             ranged.finish()
+        # What matching reads per enum or boolean attribute, unpacked once here.
+        self._enum_lookups = tuple((name, k.masks, k.free) for name, k in self.enums.items())
 
     def _filtering(self, name: str) -> int:
         mask = 0
@@ -398,30 +405,51 @@ class _VerticalIndex:
         return mask
 
     def match(self, preview: LeadPreview, hour_of_week: HourOfWeek) -> list[CompiledCampaign]:
+        campaigns = self.campaigns
+        return [campaigns[position] for position in _bits(self.mask(preview, hour_of_week))]
+
+    def matching(self, mask: int) -> Iterator[CompiledCampaign]:
+        """The campaigns of ``mask``, highest bid first, one at a time: a reader that wants
+        only the first few pays for those (lowest set bit first), not for every match."""
+        campaigns = self.campaigns
+        while mask:
+            low = mask & -mask
+            yield campaigns[low.bit_length() - 1]
+            mask ^= low
+
+    def mask(self, preview: LeadPreview, hour_of_week: HourOfWeek, start: int = -1) -> int:
+        """The campaigns (among ``start``, by default all) that want the lead, as a bitmap."""
         score = preview.quality_score
-        mask = self.quality[max(0, min(100, score))] if isinstance(score, int) else 0
+        mask = start & self.quality[max(0, min(100, score))] if isinstance(score, int) else 0
         if not preview.exclusive:
             mask &= self.shared_ok
         mask &= self.postal.admitting(preview.postal_prefix)
         mask &= self.region.admitting(preview.region)
         mask &= self.age.admitting(preview.age_band)
         attributes = preview.attributes
-        for name, keyed in self.enums.items():
+        for name, masks, free in self._enum_lookups:  # _KeyedMasks.admitting, inlined
             if not mask:
-                return []
+                return 0
             value = attributes.get(name)
-            mask &= keyed.admitting(value if isinstance(value, str | bool) else None)
+            mask &= masks.get(value if isinstance(value, (str, bool)) else None, free)
         for name, ranged in self.ranges.items():
             if not mask:
-                return []
+                return 0
             mask &= ranged.admitting(attributes.get(name))
         if mask & ~self.always:
+            mask &= self._scheduled_at(hour_of_week)
+        return mask
+
+    def _scheduled_at(self, hour_of_week: HourOfWeek) -> int:
+        """The campaigns buying at that moment (those without a schedule included)."""
+        quarter, scheduled = self._scheduled
+        if quarter != hour_of_week.quarter:
             scheduled = self.always
             for zone, hours in self.hours.items():
                 scheduled |= hours[hour_of_week(zone)]
-            mask &= scheduled
-        campaigns = self.campaigns
-        return [campaigns[position] for position in _bits(mask)]
+            # One tuple, replaced whole: a reader sees an old pair or a new one, never a mix.
+            self._scheduled = (hour_of_week.quarter, scheduled)
+        return scheduled
 
 
 def _admitted_bands(campaign: CompiledCampaign) -> list[str] | None:
@@ -448,6 +476,18 @@ class CampaignIndex:
         if vertical is None:
             return []
         return vertical.match(preview, HourOfWeek(now))
+
+    def matching(
+        self, preview: LeadPreview, now: dt.datetime, currency: str
+    ) -> Iterator[CompiledCampaign]:
+        """The campaigns bidding in ``currency`` that want this lead now, highest bid first,
+        lazily: what :meth:`match` gives, less the other currency's, for a reader that stops
+        after the first few (a ping keeps ten of hundreds)."""
+        vertical = self._verticals.get(preview.vertical)
+        if vertical is None:
+            return iter(())
+        start = vertical.currencies.get(currency, 0)
+        return vertical.matching(vertical.mask(preview, HourOfWeek(now), start) if start else 0)
 
     def has_endpoints(self, vertical: str) -> bool:
         """Whether a campaign of ``vertical`` bids through its own endpoint (``ping_url``)."""

@@ -34,10 +34,11 @@ a client that goes away before its body is complete gets no answer."""
 from __future__ import annotations
 
 import email.message
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -52,6 +53,7 @@ from leadmarket.kit.errors import (
     problem_document,
     validation_problem,
 )
+from leadmarket.kit.schemas import RequestModel
 
 M = TypeVar("M", bound=BaseModel)
 _JSON = b"application/json"
@@ -132,11 +134,38 @@ class LaneRequest(Request):
             }
         ]
 
-    @staticmethod
-    def validate(model: type[M], payload: Any) -> M:
+    def plainly_valid(self, model: type[M]) -> M | None:
+        """The body as ``model`` when it plainly is one: sent as ``application/json``, and
+        valid as parsed straight from the bytes by pydantic (one pass in Rust, less than half
+        the cost of ``json.loads`` and validating the result). None otherwise, and then
+        :meth:`json_payload` and :meth:`validate` find the refusal as FastAPI would.
+
+        A body this accepts is one ``json.loads`` reads to the same values (pydantic's parser
+        refuses what ``json`` alone accepts: a byte-order mark, lone surrogates, UTF-16), so
+        the model comes out the same, and the handler may authenticate after it: FastAPI's
+        order (malformed JSON, the guard, the model) only matters for a refusal."""
+        body = self.raw_body
+        if not body or self._header(b"content-type") != _JSON or not _nul_free(body, model):
+            return None
+        try:
+            checked: M = _without_nul_check(model).model_validate_json(body)
+        except ValueError:  # ValidationError, or anything else the parser minds
+            return None
+        return checked
+
+    def validate(self, model: type[M], payload: Any) -> M:
         """``payload`` (from :meth:`json_payload`) as ``model``, or :class:`BodyInvalid`."""
         if payload is NO_BODY:
             raise BodyInvalid([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+        if _nul_free(self.raw_body, model):
+            # The model's NUL check, a Python call walking each field's value, was most of the
+            # cost of validating a ping; here it would pass every field unchanged. Any failure
+            # is validated again by the model itself, so the errors are exactly its own.
+            try:
+                checked: M = _without_nul_check(model).model_validate(payload, from_attributes=True)
+                return checked
+            except ValidationError:
+                pass
         try:
             # from_attributes as FastAPI validates a body: the same message for a non-object.
             return model.model_validate(payload, from_attributes=True)
@@ -144,6 +173,30 @@ class LaneRequest(Request):
             raise BodyInvalid(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from exc
+
+
+def _nul_free(body: bytes, model: type[BaseModel]) -> bool:
+    """Whether ``model`` is a :class:`RequestModel` and no text of ``body`` can hold a NUL: no
+    NUL byte, so it is UTF-8 JSON (UTF-16 or 32 would have some), and no ``\\u0000`` escape.
+    Its NUL check would then pass every field unchanged."""
+    return b"\x00" not in body and b"\\u0000" not in body and issubclass(model, RequestModel)
+
+
+@functools.cache
+def _without_nul_check(model: type[M]) -> type[M]:
+    """``model`` without :class:`RequestModel`'s NUL check of its own fields (nested request
+    models keep theirs): for bodies that cannot hold a NUL. A subclass, so what it validates
+    is a ``model``."""
+
+    def no_check(cls: type[M], value: Any, info: Any) -> Any:
+        return value
+
+    twin = type(
+        model.__name__,
+        (model,),
+        {"__module__": model.__module__, "_no_nul_characters": classmethod(no_check)},
+    )
+    return cast(type[M], twin)
 
 
 @dataclass
