@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Message
 
+from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import TooManyRequests
 from leadmarket.kit.fastlane import BodyInvalid, FastLane, LaneRequest, LaneResponse
 from leadmarket.kit.schemas import RequestModel
@@ -24,6 +26,16 @@ async def echo(request: LaneRequest) -> LaneResponse:
     payload = request.json_payload()
     if payload == {"slow": True}:
         raise TooManyRequests("Slow down.", retry_after=7)
+    if payload == {"database": "down"}:
+        # A real refused connection: nothing listens on port 1.
+        engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/postgres")
+        try:
+            async with Database(engine).transaction() as session:
+                await session.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+    if payload == {"bug": True}:
+        raise RuntimeError("a bug")
     return LaneResponse(201, b'{"seen":' + request.raw_body + b"}")
 
 
@@ -50,6 +62,17 @@ async def test_only_the_exact_method_and_path_take_the_lane() -> None:
     assert (await call("GET", "/echo")).text == "app GET /echo"
     assert (await call("POST", "/echo/")).status_code != 201
     assert (await call("GET", "/x")).text == "app GET /x"
+
+
+async def test_a_database_that_cannot_be_reached_is_a_503_and_a_bug_a_500() -> None:
+    down = await call("POST", "/echo", json={"database": "down"})
+    assert down.status_code == 503
+    assert down.headers["retry-after"]
+    assert down.json()["type"].endswith("/database-unavailable")
+    bug = await call("POST", "/echo", json={"bug": True})
+    assert bug.status_code == 500
+    assert bug.headers["content-type"] == "application/problem+json"
+    assert "a bug" not in bug.text
 
 
 async def test_a_refusal_is_its_problem_with_its_headers() -> None:

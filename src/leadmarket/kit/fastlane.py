@@ -46,11 +46,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadmarket.kit.errors import (
     PROBLEM_MEDIA_TYPE,
-    UNEXPECTED_PROBLEM,
     DomainError,
     domain_problem,
-    log_unexpected,
     problem_document,
+    unexpected_problem,
     validation_problem,
 )
 from leadmarket.kit.schemas import RequestModel
@@ -251,9 +250,8 @@ class FastLane:
             response = _problem(path, **domain_problem(exc))
         except BodyInvalid as exc:
             response = _problem(path, **validation_problem(exc.errors))
-        except Exception as exc:
-            log_unexpected(exc, path)
-            response = _problem(path, **UNEXPECTED_PROBLEM)
+        except Exception as exc:  # a 503 if the database cannot be used just now, else a 500
+            response = _problem(path, **unexpected_problem(exc, path))
         headers = [
             (b"content-type", response.media_type.encode()),
             (b"content-length", str(len(response.body)).encode()),
