@@ -124,6 +124,20 @@ async def purge_old_failures(session: AsyncSession, before: dt.datetime) -> None
     await session.execute(delete(LoginFailure).where(LoginFailure.at < before))
 
 
+# A key's ``last_used_at`` is written at most this often: a busy key costs no write per batch.
+API_KEY_TOUCH_INTERVAL = dt.timedelta(minutes=1)
+
+
+def api_key_refusal(user_status: str | None) -> DomainError | None:
+    """Why a rechecked API key refuses its request: ``user_status`` is the status of the key's
+    account, None when the key is unknown or revoked; None when the key may be used."""
+    if user_status is None:
+        return Unauthenticated("The token is unknown, expired or revoked.")
+    if user_status != UserStatus.ACTIVE:
+        return Forbidden(f"This account is {user_status}.")
+    return None
+
+
 async def recheck_api_keys(
     session: AsyncSession, key_ids: set[str], now: dt.datetime
 ) -> dict[str, DomainError]:
@@ -145,15 +159,13 @@ async def recheck_api_keys(
     stale: set[str] = set()
     for key_id, user_status, last_used_at in rows:
         live[key_id] = user_status
-        if last_used_at is None or last_used_at < now - dt.timedelta(minutes=1):
+        if last_used_at is None or last_used_at < now - API_KEY_TOUCH_INTERVAL:
             stale.add(key_id)
     refusals: dict[str, DomainError] = {}
     for key_id in key_ids:
-        status = live.get(key_id)
-        if status is None:
-            refusals[key_id] = Unauthenticated("The token is unknown, expired or revoked.")
-        elif status != UserStatus.ACTIVE:
-            refusals[key_id] = Forbidden(f"This account is {status}.")
+        refusal = api_key_refusal(live.get(key_id))
+        if refusal is not None:
+            refusals[key_id] = refusal
     if stale:
         # Only when a minute has passed: a busy key costs no write per batch.
         await connection.execute(

@@ -228,6 +228,19 @@ class Database:
         async with self.engine.connect() as connection:
             yield _PinnedDatabase(self.engine, connection)
 
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        """The driver's own connection (asyncpg's on PostgreSQL), for a writer whose whole unit
+        of work is one statement: that statement is then its own transaction, with no session,
+        no BEGIN and no COMMIT round trip. On a :meth:`pinned` database it is the pinned
+        connection, outside any transaction. On any other it belongs to a transaction of its
+        own (in a test, a SAVEPOINT of the test's transaction, rolled back if the block fails;
+        the driver begins a transaction only at its first statement through SQLAlchemy, so on
+        a real connection the statement commits by itself all the same)."""
+        async with self.transaction() as session:
+            connection = await session.connection()
+            yield (await connection.get_raw_connection()).driver_connection
+
     async def ping(self) -> bool:
         session = self.new_session()
         try:
@@ -249,3 +262,9 @@ class _PinnedDatabase(Database):
         # A transaction begun on the connection by the session is committed (or rolled back)
         # by it; the connection stays checked out for the next one.
         return AsyncSession(bind=self._connection, expire_on_commit=False, autoflush=True)
+
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        # Sessions on this connection end their transactions, so none is open here.
+        assert not self._connection.in_transaction()
+        yield (await self._connection.get_raw_connection()).driver_connection

@@ -93,6 +93,15 @@ class GroupCommit(Generic[Item, Result]):
         finally:
             self._writer = None
 
+    async def write_items(
+        self, db: Database, items: Sequence[Item]
+    ) -> Sequence[Result | DomainError]:
+        """Write one batch, all of it or nothing, and return its outcomes: by default
+        ``write_batch`` in a transaction of its own. A writer may write otherwise what is
+        durable once its call returns (one statement that is its own transaction)."""
+        async with db.transaction() as session:
+            return await self.write_batch(session, items)
+
     def _refuse_queued(self, exc: BaseException) -> None:
         for _, future in self._queue:
             _answer(future, exc)
@@ -102,8 +111,7 @@ class GroupCommit(Generic[Item, Result]):
         self, db: Database, batch: list[tuple[Item, asyncio.Future[Result | DomainError]]]
     ) -> None:
         try:
-            async with db.transaction() as session:
-                outcomes = await self.write_batch(session, [item for item, _ in batch])
+            outcomes = await self.write_items(db, [item for item, _ in batch])
         except Exception as exc:
             if len(batch) > 1:
                 for entry in batch:

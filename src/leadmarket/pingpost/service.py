@@ -63,7 +63,11 @@ import httpx
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadmarket.accounts.repository import recheck_api_keys
+from leadmarket.accounts.repository import (
+    API_KEY_TOUCH_INTERVAL,
+    api_key_refusal,
+    recheck_api_keys,
+)
 from leadmarket.campaigns.matching import (
     CampaignIndex,
     CompiledCampaign,
@@ -88,7 +92,7 @@ from leadmarket.leads import intake
 from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import check_postal_code, region_name
 from leadmarket.leads.schemas import LeadIn, SaleIn, age_on
-from leadmarket.models import Ping, PingFingerprint, PingOutcome, SaleVia, User
+from leadmarket.models import Ping, PingFingerprint, PingOutcome, SaleVia, User, UserStatus
 from leadmarket.orders import service as orders
 from leadmarket.pingpost.schemas import PingIn, PingOut, PostIn, PostOut
 from leadmarket.verticals.registry import get_vertical, validate_attributes
@@ -517,15 +521,29 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
 class PingRecorder(GroupCommit[PingRecord, PingOut]):
     """Writes the pings of concurrent requests together (group commit), waiting
     ``ping_batch_wait_ms`` for stragglers once busy; a ping is answered after its batch
-    committed, so an answered ping can always be posted."""
+    committed, so an answered ping can always be posted. On PostgreSQL a batch is one statement
+    on the driver's connection (:func:`write_pings_postgres`), its own transaction."""
 
     def __init__(self, kit: PingKit, *, max_batch: int = 200) -> None:
+        settings = kit.settings
+
         async def write(session: AsyncSession, batch: Sequence[PingRecord]) -> list[Any]:
-            return await write_pings(session, kit.settings, batch)
+            return await write_pings(session, settings, batch)
 
         super().__init__(
-            kit.db, write, wait_ms=lambda: kit.settings.ping_batch_wait_ms, max_batch=max_batch
+            kit.db, write, wait_ms=lambda: settings.ping_batch_wait_ms, max_batch=max_batch
         )
+        self.settings = settings
+
+    async def write_items(
+        self, db: Database, items: Sequence[PingRecord]
+    ) -> Sequence[PingOut | DomainError]:
+        if db.is_sqlite:
+            return await super().write_items(db, items)
+        # No session, no BEGIN or COMMIT: a py-spy profile put a quarter of a ping's CPU in
+        # the batch's transaction and its four round trips.
+        async with db.driver_connection() as connection:
+            return await write_pings_postgres(connection, self.settings, items)
 
 
 async def write_pings(
@@ -539,10 +557,11 @@ async def write_pings(
     rows in key order so two batches cannot deadlock. Every other ping of that content, in this
     batch or not, is a duplicate of the ping that holds the row afterwards.
 
-    On PostgreSQL the claim and the insert of the pings that won it are one statement, their
-    rows passed as one array per column (prepared once per connection): SQLAlchemy's
-    executemany compiled and processed every value in Python, which cost more CPU than all
-    the rest of a ping."""
+    On PostgreSQL all of it is the one statement of :func:`write_pings_postgres`."""
+    if session.get_bind().dialect.name == "postgresql":
+        connection = await session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        return await write_pings_postgres(driver, settings, records)
     now = utcnow()
     outcomes: list[PingOut | DomainError | None] = [None] * len(records)
     refusals = await recheck_api_keys(
@@ -552,18 +571,13 @@ async def write_pings(
         if record.api_key_id is not None and record.api_key_id in refusals:
             outcomes[i] = refusals[record.api_key_id]
     live = [(i, r) for i, r in enumerate(records) if outcomes[i] is None]
-    postgres = session.get_bind().dialect.name == "postgresql"
     firsts: dict[str, str] = {}  # fingerprint -> the first live ping of that content
     if settings.ping_duplicate_window_minutes:
         for _, record in live:
             firsts.setdefault(record.row["fingerprint"], record.row["id"])
     if firsts:
         until = now + dt.timedelta(minutes=settings.ping_duplicate_window_minutes)
-        if postgres:
-            candidates = [r.row for _, r in live if firsts[r.row["fingerprint"]] == r.row["id"]]
-            won = await _claim_and_insert_postgres(session, candidates, until, now)
-        else:
-            won = await _claim_sqlite(session, firsts, until, now)
+        won = await _claim_sqlite(session, firsts, until, now)
         holders = {f: firsts[f] for f in won}
         lost = set(firsts) - won
         if lost:
@@ -578,16 +592,53 @@ async def write_pings(
             if holder != record.row["id"]:
                 outcomes[i] = _duplicate(holder)
     accepted = [(i, r) for i, r in live if outcomes[i] is None]
-    if accepted and not (postgres and firsts):  # else written with their claims
-        rows_in = [r.row for _, r in accepted]
-        if postgres:
-            connection = await session.connection()
-            await connection.exec_driver_sql(_INSERT_PINGS_POSTGRES, _ping_arrays(rows_in))
-        else:
-            await session.execute(_PINGS.insert(), rows_in)
+    if accepted:
+        await session.execute(_PINGS.insert(), [r.row for _, r in accepted])
     for i, record in accepted:
         outcomes[i] = record.answer
     return [o for o in outcomes if o is not None]
+
+
+async def write_pings_postgres(
+    connection: Any, settings: Settings, records: Sequence[PingRecord]
+) -> list[PingOut | DomainError]:
+    """:func:`write_pings` on PostgreSQL, as one statement on the asyncpg ``connection``
+    (prepared once per connection by asyncpg's statement cache): outside a transaction it is
+    its own, so the batch is written whole or not at all, with a single round trip. It
+    rechecks the API keys (``recheck_api_keys``: only the pings of keys still valid are
+    written, and stale keys are marked used), claims the fingerprints of the first ping of
+    each content in key order, inserts the pings that won their claim, and returns each key's
+    account status and each claimed fingerprint's holder afterwards. The rows go as one array
+    per column: SQLAlchemy's executemany compiled and processed every value in Python, which
+    cost more CPU than all the rest of a ping."""
+    now = utcnow()
+    window = settings.ping_duplicate_window_minutes
+    arguments: list[Any] = [
+        *_ping_arrays([r.row for r in records]),
+        [r.api_key_id for r in records],
+        now,
+        now - API_KEY_TOUCH_INTERVAL,
+    ]
+    if window:
+        arguments.append(now + dt.timedelta(minutes=window))
+    rows = await connection.fetch(
+        _WRITE_PINGS_POSTGRES if window else _WRITE_PINGS_POSTGRES_NO_WINDOW, *arguments
+    )
+    statuses: dict[str, str] = {}
+    holders: dict[str, str] = {}
+    for kind, name, value in rows:
+        (statuses if kind == "key" else holders)[name] = value
+    outcomes: list[PingOut | DomainError] = []
+    for record in records:
+        refusal = (
+            None if record.api_key_id is None else api_key_refusal(statuses.get(record.api_key_id))
+        )
+        if refusal is None and window:
+            holder = holders.get(record.row["fingerprint"], "")
+            if holder != record.row["id"]:
+                refusal = _duplicate(holder)
+        outcomes.append(record.answer if refusal is None else refusal)
+    return outcomes
 
 
 def _duplicate(earlier: str) -> DuplicatePing:
@@ -609,18 +660,6 @@ async def _claim_sqlite(
         where=_FINGERPRINTS.c.expires_at <= now,
     ).returning(_FINGERPRINTS.c.fingerprint)
     return set((await session.scalars(claim)).all())
-
-
-async def _claim_and_insert_postgres(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], until: dt.datetime, now: dt.datetime
-) -> set[str]:
-    """Claim the fingerprints of ``rows`` (one ping per fingerprint) and insert the rows whose
-    claim won, in one statement; the fingerprints won."""
-    connection = await session.connection()
-    claimed = await connection.exec_driver_sql(
-        _CLAIM_AND_INSERT_POSTGRES, (*_ping_arrays(rows), until, now)
-    )
-    return {str(f) for f in claimed.scalars()}
 
 
 # The columns of a new ping, in the order of the statements' arrays (the JSON ones as text); the
@@ -657,37 +696,58 @@ def _ping_arrays(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
     )
 
 
-_NEW_PINGS = (
+# The statement of write_pings_postgres. Parameters: $1-$18 the pings' columns, $19 their API
+# keys (NULL: signed in otherwise), $20 now, $21 when a key last used earlier counts as stale,
+# $22 until when a claim holds. Data-modifying WITHs run to completion whether or not the
+# outer query reads them, and all parts see the database as the statement found it: a key is
+# judged, and its pings written or not, on one reading.
+_COLUMN_LIST = ", ".join(_PING_COLUMNS)
+_WRITE_PINGS_WITH = (
+    "WITH incoming AS ("  # noqa: S608 (constants only, no input)
     "SELECT id, seller_id, vertical, country, region, postal_prefix, postal_digest, age_band, "
-    "preview_attributes::json, exclusive, currency, accepted, price_cents, campaign_id, "
-    "ranked::json, fingerprint, created_at, expires_at "
+    "preview_attributes::json AS preview_attributes, exclusive, currency, accepted, "
+    "price_cents, campaign_id, ranked::json AS ranked, fingerprint, created_at, expires_at, "
+    "api_key_id, n "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
     "$7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[], $13::int[], "
-    "$14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[]) "
-    "AS t(id, seller_id, vertical, country, region, postal_prefix, postal_digest, age_band, "
-    "preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, ranked, "
-    "fingerprint, created_at, expires_at)"
+    "$14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::text[]) "
+    "WITH ORDINALITY AS t(" + _COLUMN_LIST + ", api_key_id, n)), "
+    # recheck_api_keys: the keys still valid, their account's status, and the stale ones marked.
+    "keys AS (SELECT k.id, u.status, k.last_used_at FROM api_keys k "
+    "JOIN users u ON u.id = k.user_id WHERE k.id = ANY($19::text[]) AND k.revoked_at IS NULL), "
+    "touched AS (UPDATE api_keys SET last_used_at = $20::timestamptz WHERE id IN "
+    "(SELECT id FROM keys WHERE last_used_at IS NULL OR last_used_at < $21::timestamptz)), "
+    "live AS (SELECT * FROM incoming WHERE api_key_id IS NULL OR api_key_id IN "
+    "(SELECT id FROM keys WHERE status = 'active')), "
 )
-_INSERT_PINGS = (
-    "INSERT INTO pings (id, seller_id, vertical, country, region, postal_prefix, postal_digest, "
-    "age_band, preview_attributes, exclusive, currency, accepted, price_cents, campaign_id, "
-    "ranked, fingerprint, created_at, expires_at) "
-)
-_INSERT_PINGS_POSTGRES = _INSERT_PINGS + _NEW_PINGS
-# The SQLite claim's upsert (rows in key order), and the insert of the pings whose claim won: a
-# data-modifying WITH runs to completion whether or not the outer query reads it.
-_CLAIM_AND_INSERT_POSTGRES = (
-    "WITH incoming AS (" + _NEW_PINGS + "), "  # noqa: S608  (constants only, no input)
+assert UserStatus.ACTIVE.value == "active"
+_WRITE_PINGS_POSTGRES = (
+    _WRITE_PINGS_WITH  # noqa: S608 (constants only, no input)
+    # The first live ping of each content claims its fingerprint, in key order (no deadlock
+    # between batches) unless a live claim holds it; every claimed row is returned with its
+    # holder afterwards, so the duplicates learn theirs without another query.
+    + "firsts AS (SELECT DISTINCT ON (fingerprint) fingerprint, id FROM live "
+    "ORDER BY fingerprint, n), "
     "claimed AS (INSERT INTO ping_fingerprints (fingerprint, ping_id, expires_at) "
-    "SELECT fingerprint, id, $19::timestamptz FROM incoming ORDER BY fingerprint "
-    "ON CONFLICT (fingerprint) DO UPDATE "
-    "SET ping_id = excluded.ping_id, expires_at = excluded.expires_at "
-    "WHERE ping_fingerprints.expires_at <= $20::timestamptz "
+    "SELECT fingerprint, id, $22::timestamptz FROM firsts ORDER BY fingerprint "
+    "ON CONFLICT (fingerprint) DO UPDATE SET "
+    "ping_id = CASE WHEN ping_fingerprints.expires_at <= $20::timestamptz "
+    "THEN excluded.ping_id ELSE ping_fingerprints.ping_id END, "
+    "expires_at = CASE WHEN ping_fingerprints.expires_at <= $20::timestamptz "
+    "THEN excluded.expires_at ELSE ping_fingerprints.expires_at END "
     "RETURNING fingerprint, ping_id), "
-    "inserted AS ("
-    + _INSERT_PINGS
-    + "SELECT * FROM incoming WHERE id IN (SELECT ping_id FROM claimed)) "
-    "SELECT fingerprint FROM claimed"
+    "inserted AS (INSERT INTO pings (" + _COLUMN_LIST + ") "
+    "SELECT " + _COLUMN_LIST + " FROM live WHERE id IN (SELECT ping_id FROM claimed)) "
+    "SELECT 'key', id::text, status::text FROM keys "
+    "UNION ALL SELECT 'ping', fingerprint::text, ping_id::text FROM claimed"
+)
+_WRITE_PINGS_POSTGRES_NO_WINDOW = (
+    _WRITE_PINGS_WITH  # noqa: S608 (constants only, no input)
+    + "inserted AS (INSERT INTO pings ("
+    + _COLUMN_LIST
+    + ") SELECT "
+    + _COLUMN_LIST
+    + " FROM live) SELECT 'key', id::text, status::text FROM keys"
 )
 
 
