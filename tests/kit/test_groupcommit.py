@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.kit.db import Database, make_engine
 from leadmarket.kit.errors import Conflict, DomainError
 from leadmarket.kit.groupcommit import GroupCommit
+from leadmarket.kit.transient import begin_unit_of_work, end_unit_of_work
 
 pytestmark = pytest.mark.committed
 
@@ -87,4 +88,30 @@ async def test_without_a_database_every_waiting_submission_fails(
     finally:
         await db.dispose()
     assert all(isinstance(a, Exception) and not isinstance(a, DomainError) for a in answers)
+    await finished(writer)
+
+
+async def test_a_request_that_submitted_is_never_run_again(committed_db: Database) -> None:
+    """Its item is committed by the writer, outside the request's transaction: a retry after a
+    lost deadlock would submit it twice (kit.transient decides from this mark). The writer
+    task is started by another request here, so its commit is not seen as this one's."""
+    writer: GroupCommit[int, int] = GroupCommit(committed_db, double, wait_ms=5.0)
+
+    async def other_request() -> int:
+        _, token = begin_unit_of_work()
+        try:
+            return await writer.submit(1)
+        finally:
+            end_unit_of_work(token)
+
+    unit, token = begin_unit_of_work()
+    try:
+        started = asyncio.create_task(other_request())
+        await asyncio.sleep(0)  # the other request starts the writer
+        assert writer._writer is not None and not unit.outside
+        assert await writer.submit(3) == 6
+        assert unit.outside
+        assert await started == 2
+    finally:
+        end_unit_of_work(token)
     await finished(writer)

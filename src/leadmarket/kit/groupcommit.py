@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.kit.db import Database
 from leadmarket.kit.errors import DomainError
+from leadmarket.kit.transient import outside_effect
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -50,6 +51,9 @@ class GroupCommit(Generic[Item, Result]):
     async def submit(self, item: Item) -> Result:
         """Queue ``item``, and return its result once its batch has committed (or raise the
         error that refused it)."""
+        # The item is committed by the writer, not by the caller's transaction: a request that
+        # loses a deadlock afterwards must not be run again (it would submit the item twice).
+        outside_effect()
         future: asyncio.Future[Result | DomainError] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._writer is None:
