@@ -1,6 +1,7 @@
 """A ping makes bids only of the campaigns that could be in its ranking (``_candidates``); the
 ranking must be the one made from a bid of every matching campaign, whatever the bids, floor,
-currencies and endpoints."""
+currencies and endpoints; an endpoint whose buyer has no signing secret is never asked and
+takes no place of one that can be."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from leadmarket.pingpost.service import EXTERNAL_ASKED, Bid, _candidates, rankin
 @dataclass
 class Campaign:
     id: str
+    buyer_id: str
     bid_cents: int
     currency: str
     ping_url: str | None
@@ -27,12 +29,18 @@ class Campaign:
 
 
 def every_bid_ranking(
-    matched: list[Any], currency: str, floor: int, answers: dict[str, int], rule: Any
+    matched: list[Any],
+    currency: str,
+    floor: int,
+    answers: dict[str, int],
+    rule: Any,
+    askable: set[str],
 ) -> list[tuple[str, int]]:
     """The ranking as pings made it before: a bid of every matching campaign."""
     same = [c for c in matched if c.currency == currency]
     bids = [Bid(c, c.bid_cents) for c in same if c.ping_url is None]
-    asked = [c for c in same if c.ping_url is not None][:EXTERNAL_ASKED]
+    asked = [c for c in same if c.ping_url is not None and c.buyer_id in askable]
+    asked = asked[:EXTERNAL_ASKED]
     bids += [Bid(c, min(answers[c.id], c.bid_cents)) for c in asked]
     return [(b.campaign.id, b.cents) for b in ranking(bids, rule=rule, floor=floor)]
 
@@ -45,6 +53,7 @@ def test_the_ranking_is_that_of_every_bid(seed: int) -> None:
         (
             Campaign(
                 id=f"cmp_{n:04d}",
+                buyer_id=f"usr_{rng.randint(0, 5)}",
                 bid_cents=rng.choice([100, 500, 900, 1000, 1500, 2000, 3000]),
                 currency=rng.choice(["USD", "USD", "CAD"]),
                 ping_url="https://buyer.example" if endpoints and rng.random() < 0.3 else None,
@@ -56,15 +65,17 @@ def test_the_ranking_is_that_of_every_bid(seed: int) -> None:
     floor = rng.choice([1, 500, 1000, 2500])
     answers = {c.id: rng.choice([50, 800, 1200, 5000]) for c in matched}
     rule = rng.choice(["first", "second"])
-    bids, asked = _candidates(
-        cast(list[CompiledCampaign], matched), "USD", floor, endpoints=endpoints
-    )
+    # Buyers 0-3 have a signing secret; 4 and 5 do not (their endpoints are never asked).
+    askable = {f"usr_{i}" for i in range(4)} if endpoints else set()
+    bids, asked = _candidates(cast(list[CompiledCampaign], matched), "USD", floor, askable=askable)
     bids += [Bid(c, min(answers[c.id], c.bid_cents)) for c in asked]
     made = [(b.campaign.id, b.cents) for b in ranking(bids, rule=rule, floor=floor)]
-    assert made == every_bid_ranking(matched, "USD", floor, answers, rule)
+    assert made == every_bid_ranking(matched, "USD", floor, answers, rule, askable)
     if not asked:  # as a ping ranks them: in the index's order, unsorted
         ordered = ranking(bids, rule=rule, floor=floor, ordered=True)
         assert [(b.campaign.id, b.cents) for b in ordered] == made
     assert [c.id for c in asked] == [
-        c.id for c in matched if c.currency == "USD" and c.ping_url is not None
+        c.id
+        for c in matched
+        if c.currency == "USD" and c.ping_url is not None and c.buyer_id in askable
     ][:EXTERNAL_ASKED]

@@ -19,6 +19,7 @@ from leadmarket.kit.db import Database
 from leadmarket.models import User
 from leadmarket.pingpost import service
 from leadmarket.pingpost.schemas import PingIn
+from leadmarket.pingpost.service import EXTERNAL_ASKED
 from leadmarket.webhooks import signing
 from leadmarket.webhooks.service import delete_endpoint, save_endpoint
 from tests.fixtures.accounts import signed_in
@@ -103,6 +104,22 @@ async def test_a_buyer_without_a_webhook_secret_is_not_asked(
         answer = await _ping(client)
     assert endpoint.pings == []
     assert answer["price_cents"] == 901
+
+
+async def test_endpoints_that_cannot_be_asked_leave_their_places_to_those_that_can(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """Only EXTERNAL_ASKED endpoints are asked per ping; secretless ones (bidding above the
+    others) must not take those places."""
+    with bidding_endpoint(2500) as mute, bidding_endpoint(2500) as signed_endpoint:
+        for _ in range(EXTERNAL_ASKED):
+            await bidding_buyer(session, bid_cents=9000, ping_url=mute.url)
+        await pinged_buyer(session, settings, signed_endpoint, bid_cents=3000)
+        await bidding_buyer(session, bid_cents=1000)
+        answer = await _ping(client)
+    assert mute.pings == []
+    assert len(signed_endpoint.pings) == 1
+    assert answer["price_cents"] == 1001  # the signed endpoint bid 2500 over the 1000
 
 
 async def test_after_a_rotation_pings_are_signed_with_the_new_secret(

@@ -337,6 +337,7 @@ class _VerticalIndex:
         # Whether any campaign bids through its own endpoint: when none does, a ping can stop
         # reading its matches at the first few bids.
         self.with_endpoint = any(c.ping_url is not None for c in campaigns)
+        self.endpoint_buyers = frozenset(c.buyer_id for c in campaigns if c.ping_url is not None)
         self.shared_ok = 0  # campaigns that also buy shared leads
         self.currencies: dict[str, int] = {}  # currency -> the campaigns bidding in it
         self.postal = _KeyedMasks()
@@ -493,6 +494,11 @@ class CampaignIndex:
         """Whether a campaign of ``vertical`` bids through its own endpoint (``ping_url``)."""
         index = self._verticals.get(vertical)
         return index is not None and index.with_endpoint
+
+    def endpoint_buyers(self, vertical: str) -> frozenset[str]:
+        """The buyers with a campaign of ``vertical`` that bids through its own endpoint."""
+        index = self._verticals.get(vertical)
+        return index.endpoint_buyers if index is not None else frozenset()
 
 
 def _order(campaign: CompiledCampaign) -> tuple[int, str]:

@@ -55,7 +55,7 @@ import hmac
 import json
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast
 
@@ -320,23 +320,29 @@ def ranking(
 
 
 def _candidates(
-    matched: Iterable[CompiledCampaign], currency: str, floor: int, *, endpoints: bool = True
+    matched: Iterable[CompiledCampaign],
+    currency: str,
+    floor: int,
+    *,
+    askable: Collection[str] = frozenset(),
 ) -> tuple[list[Bid], list[CompiledCampaign]]:
     """From ``matched`` (best bid first, read only as far as needed: the index hands them out
     lazily): the bids of the campaigns that bid their own price
     and could be in the ranking (at most :data:`RANKED_KEPT`, at or above ``floor``: no other
     can be kept, whatever the endpoints bid), and the campaigns whose endpoint is asked
     (at most :data:`EXTERNAL_ASKED`). With thousands of campaigns, hundreds may match a ping;
-    making a bid of each only to keep ten was most of a ping's own cost. ``endpoints``: whether
-    any of them may have an endpoint (when none does, the first few bids are all there is)."""
+    making a bid of each only to keep ten was most of a ping's own cost. ``askable``: the buyers
+    whose endpoints may be asked (they have a signing secret); a campaign with an endpoint whose
+    buyer is not among them does not bid (when there are none, the first few bids are all
+    there is)."""
     bids: list[Bid] = []
     external: list[CompiledCampaign] = []
-    asking = EXTERNAL_ASKED if endpoints else 0
+    asking = EXTERNAL_ASKED if askable else 0
     for campaign in matched:
         if campaign.currency != currency:
             continue
         if campaign.ping_url is not None:
-            if len(external) < asking:
+            if len(external) < asking and campaign.buyer_id in askable:
                 external.append(campaign)
         elif len(bids) < RANKED_KEPT and campaign.bid_cents >= floor:
             bids.append(Bid(campaign, campaign.bid_cents))
@@ -458,11 +464,17 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         country=data.country,
     )
     index = await kit.index.current_from(kit.db)
+    askable: frozenset[str] = frozenset()
+    if index.has_endpoints(checked.vertical):
+        # Only endpoints whose buyer has a signing secret are asked (pings are signed); the
+        # others must not take the places of those that can be (cached per index snapshot).
+        secrets = await kit.signing_secrets(index, index.endpoint_buyers(checked.vertical))
+        askable = frozenset(buyer for buyer, secret in secrets.items() if secret is not None)
     bids, external = _candidates(
         index.matching(preview, now, data.currency),
         data.currency,
         data.min_price_cents,
-        endpoints=index.has_endpoints(checked.vertical),
+        askable=askable,
     )
     if external:
         bids += await _external_bids(kit, index, external, ping_id, preview, data, started)
