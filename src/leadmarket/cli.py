@@ -74,7 +74,7 @@ def serve(
 
     from leadmarket.kit.logs import configure_logging
     from leadmarket.kit.migrate import upgrade_to_head
-    from leadmarket.kit.serving import serve_workers
+    from leadmarket.kit.serving import serve_workers, server_options
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -97,8 +97,7 @@ def serve(
         build_app(),
         host=host,
         port=port,
-        log_config=None,
-        proxy_headers=settings.trust_proxy_headers,
+        **server_options(proxy_headers=settings.trust_proxy_headers),
     )
 
 

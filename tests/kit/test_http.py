@@ -170,6 +170,43 @@ async def test_a_streamed_body_over_the_cap_is_refused(client: httpx.AsyncClient
     assert announced.status_code == 413 and _has_edge_headers(announced)
 
 
+@pytest.mark.parametrize("http_version", ["1.1", "2"])
+async def test_a_body_is_counted_unless_http_1_frames_it_within_the_cap(
+    app: FastAPI, http_version: str
+) -> None:
+    """Over HTTP/1.x without Transfer-Encoding the server delivers exactly Content-Length bytes,
+    so the edge does not count them; a body it cannot vouch for (HTTP/2, which has no
+    Transfer-Encoding, here without a Content-Length) is counted and refused over the cap."""
+    body = b"x" * 2_000_000
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": http_version,
+        "method": "POST",
+        "scheme": "https",
+        "path": "/api/v1/auth/login",
+        "raw_path": b"/api/v1/auth/login",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("203.0.113.10", 50000),
+        "server": ("testserver", 443),
+    }
+    await app(scope, receive, send)
+    status = sent[0]["status"]
+    # HTTP/1.1 promised an empty body (no Content-Length): the app reads what the server gives.
+    assert status == 413 if http_version == "2" else status != 413
+
+
 async def test_every_answer_has_an_id_and_security_headers(client: httpx.AsyncClient) -> None:
     answers = [
         await client.get("/healthz"),

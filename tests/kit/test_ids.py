@@ -36,3 +36,22 @@ def test_ids_are_unique_and_ordered_by_time() -> None:
     assert len(set(later)) == 1000
     assert all(first < i for i in later)
     assert all(len(i) == 28 and set(i[2:]) <= set(_CROCKFORD) for i in later)
+
+
+def test_a_request_id_is_spelled_like_any_other_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    millis = 1_795_000_000_123
+    bits = 0xFEDCBA9876543210ABCD
+    monkeypatch.setattr(ids.time, "time_ns", lambda: millis * 1_000_000 + 5)
+    monkeypatch.setattr(ids, "getrandbits", lambda n: bits if n == 80 else 0)
+    assert ids.new_request_id() == "req_" + _spelled((millis << 80) | bits)
+    # The spelled millisecond is kept: the next millisecond spells its own.
+    monkeypatch.setattr(ids.time, "time_ns", lambda: (millis + 1) * 1_000_000)
+    assert ids.new_request_id() == "req_" + _spelled(((millis + 1) << 80) | bits)
+
+
+def test_request_ids_are_unique_and_ordered_by_millisecond() -> None:
+    first = ids.new_request_id()
+    time.sleep(0.002)
+    later = [ids.new_request_id() for _ in range(1000)]
+    assert len(set(later)) == 1000 and all(first < i for i in later)
+    assert all(len(i) == 30 and set(i[4:]) <= set(_CROCKFORD) for i in later)

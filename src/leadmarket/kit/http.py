@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from logging import INFO
+from time import perf_counter
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadmarket.kit.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
-from leadmarket.kit.ids import new_id
+from leadmarket.kit.ids import new_request_id
 
-access_log = logging.getLogger("leadmarket.access")
+_ACCESS_LOGGER = "leadmarket.access"
+access_log = logging.getLogger(_ACCESS_LOGGER)
+# Where a request without Transfer-Encoding carries exactly its Content-Length (RFC 9112 6.3).
+_FRAMED_VERSIONS = ("1.1", "1.0")
 
 
 class HttpEdgeMiddleware:
@@ -48,19 +52,34 @@ class HttpEdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_id("req")
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
+        started = perf_counter()
         path: str = scope["path"]
-        security = _security_headers(path, _is_https(scope))
-        id_header = (b"x-request-id", request_id.encode())
-        status = 500
-        response_started = False
         limit = (
             self.max_upload_bytes
             if self.upload_paths and path.startswith(self.upload_paths)
             else self.default_max_bytes
         )
+        # One pass over the request headers: whether the body is framed by Content-Length
+        # alone (and how long it says it is), and whether a proxy says the caller used HTTPS.
+        https = scope.get("scheme") == "https"
+        announced = -1  # no usable Content-Length
+        framed = True  # no Transfer-Encoding: the body is exactly Content-Length bytes (or none)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    announced = max(announced, int(value))
+                except ValueError:
+                    framed = False
+            elif name == b"transfer-encoding":
+                framed = False
+            elif name == b"x-forwarded-proto" and value == b"https":
+                https = True
+        security = _security_headers(path, https)
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
         received = 0
         refused = False  # the body went over the cap and the 413 went out
 
@@ -69,14 +88,18 @@ class HttpEdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                headers = list(message.get("headers", ()))
-                if headers:
-                    present = {name.lower() for name, _ in headers}
-                    headers.extend(h for h in security if h[0] not in present)
+                headers = message.get("headers")
+                if not headers:
+                    message["headers"] = [*security, id_header]
+                elif _SECURITY_NAMES.isdisjoint(name.lower() for name, _ in headers):
+                    message["headers"] = [*headers, *security, id_header]
                 else:
-                    headers.extend(security)
-                headers.append(id_header)
-                message["headers"] = headers
+                    present = {name.lower() for name, _ in headers}
+                    message["headers"] = [
+                        *headers,
+                        *(h for h in security if h[0] not in present),
+                        id_header,
+                    ]
             await send(message)
 
         async def counting_receive() -> Message:
@@ -114,8 +137,14 @@ class HttpEdgeMiddleware:
                     instance="",
                 )
                 return
-            if _announced_over(scope, limit):
+            if announced > limit:
                 await _refuse_body(edge_send, path, limit)
+                return
+            if framed and scope.get("http_version") in _FRAMED_VERSIONS:
+                # HTTP/1.x: a request without Transfer-Encoding has exactly the body its
+                # Content-Length announces (none without one), which is within the cap: nothing
+                # to count, and the app's messages go out without the counting wrapper.
+                await self.app(scope, receive, edge_send)
                 return
             try:
                 await self.app(scope, counting_receive, app_send)
@@ -123,34 +152,31 @@ class HttpEdgeMiddleware:
                 if not response_started:
                     await _refuse_body(edge_send, path, limit)
         finally:
-            if access_log.isEnabledFor(logging.INFO):
+            if access_log.isEnabledFor(INFO):
                 route = scope.get("route")
-                access_log.info(
+                # The record is made and handed to the handlers directly: Logger.info would
+                # also look up the caller's file and line, which no access line shows.
+                record = access_log.makeRecord(
+                    _ACCESS_LOGGER,
+                    INFO,
+                    __file__,
+                    0,
                     "request",
+                    (),
+                    None,
                     extra={
                         "request_id": request_id,
                         "method": scope.get("method"),
                         "route": getattr(route, "path", None) or "(unmatched)",
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round((perf_counter() - started) * 1000, 2),
                     },
                 )
+                access_log.handle(record)
 
 
 class _BodyTooLarge(Exception):
     pass
-
-
-def _announced_over(scope: Scope, limit: int) -> bool:
-    """Whether the request's Content-Length says its body is over ``limit``."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                if int(value) > limit:
-                    return True
-            except ValueError:
-                pass
-    return False
 
 
 async def _refuse_body(send: Send, path: str, limit: int) -> None:
@@ -243,6 +269,10 @@ _SECURITY_HEADERS = {
 }
 
 
+# The names of the security headers (a response's own header of one of these names is kept).
+_SECURITY_NAMES = frozenset(name for headers in _SECURITY_HEADERS.values() for name, _ in headers)
+
+
 def _security_headers(path: str, https: bool) -> SecurityHeaders:
     if path in ("/docs", "/redoc"):
         kind = "docs"
@@ -251,13 +281,6 @@ def _security_headers(path: str, https: bool) -> SecurityHeaders:
     else:
         kind = "other"
     return _SECURITY_HEADERS[kind, https]
-
-
-def _is_https(scope: Scope) -> bool:
-    if scope.get("scheme") == "https":
-        return True
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    return any(n == b"x-forwarded-proto" and v == b"https" for n, v in headers)
 
 
 def client_ip(scope_or_request: Any, *, trust_proxy: bool) -> str:

@@ -8,6 +8,7 @@ workers, passes a stop signal on, and exits when they have."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -15,8 +16,73 @@ import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class _CoalescingTransport:
+    """A connection's transport that sends what is written to it in one step of the event loop
+    as one write: uvicorn writes a response's status line and headers, then its body, and each
+    write is a system call (and, on loopback, a packet the client wakes up for). The writes are
+    kept in order and sent by a callback scheduled at the first one; closing sends them first.
+    Everything else is the real transport's."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        self._pending = None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with one write per response (:class:`_CoalescingTransport`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        coalescing: Any = _CoalescingTransport(transport, self.loop)
+        super().connection_made(coalescing)
+
+
+def server_options(*, proxy_headers: bool) -> dict[str, Any]:
+    """How every ``leadmarket serve`` process runs uvicorn: httptools with one write per
+    response; uvicorn's access log off (ours, ``leadmarket.access``, logs route templates, and
+    uvicorn's built each line's arguments before asking whether its disabled logger wanted
+    them); no ``server: uvicorn`` header (it tells strangers what to attack, and every response
+    paid for it). The ``date`` header stays (RFC 9110 wants it)."""
+    return {
+        "http": CoalescingHttpToolsProtocol,
+        "loop": "uvloop",
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": proxy_headers,
+    }
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -32,9 +98,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _worker(build_app: Callable[[], FastAPI], host: str, port: int, proxy_headers: bool) -> None:
     import uvicorn
 
-    config = uvicorn.Config(
-        build_app(), log_config=None, proxy_headers=proxy_headers, access_log=False
-    )
+    config = uvicorn.Config(build_app(), **server_options(proxy_headers=proxy_headers))
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 
