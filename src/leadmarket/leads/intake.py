@@ -428,7 +428,9 @@ async def write_leads(
     await _insert(session, [s for _, s in accepted], batch, now)
     # M6: low-quality and velocity leads become fraud signals against their seller, tallied
     # per batch (nothing at all for a clean batch).
-    await record_intake_signals(session, kit.settings, [s.prepared.lead for _, s in accepted])
+    await record_intake_signals(
+        session, kit.settings, [s.prepared.lead for _, s in accepted], driver=batch.driver
+    )
     outcomes = [o for o in batch.outcomes if o is not None]
     assert len(outcomes) == len(submissions)
     return outcomes
