@@ -5,7 +5,9 @@ duplicates and idempotency."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import json
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import phonenumbers
@@ -13,10 +15,18 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.config import Settings
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.idempotency import purge_expired_records
 from leadmarket.leads import quality
-from leadmarket.leads.schemas import ConsumerPhone, normalize_consumer_phone
+from leadmarket.leads.intake import LeadsKit, created_answer, prepare_lead
+from leadmarket.leads.previews import preview_of, quality_of
+from leadmarket.leads.schemas import (
+    ConsumerPhone,
+    LeadCreatedOut,
+    LeadIn,
+    normalize_consumer_phone,
+)
 from leadmarket.models import (
     Consent,
     ConsentText,
@@ -462,3 +472,32 @@ def test_the_worker_forgets_idempotency_answers_every_hour() -> None:
 
     kinds = {k.kind: k.every for k in build_registry().periodic_kinds}
     assert kinds[PURGE_JOB_KIND] == dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize("gpc", [False, True])
+def test_the_created_answer_is_the_models_dump(settings: Settings, gpc: bool) -> None:
+    """``created_answer`` builds the 201 body as plain data: it must be what the response
+    models (``LeadCreatedOut`` with ``preview_of``/``quality_of``) dump, to the last field."""
+    kit = LeadsKit(settings)
+    body = lead_body()
+    body["consent"]["global_privacy_control"] = gpc
+    prepared = prepare_lead(
+        kit, seller_id="usr_x", seller_username="x", data=LeadIn.model_validate(body), source="api"
+    )
+    signals = [quality.Signal("landline", "The phone is a landline.", -5)]
+    prepared.lead["quality_score"] = quality.score(signals)
+    prepared.lead["quality_reasons"] = [s.as_dict() for s in signals]
+    prepared.lead["preview_attributes"] = {"a": 1.5, "b": True, "c": "x", "d": None, "e": [1]}
+    row = cast(Lead, SimpleNamespace(**prepared.lead))
+    expected = LeadCreatedOut(
+        id=prepared.id,
+        status=row.status,
+        preview=preview_of(row),
+        quality=quality_of(row),
+        consent_certificate=prepared.consent["certificate"],
+    ).model_dump(mode="json")
+    answer = created_answer(prepared)
+    assert answer == expected
+    assert list(answer) == list(expected)
+    assert list(answer["preview"]) == list(expected["preview"])
+    assert json.dumps(answer) == json.dumps(expected)

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import unicodedata
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import email_validator
 import phonenumbers
-from phonenumbers.phonenumberutil import _number_type_helper
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+from email_validator.syntax import (
+    DomainNameValidationResult,
+    split_email,
+    validate_email_domain_name,
+    validate_email_length,
+    validate_email_local_part,
+)
+from phonenumbers import PhoneNumberType
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, _number_type_helper
+from phonenumbers.re_util import enable_pattern_cache, re_compile
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -88,26 +102,129 @@ class ConsumerPhone(str):
     area_code: str
 
 
+# phonenumbers looks each metadata pattern up again on every use; with its own cache (a dict
+# bounded by the metadata's patterns) the lookup is a dict get instead of re.compile's.
+enable_pattern_cache()
+
+
+@functools.lru_cache(maxsize=4096)
+def _email_domain(
+    domain: str, test_environment: bool, globally_deliverable: bool
+) -> DomainNameValidationResult:
+    """email-validator's check of the part after the @-sign, which depends on nothing else:
+    kept for the domains that come again and again (gmail.com). Refusals are not kept."""
+    return validate_email_domain_name(
+        domain, test_environment=test_environment, globally_deliverable=globally_deliverable
+    )
+
+
+def _validated_email(value: str) -> ValidatedEmail:
+    """``validate_email(value, check_deliverability=False)``, step for step in its order, with
+    the domain's result taken from :func:`_email_domain`. The rare forms (a display name, a
+    quoted local part, a bracketed address, nothing after the @-sign, a local part that Unicode
+    normalization changes) go to ``validate_email`` itself."""
+    display_name, original_local_part, local_part, quoted, domain_part = split_email(value)
+    if (
+        display_name is not None
+        or quoted
+        or not domain_part
+        or domain_part.startswith("[")
+        or unicodedata.normalize("NFC", local_part) != local_part
+    ):
+        return validate_email(value, check_deliverability=False)
+    local = validate_email_local_part(
+        local_part,
+        allow_smtputf8=email_validator.ALLOW_SMTPUTF8,
+        allow_empty_local=email_validator.ALLOW_EMPTY_LOCAL,
+        quoted_local_part=False,
+        strict=email_validator.STRICT,
+    )
+    domain = _email_domain(
+        domain_part, email_validator.TEST_ENVIRONMENT, email_validator.GLOBALLY_DELIVERABLE
+    )
+    info = ValidatedEmail()
+    info.original = original_local_part + "@" + domain_part
+    info.display_name = None
+    info.smtputf8 = local["smtputf8"]
+    info.local_part = local["local_part"]
+    info.ascii_local_part = local["ascii_local_part"]
+    if (
+        info.ascii_local_part is not None
+        and info.ascii_local_part.lower() in CASE_INSENSITIVE_MAILBOX_NAMES
+        and info.local_part is not None
+    ):
+        info.ascii_local_part = info.ascii_local_part.lower()
+        info.local_part = info.local_part.lower()
+    info.domain = domain["domain"]
+    info.ascii_domain = domain["ascii_domain"]
+    info.normalized = info.local_part + "@" + info.domain
+    info.ascii_email = (
+        info.ascii_local_part + "@" + info.ascii_domain
+        if info.ascii_local_part and info.ascii_domain
+        else None
+    )
+    validate_email_length(info)
+    return info
+
+
+def normalize_consumer_email(value: str) -> str:
+    """:func:`~leadmarket.accounts.schemas.normalize_email` (same answers, same refusals), with
+    the domain's validation remembered: every lead carries an email, most at a few domains."""
+    try:
+        info = _validated_email(value)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return info.normalized.lower()
+
+
+ConsumerEmail = Annotated[str, Field(max_length=320), AfterValidator(normalize_consumer_email)]
+
+
+def _region_and_type(number: phonenumbers.PhoneNumber) -> tuple[str | None, int]:
+    """The number's region (what ``region_code_for_number`` answers) and its line type in that
+    region (what ``number_type`` answers; UNKNOWN when the number is not valid there), for a
+    North American (+1) number. Walks the NANPA regions the way ``region_code_for_number``
+    does, but keeps the line type it computes on the way instead of computing it twice more
+    (for validity, then for the type): the type helper is the expensive part of validation."""
+    national = phonenumbers.national_significant_number(number)
+    for region in COUNTRY_CODE_TO_REGION_CODE[1]:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+        if metadata is None:
+            continue
+        if metadata.leading_digits is not None:
+            if re_compile(metadata.leading_digits).match(national):
+                return region, _number_type_helper(national, metadata)
+        else:
+            line_type = _number_type_helper(national, metadata)
+            if line_type != PhoneNumberType.UNKNOWN:
+                return region, line_type
+    return None, PhoneNumberType.UNKNOWN
+
+
+def _other_country(number: phonenumbers.PhoneNumber) -> str:
+    """Why a number outside +1 is refused, as for any number: invalid, or not North American."""
+    region = phonenumbers.region_code_for_number(number)
+    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
+        return "This phone number does not exist."
+    return "Use a United States or Canadian phone number."
+
+
 def normalize_consumer_phone(value: str, country: str) -> str:
     try:
         number = phonenumbers.parse(value, country)
     except phonenumbers.NumberParseException:
         raise ValueError("Not a phone number.") from None
-    # is_valid_number(number) is exactly is_valid_number_for_region(number, its region); finding
-    # the region walks the patterns of every NANPA country, so it is done once, for both checks.
-    region = phonenumbers.region_code_for_number(number)
-    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
+    if number.country_code != 1:
+        raise ValueError(_other_country(number))
+    # is_valid_number(number) is exactly is_valid_number_for_region(number, its region), which
+    # is "its type in that region is not UNKNOWN": region, validity and line type in one walk.
+    region, line_type = _region_and_type(number)
+    if region is None or line_type == PhoneNumberType.UNKNOWN:
         raise ValueError("This phone number does not exist.")
     if region not in ("US", "CA"):
         raise ValueError("Use a United States or Canadian phone number.")
     phone = ConsumerPhone(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-    # What phonenumbers.number_type(number) returns: its type helper under the metadata of the
-    # number's region, which number_type would find again by walking the NANPA countries.
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    assert metadata is not None  # the number was just found valid in this region
-    phone.line_type = _number_type_helper(
-        phonenumbers.national_significant_number(number), metadata
-    )
+    phone.line_type = line_type
     phone.area_code = str(number.national_number)[:3]
     return phone
 
@@ -115,7 +232,7 @@ def normalize_consumer_phone(value: str, country: str) -> str:
 class ContactIn(RequestModel):
     first_name: PersonNamePart
     last_name: PersonNamePart
-    email: Email
+    email: ConsumerEmail
     birth_date: Annotated[dt.date, AfterValidator(check_birth_date)]
     # Before phone, so the phone is read in the address's country.
     address: AddressIn

@@ -18,6 +18,7 @@ import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import String, any_, delete, exists, literal, select
@@ -54,6 +55,14 @@ def _context(lead_id: str, field: str) -> bytes:
     return f"lead|{lead_id}|{field}".encode()
 
 
+def _json(value: Any) -> bytes:
+    """``json.dumps(value).encode()``; a string (nine of a lead's ten fields) goes straight to
+    the encoder ``json.dumps`` itself ends in for one."""
+    if type(value) is str:
+        return encode_basestring_ascii(value).encode()
+    return json.dumps(value).encode()
+
+
 @dataclass(frozen=True)
 class Sealed:
     """A lead's vault row before it is written: the wrapped data key and the sealed fields."""
@@ -69,9 +78,7 @@ def seal_fields(keyring: Keyring, lead_id: str, values: Mapping[str, Any]) -> Se
     data_key = new_data_key()
     sealer = Sealer(data_key)
     sealed = {
-        field: base64.b64encode(
-            sealer.seal(json.dumps(value).encode(), _context(lead_id, field))
-        ).decode()
+        field: base64.b64encode(sealer.seal(_json(value), _context(lead_id, field))).decode()
         for field, value in values.items()
         if value is not None
     }
