@@ -44,6 +44,9 @@ async def postgres_driver(session: AsyncSession) -> Driver | None:
 # Everything a batch's rules ask the database, in one round trip; each branch is tagged with
 # what it answers. Velocity counts stop at their cap: the signals only ask "at least the
 # limit?", and a seller posting thousands a minute must not make every batch count them all.
+# The duplicate look-up probes the index once per digest (LATERAL): with "digest = ANY(…)" and
+# statistics a little behind a growing table, PostgreSQL chose to read every email and phone
+# index row of the whole window and filter them, so each batch cost more than the one before.
 FIND = """
 SELECT 'replay' AS what, principal AS a, key AS b, request_sha256 AS c,
        response::text AS d, status_code AS n, NULL::timestamptz AS at
@@ -54,10 +57,14 @@ SELECT 'opted_out', kind, digest, NULL, NULL, NULL, NULL
 FROM consumer_opt_outs
 WHERE digest = ANY($3::text[])
 UNION ALL
-SELECT 'recent', digest, vertical, lead_id, NULL, NULL, created_at
-FROM lead_blind_indexes
-WHERE kind = ANY($4::text[]) AND digest = ANY($5::text[]) AND vertical = ANY($6::text[])
-  AND created_at > $7
+SELECT 'recent', b.digest, b.vertical, b.lead_id, NULL, NULL, b.created_at
+FROM unnest($5::text[]) AS d(digest)
+CROSS JOIN LATERAL (
+    SELECT digest, vertical, lead_id, created_at FROM lead_blind_indexes
+    WHERE kind = ANY($4::text[]) AND digest = d.digest AND created_at > $7
+      AND vertical = ANY($6::text[])
+    OFFSET 0  -- kept a subquery run per digest: not flattened into a join planned as above
+) AS b
 UNION ALL
 SELECT 'seller', k.key, NULL, NULL, NULL, (
     SELECT count(*) FROM (
