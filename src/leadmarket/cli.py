@@ -72,6 +72,7 @@ def serve(
     """Run the web service (and, unless LEADMARKET_RUN_JOBS_IN_PROCESS=false, the job worker)."""
     import uvicorn
 
+    from leadmarket.kit import gcpolicy
     from leadmarket.kit.logs import configure_logging
     from leadmarket.kit.migrate import upgrade_to_head
     from leadmarket.kit.serving import serve_workers, server_options
@@ -93,8 +94,10 @@ def serve(
             proxy_headers=settings.trust_proxy_headers,
         )
         return
+    served = build_app()
+    gcpolicy.enable()
     uvicorn.run(
-        build_app(),
+        served,
         host=host,
         port=port,
         **server_options(proxy_headers=settings.trust_proxy_headers),

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.campaigns import service
 from leadmarket.campaigns.schemas import AGE_CEILING, DAYS
+from leadmarket.kit import gcpolicy
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.leads.previews import AGE_BANDS
 from leadmarket.models import Campaign, Lead
@@ -595,6 +596,7 @@ class MatchingIndex:
             self._snapshot = snapshot
             self._checked_at = clock
             self.rebuilds += 1
+            gcpolicy.settle()  # the old index goes, the new one is frozen (served processes)
             return snapshot
 
     async def current_from(self, db: Database) -> CampaignIndex:

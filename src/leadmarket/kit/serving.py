@@ -21,6 +21,8 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from leadmarket.kit import gcpolicy
+
 
 class _CoalescingTransport:
     """A connection's transport that sends what is written to it in one step of the event loop
@@ -98,7 +100,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _worker(build_app: Callable[[], FastAPI], host: str, port: int, proxy_headers: bool) -> None:
     import uvicorn
 
-    config = uvicorn.Config(build_app(), **server_options(proxy_headers=proxy_headers))
+    app = build_app()
+    gcpolicy.enable()
+    config = uvicorn.Config(app, **server_options(proxy_headers=proxy_headers))
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 
