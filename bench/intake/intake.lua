@@ -22,20 +22,10 @@ function setup(thread)
    thread_count = thread_count + 1
 end
 
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clock_id, bench_timespec *tp);
-]]
-local CLOCK_MONOTONIC = 1
-local clock_now = ffi.new("bench_timespec")
+-- bench/pacing.lua, beside this script's folder.
+local pacer = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)[^/]+/") .. "pacing.lua")
 
-local function now_ms()
-   ffi.C.clock_gettime(CLOCK_MONOTONIC, clock_now)
-   return tonumber(clock_now.tv_sec) * 1000 + tonumber(clock_now.tv_nsec) / 1e6
-end
-
-local shard, headers, marker, expected, filler, interval_ms, next_due
+local shard, headers, marker, expected, filler, paced
 local exhausted = false
 local first_call = true
 answered = 0
@@ -62,19 +52,10 @@ local function intake_delay()
    if exhausted then
       return 20
    end
-   if interval_ms == nil then
+   if paced == nil then
       return 0
    end
-   local now = now_ms()
-   if next_due == nil or next_due < now - 1000 then
-      next_due = now  -- the start, or more than a second behind: do not burst to catch up
-   end
-   local wait = next_due - now
-   next_due = next_due + interval_ms
-   if wait > 0 then
-      return wait
-   end
-   return 0
+   return paced()
 end
 
 local function intake_response(status, _, _)
@@ -101,7 +82,7 @@ function init(args)
       marker = args[4]
       local rate = tonumber(args[5])
       if rate > 0 then
-         interval_ms = 1000 / rate
+         paced = pacer(rate)
       end
       expected = tonumber(args[6 + id])
       filler = wrk.format("GET", "/healthz")

@@ -16,18 +16,8 @@
 --
 -- done() prints one line "BENCH_JSON {...}" with the answers by status and the latency.
 
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clock_id, bench_timespec *tp);
-]]
-local CLOCK_MONOTONIC = 1
-local clock_now = ffi.new("bench_timespec")
-
-local function now_ms()
-   ffi.C.clock_gettime(CLOCK_MONOTONIC, clock_now)
-   return tonumber(clock_now.tv_sec) * 1000 + tonumber(clock_now.tv_nsec) / 1e6
-end
+-- bench/pacing.lua, beside this script's folder.
+local pacer = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)[^/]+/") .. "pacing.lua")
 
 local threads = {}
 local thread_count = 0
@@ -51,22 +41,6 @@ local function ping_request()
    return wrk.format("POST", "/api/v1/ping", headers, body)
 end
 
-local interval_ms, next_due
-
--- wrk calls delay() before each request: the milliseconds until this thread's next slot.
-local function paced()
-   local now = now_ms()
-   if next_due == nil or next_due < now - 1000 then
-      next_due = now  -- the start, or more than a second behind: do not burst to catch up
-   end
-   local wait = next_due - now
-   next_due = next_due + interval_ms
-   if wait > 0 then
-      return wait
-   end
-   return 0
-end
-
 function init(args)
    if args[1] == "ping" then
       shard_path = args[2] .. id .. ".jsonl"
@@ -78,8 +52,7 @@ function init(args)
       request = ping_request
       local rate = tonumber(args[4] or "0")
       if rate > 0 then
-         interval_ms = 1000 / rate
-         delay = paced
+         delay = pacer(rate)
       end
    end
 end
