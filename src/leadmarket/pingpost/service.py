@@ -55,7 +55,7 @@ import hmac
 import json
 import ssl
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast
 
@@ -319,30 +319,33 @@ def ranking(
     return [b if b.cents <= price else Bid(b.campaign, price) for b in ranked]
 
 
+_NO_SECRETS: Mapping[str, str | None] = {}
+
+
 def _candidates(
     matched: Iterable[CompiledCampaign],
     currency: str,
     floor: int,
     *,
-    askable: Collection[str] = frozenset(),
+    secrets: Mapping[str, str | None] = _NO_SECRETS,
 ) -> tuple[list[Bid], list[CompiledCampaign]]:
     """From ``matched`` (best bid first, read only as far as needed: the index hands them out
     lazily): the bids of the campaigns that bid their own price
     and could be in the ranking (at most :data:`RANKED_KEPT`, at or above ``floor``: no other
     can be kept, whatever the endpoints bid), and the campaigns whose endpoint is asked
     (at most :data:`EXTERNAL_ASKED`). With thousands of campaigns, hundreds may match a ping;
-    making a bid of each only to keep ten was most of a ping's own cost. ``askable``: the buyers
-    whose endpoints may be asked (they have a signing secret); a campaign with an endpoint whose
-    buyer is not among them does not bid (when there are none, the first few bids are all
-    there is)."""
+    making a bid of each only to keep ten was most of a ping's own cost. ``secrets``: the signing
+    secrets of the buyers with endpoints; a campaign with an endpoint whose buyer has none
+    (None, or not listed) is not asked and does not bid (when no buyer has one, the first few
+    bids are all there is)."""
     bids: list[Bid] = []
     external: list[CompiledCampaign] = []
-    asking = EXTERNAL_ASKED if askable else 0
+    asking = EXTERNAL_ASKED if secrets else 0
     for campaign in matched:
         if campaign.currency != currency:
             continue
         if campaign.ping_url is not None:
-            if len(external) < asking and campaign.buyer_id in askable:
+            if len(external) < asking and secrets.get(campaign.buyer_id) is not None:
                 external.append(campaign)
         elif len(bids) < RANKED_KEPT and campaign.bid_cents >= floor:
             bids.append(Bid(campaign, campaign.bid_cents))
@@ -394,22 +397,20 @@ async def _ask_buyer(
 
 async def _external_bids(
     kit: PingKit,
-    index: CampaignIndex,
+    secrets: Mapping[str, str | None],
     asked: Sequence[CompiledCampaign],
     ping_id: str,
     preview: LeadPreview,
     data: PingIn,
     started: float,
 ) -> list[Bid]:
-    """Ask every endpoint whose buyer has a signing secret at once, each request signed with
-    it; each gets ``ping_buyer_timeout_ms``, all of them together no more than what is left
-    of ``ping_deadline_ms``. Whoever has not answered by then is cancelled and does not bid."""
+    """Ask every endpoint of ``asked`` at once, each request signed with its buyer's secret
+    (``secrets``: :func:`_candidates` chose only buyers who have one). Each gets
+    ``ping_buyer_timeout_ms``, all of them together no more than what is left of
+    ``ping_deadline_ms``. Whoever has not answered by then is cancelled and does not bid."""
     settings = kit.settings
     per_buyer = settings.ping_buyer_timeout_ms / 1000
-    secrets = await kit.signing_secrets(index, {c.buyer_id for c in asked})
-    campaigns = [c for c in asked if secrets.get(c.buyer_id) is not None]
-    if not campaigns:
-        return []
+    campaigns = list(asked)
     timestamp = int(time.time())
 
     async def ask(campaign: CompiledCampaign) -> int | None:
@@ -464,20 +465,19 @@ async def ping(kit: PingKit, *, seller: User, api_key_id: str | None, data: Ping
         country=data.country,
     )
     index = await kit.index.current_from(kit.db)
-    askable: frozenset[str] = frozenset()
+    secrets: Mapping[str, str | None] = {}
     if index.has_endpoints(checked.vertical):
         # Only endpoints whose buyer has a signing secret are asked (pings are signed); the
         # others must not take the places of those that can be (cached per index snapshot).
         secrets = await kit.signing_secrets(index, index.endpoint_buyers(checked.vertical))
-        askable = frozenset(buyer for buyer, secret in secrets.items() if secret is not None)
     bids, external = _candidates(
         index.matching(preview, now, data.currency),
         data.currency,
         data.min_price_cents,
-        askable=askable,
+        secrets=secrets,
     )
     if external:
-        bids += await _external_bids(kit, index, external, ping_id, preview, data, started)
+        bids += await _external_bids(kit, secrets, external, ping_id, preview, data, started)
     ranked = ranking(
         bids,
         rule=kit.settings.ping_price_rule,
