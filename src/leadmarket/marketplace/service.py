@@ -325,6 +325,28 @@ async def auction_view(
     return _view(auction, settings, lead), await _standing(session, lead, auction, viewer.id)
 
 
+async def _own_standing_max(
+    session: AsyncSession, lead: Lead | None, auction: Auction | None, buyer_id: str
+) -> int | None:
+    """The maximum ``buyer_id`` stands with on a shared lead without leading it (their last
+    bid), or None. (On an exclusive lead such a maximum is at most the price, which a new bid
+    must beat anyway; the leader's is the auction's.)"""
+    if (
+        lead is None
+        or auction is None
+        or auction.leader_id in (None, buyer_id)
+        or places_left(lead) <= 1
+    ):
+        return None
+    own: int | None = await session.scalar(
+        select(Bid.max_cents)
+        .where(Bid.lead_id == lead.id, Bid.buyer_id == buyer_id)
+        .order_by(Bid.created_at.desc(), Bid.id.desc())
+        .limit(1)
+    )
+    return own
+
+
 def _judge(
     lead: Lead | None,
     auction: Auction | None,
@@ -332,9 +354,12 @@ def _judge(
     amount_cents: int,
     settings: Settings,
     now: dt.datetime,
+    own_max: int | None = None,
 ) -> bool:
     """Refuse the bid if the lead and its auction (None: no bid yet) say so; whether the buyer
-    is raising their own leading maximum."""
+    is raising their own leading maximum. ``own_max``: the buyer's standing maximum when they
+    bid before without leading (a shared lead, where such a bidder may bid again): a maximum
+    only rises, so the new one must beat it by the increment."""
     if lead is None or not may_see(lead, buyer):
         raise NotFound("No such lead.")
     if lead.seller_id == buyer.id:
@@ -347,16 +372,19 @@ def _judge(
     if now >= ends_at:
         raise AuctionClosed(f"This auction ended at {ends_at.isoformat()}.")
     raising = auction is not None and auction.leader_id == buyer.id
+    above_own = raising
     if auction is not None and raising:
         minimum = (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
     elif auction is not None:
         minimum = _minimum_bid(auction, settings, lead)
+        if own_max is not None and own_max + settings.auction_min_increment_cents > minimum:
+            minimum, above_own = own_max + settings.auction_min_increment_cents, True
     else:
         minimum = settings.auction_opening_bid_cents
     if amount_cents < minimum:
         raise BidTooLow(
             f"The lowest bid accepted now is {minimum} cents"
-            + (" (above your own maximum)." if raising else "."),
+            + (" (above your own maximum)." if above_own else "."),
             extra={"minimum_bid_cents": minimum},
         )
     return raising
@@ -389,7 +417,15 @@ async def place_bid(
     lead = await _locked_lead(session, lead_id)
     now = utcnow()  # taken under the lock: bids' times follow the order they were judged in
     existing = await session.get(Auction, lead_id, populate_existing=True)
-    raising = _judge(lead, existing, buyer, amount_cents, settings, now)
+    raising = _judge(
+        lead,
+        existing,
+        buyer,
+        amount_cents,
+        settings,
+        now,
+        await _own_standing_max(session, lead, existing, buyer.id),
+    )
     assert lead is not None
     auction = existing or await _auction_of(session, lead)
 
@@ -405,6 +441,9 @@ async def place_bid(
         leads, price = True, min(amount_cents, (previous_max or 0) + increment)
     else:  # the leader's proxy answers; an equal maximum loses to the earlier bid
         leads, price = False, min(previous_max or 0, amount_cents + increment)
+        # A shared lead takes bids below the price (they may win a lower place): the price,
+        # one increment above the best maximum under the leader's, never falls for them.
+        price = max(price, auction.current_price_cents or 0)
     leader_max = amount_cents if leads else (previous_max or 0)
     reserve = lead.reserve_cents or 0
     if reserve and leader_max >= reserve:
