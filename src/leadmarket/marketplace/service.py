@@ -29,13 +29,19 @@ Pages follow along through :mod:`leadmarket.kit.realtime`, published after commi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
-from leadmarket.campaigns.matching import LeadPreview, claim_campaign, eligible_campaigns
+from leadmarket.campaigns.matching import (
+    CompiledCampaign,
+    LeadPreview,
+    claim_campaign,
+    eligible_campaigns,
+)
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
@@ -49,6 +55,7 @@ from leadmarket.ledger.service import (
     hold_of,
     lock_buyer_accounts,
     release_hold,
+    wallet_balances,
     wallet_summary,
 )
 from leadmarket.models import (
@@ -56,6 +63,7 @@ from leadmarket.models import (
     AuctionOutcome,
     Bid,
     BidStatus,
+    Campaign,
     HoldStatus,
     Lead,
     LeadStatus,
@@ -535,16 +543,20 @@ async def end_auction(
     *,
     now: dt.datetime | None = None,
     tell: bool = True,
+    buyer_next: str | None = None,
 ) -> Auction | None:
     """Close ``lead``'s auction (its row must be locked by the caller) without a winner from
     the bidding: the lead left the market, was bought outright, or the time ran out below the
     reserve. Every hold is released and every bid lost. None when nobody ever bid. The bidders
     are told after the commit, unless ``tell`` is False: the caller tells them itself (the
-    fraud review, whose notice says why and names the seller, M6)."""
+    fraud review, whose notice says why and names the seller, M6). ``buyer_next``: the buyer
+    this transaction sells to next (buy-now), whose accounts are locked with the leader's."""
     now = now or utcnow()
     auction = await session.get(Auction, lead.id, populate_existing=True)
     if auction is None or auction.closed_at is not None:
         return auction
+    if buyer_next is not None and auction.leader_id not in (None, buyer_next):
+        await lock_buyer_accounts(session, lead.currency, [buyer_next, auction.leader_id])
     if auction.leader_bid_id is not None:
         await release_hold(session, auction.leader_bid_id)
     await session.execute(
@@ -564,6 +576,131 @@ async def end_auction(
 # Buyer campaigns bidding (issue 4 §2) -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _CampaignBid:
+    campaign_id: str
+    buyer_id: str
+    cents: int
+
+
+def _campaign_bids(lead: Lead, shortlist: list[CompiledCampaign]) -> list[_CampaignBid]:
+    """The proxy bids the campaigns would place on ``lead``, highest first: each buyer's best
+    matching campaign in the lead's currency (never the seller's own)."""
+    seen = {lead.seller_id}
+    bids: list[_CampaignBid] = []
+    for campaign in shortlist:
+        if campaign.buyer_id in seen or campaign.currency != lead.currency:
+            continue
+        seen.add(campaign.buyer_id)
+        bids.append(_CampaignBid(campaign.id, campaign.buyer_id, campaign.bid_cents))
+    return bids
+
+
+async def _leaders(session: AsyncSession, lead_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """Each of these auctions' leader and their maximum (auctions with a leader only)."""
+    rows = await session.execute(
+        select(Auction.lead_id, Auction.leader_id, Auction.leader_max_cents).where(
+            Auction.lead_id.in_(lead_ids), Auction.leader_id.is_not(None)
+        )
+    )
+    return {str(lead_id): (str(leader), int(top or 0)) for lead_id, leader, top in rows.all()}
+
+
+async def _lock_campaign_bidders(
+    session: AsyncSession, plans: list[tuple[Lead, list[_CampaignBid]]]
+) -> set[str]:
+    """Lock, all at once in the ledger's global order, the accounts of every buyer the
+    campaigns' bids on these leads may move money for: each auction's leader (released when
+    outbid) and the campaign forecast to take the lead (held), the best one whose wallet,
+    read unlocked, covers its bid, with what its forecast leads elsewhere already took. Bids
+    below the leader's maximum move nobody's money. The buyers locked."""
+    leaders = await _leaders(session, [lead.id for lead, _ in plans])
+    balances: dict[str, dict[str, int]] = {}
+    for lead, bids in plans:
+        top = leaders.get(lead.id, ("", 0))[1]
+        wanted = {b.buyer_id for b in bids if b.cents > top}
+        known = balances.setdefault(lead.currency, {})
+        missing = wanted - known.keys()
+        if missing:
+            known.update(await wallet_balances(session, lead.currency, missing))
+    locked: set[str] = set()
+    for lead, bids in plans:
+        leader, top = leaders.get(lead.id, ("", 0))
+        if leader:
+            locked.add(leader)
+        wallets = balances.get(lead.currency, {})
+        for bid in bids:
+            if bid.cents > top and wallets.get(bid.buyer_id, 0) >= bid.cents:
+                locked.add(bid.buyer_id)
+                wallets[bid.buyer_id] -= bid.cents
+                break
+    await lock_buyer_accounts(session, {lead.currency for lead, _ in plans}, locked)
+    return locked
+
+
+async def _campaigns_bid(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead: Lead,
+    bids: list[_CampaignBid],
+    locked: set[str],
+    now: dt.datetime,
+) -> list[str]:
+    auction = await _auction_of(session, lead)
+    auction.campaigns_bid_at = now
+    await session.flush()
+    placed: list[str] = []
+    for pick in bids:  # highest bid first, so the others rarely need a hold
+        if pick.buyer_id not in locked and pick.cents > (auction.leader_max_cents or 0):
+            # It would lead and hold funds, but its accounts were not locked up front (the
+            # forecast of who can pay missed): locking them now could deadlock.
+            continue
+        buyer = await session.get(User, pick.buyer_id)
+        if buyer is None:
+            continue
+        try:
+            async with session.begin_nested():
+                bid = await place_bid(
+                    session,
+                    settings,
+                    broker,
+                    lead_id=lead.id,
+                    buyer=buyer,
+                    amount_cents=pick.cents,
+                    campaign_id=pick.campaign_id,
+                )
+        except DomainError:
+            continue  # too low by now, or the buyer's wallet cannot cover it
+        placed.append(bid.id)
+    return placed
+
+
+async def _bid_for_campaigns_on(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    leads: list[Lead],
+    now: dt.datetime,
+) -> list[str]:
+    if not leads:
+        return []
+    plans = [
+        (
+            lead,
+            _campaign_bids(
+                lead, await eligible_campaigns(session, LeadPreview.of_lead(lead), now=now)
+            ),
+        )
+        for lead in leads
+    ]
+    locked = await _lock_campaign_bidders(session, plans)
+    placed: list[str] = []
+    for lead, bids in plans:
+        placed += await _campaigns_bid(session, settings, broker, lead, bids, locked, now)
+    return placed
+
+
 async def bid_for_campaigns(
     session: AsyncSession,
     settings: Settings,
@@ -576,36 +713,9 @@ async def bid_for_campaigns(
     proxy bids, once per auction: each buyer's best matching campaign bids its ``bid_cents``
     as a maximum. A campaign whose buyer cannot cover it, or whose bid is already beaten,
     simply does not bid. Caps and budget are claimed only if the campaign wins (at the close),
-    so a campaign never buys past them. The ids of the bids placed."""
-    now = now or utcnow()
-    auction = await _auction_of(session, lead)
-    auction.campaigns_bid_at = now
-    await session.flush()
-    shortlist = await eligible_campaigns(session, LeadPreview.of_lead(lead), now=now)
-    placed: list[str] = []
-    seen_buyers = {lead.seller_id}
-    for campaign in shortlist:  # highest bid first, so the others rarely need a hold
-        if campaign.buyer_id in seen_buyers or campaign.currency != lead.currency:
-            continue
-        seen_buyers.add(campaign.buyer_id)
-        buyer = await session.get(User, campaign.buyer_id)
-        if buyer is None:
-            continue
-        try:
-            async with session.begin_nested():
-                bid = await place_bid(
-                    session,
-                    settings,
-                    broker,
-                    lead_id=lead.id,
-                    buyer=buyer,
-                    amount_cents=campaign.bid_cents,
-                    campaign_id=campaign.id,
-                )
-        except DomainError:
-            continue  # too low by now, or the buyer's wallet cannot cover it
-        placed.append(bid.id)
-    return placed
+    so a campaign never buys past them. The accounts the bids may move are locked first, all
+    at once (see :func:`_lock_campaign_bidders`). The ids of the bids placed."""
+    return await _bid_for_campaigns_on(session, settings, broker, [lead], now or utcnow())
 
 
 async def campaigns_bid_on_new_auctions(
@@ -617,7 +727,10 @@ async def campaigns_bid_on_new_auctions(
     limit: int = 50,
 ) -> int:
     """The sweep that brings campaigns to new auctions. Leads are claimed with ``FOR UPDATE
-    SKIP LOCKED``, so several workers share the work and no auction is bid on twice."""
+    SKIP LOCKED``, so several workers share the work and no auction is bid on twice. The
+    buyers' accounts that the bids on all of them may move are locked at once, in the global
+    order, before the first bid: two sweeps (or a sweep and a bid) never lock two buyers in
+    opposite orders."""
     now = now or utcnow()
     leads = list(
         await session.scalars(
@@ -634,8 +747,7 @@ async def campaigns_bid_on_new_auctions(
             .with_for_update(of=Lead, skip_locked=True)
         )
     )
-    for lead in leads:
-        await bid_for_campaigns(session, settings, broker, lead, now=now)
+    await _bid_for_campaigns_on(session, settings, broker, leads, now)
     return len(leads)
 
 
@@ -673,6 +785,50 @@ def _price_for(rank: int, candidates: list[_Candidate], lead: Lead, settings: Se
     return min(price, own)
 
 
+async def lock_money_of(
+    session: AsyncSession,
+    *,
+    closing: Sequence[Lead] = (),
+    ending: Sequence[Lead] = (),
+    buyers: Sequence[str] = (),
+) -> None:
+    """Before the auctions of ``closing`` are closed (sold to their winners) and those of
+    ``ending`` ended without a winner (their rows locked by the caller), lock everything of
+    their buyers' that this will touch, all at once and in one global order: first the
+    campaigns that placed a bid able to win (claimed at the close; ping/post, too, claims a
+    campaign before it moves its buyer's money), by id, then the wallet and held accounts of
+    those bidders, of every leader (whose hold is released) and of ``buyers`` (who buy next in
+    the same transaction: buy-now), by id. Taken one sale at a time instead, two closes
+    selling to the same two buyers in opposite orders would deadlock (issue 4)."""
+    lead_ids = [lead.id for lead in (*closing, *ending)]
+    if not lead_ids:
+        return
+    people = set(buyers) | {leader for leader, _ in (await _leaders(session, lead_ids)).values()}
+    campaigns: set[str] = set()
+    if closing:
+        bids: dict[str, list[Bid]] = {lead.id: [] for lead in closing}
+        for bid in await session.scalars(
+            select(Bid).where(Bid.lead_id.in_(list(bids))).order_by(Bid.created_at, Bid.id)
+        ):
+            bids[bid.lead_id].append(bid)
+        for lead in closing:
+            for candidate in _candidates(bids[lead.id]):
+                if lead.reserve_cents and candidate.max_cents < lead.reserve_cents:
+                    break  # the rest are lower still: no place for them
+                people.add(candidate.buyer_id)
+                if candidate.campaign_id is not None:
+                    campaigns.add(candidate.campaign_id)
+    if campaigns:
+        await session.execute(
+            select(Campaign.id)
+            .where(Campaign.id.in_(sorted(campaigns)))
+            .order_by(Campaign.id)
+            .with_for_update()
+        )
+    currencies = {lead.currency for lead in (*closing, *ending)}
+    await lock_buyer_accounts(session, currencies, people)
+
+
 async def close_auction(
     session: AsyncSession,
     settings: Settings,
@@ -680,6 +836,7 @@ async def close_auction(
     lead: Lead,
     *,
     now: dt.datetime | None = None,
+    money_locked: bool = False,
 ) -> list[str]:
     """End ``lead``'s auction (its row locked by the caller, its time up): sell to the best
     maximums that reach the reserve, as many buyers as the lead has places left (one when
@@ -687,8 +844,12 @@ async def close_auction(
     must still be able to buy (the campaign's caps and budget are claimed now); a winner who
     cannot (a campaign exhausted meanwhile, funds gone) is passed over for the next. With no
     winner the lead is unsold, and its personal data is destroyed 48 hours after the end (L4);
-    so is a shared lead's whose places are not all taken. The ids of the orders made."""
+    so is a shared lead's whose places are not all taken. The campaigns and accounts the close
+    may touch are locked first, all at once (:func:`lock_money_of`), unless the caller did so
+    (``money_locked``). The ids of the orders made."""
     now = now or utcnow()
+    if not money_locked:
+        await lock_money_of(session, closing=[lead])
     auction = await _auction_of(session, lead)
     bids = list(
         await session.scalars(
@@ -788,7 +949,8 @@ async def close_due_auctions(
 ) -> int:
     """The sweep that ends auctions whose time is up, and closes the auctions of leads that
     left the market meanwhile (bought outright, consent withdrawn), releasing their holds.
-    Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several workers share the work."""
+    Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several workers share the work; then
+    the campaigns and accounts all these closes may touch are locked at once, in order."""
     now = now or utcnow()
     due = list(
         await session.scalars(
@@ -803,8 +965,6 @@ async def close_due_auctions(
             .with_for_update(skip_locked=True)
         )
     )
-    for lead in due:
-        await close_auction(session, settings, broker, lead, now=now)
     gone = list(
         await session.scalars(
             select(Lead)
@@ -814,6 +974,10 @@ async def close_due_auctions(
             .with_for_update(of=Lead, skip_locked=True)
         )
     )
+    # Every buyer whose money any of these closes may move, locked before the first moves.
+    await lock_money_of(session, closing=due, ending=gone)
+    for lead in due:
+        await close_auction(session, settings, broker, lead, now=now, money_locked=True)
     for lead in gone:
         await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
     return len(due) + len(gone)
