@@ -32,7 +32,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
@@ -718,6 +718,29 @@ async def bid_for_campaigns(
     return await _bid_for_campaigns_on(session, settings, broker, [lead], now or utcnow())
 
 
+async def _claim_running(
+    session: AsyncSession, now: dt.datetime, limit: int, *conditions: ColumnElement[bool]
+) -> list[Lead]:
+    """Up to ``limit`` leads whose auction runs at ``now`` and meets ``conditions`` (on the
+    lead and its auction row, if any), soonest end first, locked ``FOR UPDATE SKIP LOCKED`` so
+    that several workers' sweeps share them."""
+    return list(
+        await session.scalars(
+            select(Lead)
+            .outerjoin(Auction, Auction.lead_id == Lead.id)
+            .where(
+                Lead.sale_mode == SaleMode.AUCTION.value,
+                Lead.status == LeadStatus.OPEN.value,
+                Lead.auction_ends_at > now,
+                *conditions,
+            )
+            .order_by(Lead.auction_ends_at)
+            .limit(limit)
+            .with_for_update(of=Lead, skip_locked=True)
+        )
+    )
+
+
 async def campaigns_bid_on_new_auctions(
     session: AsyncSession,
     settings: Settings,
@@ -732,22 +755,31 @@ async def campaigns_bid_on_new_auctions(
     order, before the first bid: two sweeps (or a sweep and a bid) never lock two buyers in
     opposite orders."""
     now = now or utcnow()
-    leads = list(
-        await session.scalars(
-            select(Lead)
-            .outerjoin(Auction, Auction.lead_id == Lead.id)
-            .where(
-                Lead.sale_mode == SaleMode.AUCTION.value,
-                Lead.status == LeadStatus.OPEN.value,
-                Lead.auction_ends_at > now,
-                Auction.campaigns_bid_at.is_(None),
-            )
-            .order_by(Lead.auction_ends_at)
-            .limit(limit)
-            .with_for_update(of=Lead, skip_locked=True)
-        )
-    )
+    leads = await _claim_running(session, now, limit, Auction.campaigns_bid_at.is_(None))
     await _bid_for_campaigns_on(session, settings, broker, leads, now)
+    return len(leads)
+
+
+async def open_ending_auctions(
+    session: AsyncSession,
+    *,
+    now: dt.datetime | None = None,
+    horizon: dt.timedelta = dt.timedelta(seconds=30),
+    limit: int = 200,
+) -> int:
+    """The sweep that makes sure every auction's close is queued before its end (M1, L4): the
+    auctions ending within ``horizon`` that nothing has touched yet (no bid, and the campaigns'
+    sweep has not reached them: it bids on at most ``limit`` auctions per turn) get their row
+    now, which queues the ``auctions.close`` job at their end. An auction that ends without a
+    bid is then closed (unsold) at its end, and its personal data's 48 hours run from there,
+    rather than at the next close sweep. Leads are claimed with ``FOR UPDATE SKIP LOCKED``:
+    one locked by a bid is being given its row anyway. The number of auctions opened."""
+    now = now or utcnow()
+    leads = await _claim_running(
+        session, now, limit, Lead.auction_ends_at <= now + horizon, Auction.lead_id.is_(None)
+    )
+    for lead in leads:
+        await _auction_of(session, lead)
     return len(leads)
 
 
