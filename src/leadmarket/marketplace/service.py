@@ -844,12 +844,29 @@ async def lock_money_of(
         ):
             bids[bid.lead_id].append(bid)
         for lead in closing:
-            for candidate in _candidates(bids[lead.id]):
-                if lead.reserve_cents and candidate.max_cents < lead.reserve_cents:
-                    break  # the rest are lower still: no place for them
-                people.add(candidate.buyer_id)
-                if candidate.campaign_id is not None:
-                    campaigns.add(candidate.campaign_id)
+            _may_win(lead, _candidates(bids[lead.id]), people, campaigns)
+    await _lock_in_order(
+        session, {lead.currency for lead in (*closing, *ending)}, people, campaigns
+    )
+
+
+def _may_win(
+    lead: Lead, candidates: list[_Candidate], people: set[str], campaigns: set[str]
+) -> None:
+    """Add to ``people`` and ``campaigns`` the bidders (and their campaigns) whose maximum
+    reaches ``lead``'s reserve: the ones its close may sell to."""
+    for candidate in candidates:
+        if lead.reserve_cents and candidate.max_cents < lead.reserve_cents:
+            break  # the rest are lower still: no place for them
+        people.add(candidate.buyer_id)
+        if candidate.campaign_id is not None:
+            campaigns.add(candidate.campaign_id)
+
+
+async def _lock_in_order(
+    session: AsyncSession, currencies: set[str], people: set[str], campaigns: set[str]
+) -> None:
+    """The campaigns, by id, then the buyers' wallet and held accounts, by id."""
     if campaigns:
         await session.execute(
             select(Campaign.id)
@@ -857,7 +874,6 @@ async def lock_money_of(
             .order_by(Campaign.id)
             .with_for_update()
         )
-    currencies = {lead.currency for lead in (*closing, *ending)}
     await lock_buyer_accounts(session, currencies, people)
 
 
@@ -880,8 +896,6 @@ async def close_auction(
     may touch are locked first, all at once (:func:`lock_money_of`), unless the caller did so
     (``money_locked``). The ids of the orders made."""
     now = now or utcnow()
-    if not money_locked:
-        await lock_money_of(session, closing=[lead])
     auction = await _auction_of(session, lead)
     bids = list(
         await session.scalars(
@@ -889,6 +903,11 @@ async def close_auction(
         )
     )
     candidates = _candidates(bids)
+    if not money_locked:  # as lock_money_of would, from the bids at hand
+        people = {auction.leader_id} if auction.leader_id else set()
+        campaigns: set[str] = set()
+        _may_win(lead, candidates, people, campaigns)
+        await _lock_in_order(session, {lead.currency}, people, campaigns)
     if candidates:
         # A bidder suspended or banned since bidding (fraud review, M6) wins nothing: no
         # consumer's contact goes to an account that was stopped.
