@@ -9,6 +9,9 @@ time and there is exactly one leader at every moment:
   the leader's maximum. Equal maximums: the earlier bid leads.
 * The first bid must reach ``auction_opening_bid_cents``; later ones must beat the price by
   ``auction_min_increment_cents``; the leader may raise their own maximum by at least that much.
+  On a shared lead any bid from the opening up may win a lower place, but a maximum only
+  rises: a bidder who does not lead must beat their own by the increment, and the price
+  never falls because of a lower maximum.
 * Once the leader's maximum reaches the seller's (hidden) reserve, the price is at least the
   reserve. Below it, the auction can end unsold.
 * The leader's maximum is held in their wallet (ledger hold, reference = the bid id), so the
@@ -16,13 +19,21 @@ time and there is exactly one leader at every moment:
   that does not lead holds nothing, but the wallet must be able to cover it.
 * A bid in the last ``auction_extension_minutes`` moves the end to that many minutes after it.
 
-The close happens at the end itself (M1): when an auction's row is made (its first bid, or the
-campaigns' turn) a durable ``auctions.close`` job is queued for its end. The job locks the lead
-and closes the auction only if it is due; an auction extended meanwhile is not closed, the job
-queues its successor at the new end instead. Closing is exactly-once whoever gets there first
-(this job, an older one, the sweep): each holds the lead's lock and acts only while the lead is
-still open. The ten-second sweep remains the safety net (a worker down at the end, an auction
-ending before its row was made).
+The close happens at the end itself (M1): when an auction's row is made (its first bid, the
+campaigns' turn, or, for an auction nobody has touched, a sweep in its last half minute:
+:func:`open_ending_auctions`) a durable ``auctions.close`` job is queued for its end. The job
+locks the lead and closes the auction only if it is due; an auction extended meanwhile is not
+closed, the job queues its successor at the new end instead. Closing is exactly-once whoever
+gets there first (this job, an older one, the sweep): each holds the lead's lock and acts only
+while the lead is still open. The ten-second sweep remains the safety net (a worker down at
+the end, an auction ending before its row was made).
+
+Every transaction here that moves the money of more than one buyer (a bid outbidding another
+buyer, the campaigns' sweep over several auctions, a close selling a shared lead's places, a
+close sweep, a buy-now ending an auction) locks all their ledger accounts up front, in one
+statement and in the order of the accounts' ids (``ledger.lock_buyer_accounts``), and a close
+locks the campaigns able to win before that, by id: two such transactions never hold what
+the other waits for, so PostgreSQL never has to pick a deadlock's victim.
 
 Pages follow along through :mod:`leadmarket.kit.realtime`, published after commit."""
 
