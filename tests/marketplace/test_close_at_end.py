@@ -22,8 +22,9 @@ from leadmarket.kit.realtime import LocalBroker
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace import service
-from leadmarket.marketplace.tasks import CLOSE_DUE_JOB
+from leadmarket.marketplace.tasks import CAMPAIGN_BIDS_JOB, CLOSE_DUE_JOB, OPEN_ENDING_JOB
 from leadmarket.models import Auction, Bid, Job, Lead, Order, User
+from leadmarket.privacy.retention import retention_deadline
 from leadmarket.tasks import build_registry, build_services
 from tests.fixtures.auctions import open_auction
 from tests.fixtures.ledger import fund, make_member
@@ -34,10 +35,12 @@ CLOSE_WITHIN = dt.timedelta(seconds=2)
 
 
 @asynccontextmanager
-async def running_worker(db: Database, settings: Settings) -> AsyncIterator[None]:
+async def running_worker(
+    db: Database, settings: Settings, *, also_without: tuple[str, ...] = ()
+) -> AsyncIterator[None]:
     worker = Worker(
         db,
-        build_registry().without(CLOSE_DUE_JOB),
+        build_registry().without(CLOSE_DUE_JOB, *also_without),
         build_services(settings),
         settings,
         concurrency=2,
@@ -169,3 +172,87 @@ async def test_an_extended_auction_is_not_closed_at_its_old_end(
         (order,) = await session.scalars(select(Order).where(Order.lead_id == lead_id))
         assert order.buyer_id == ana_id
         assert (await verify_ledger(session)).ok
+
+
+async def test_an_auction_without_a_bid_closes_at_its_end_too(
+    committed_db: Database, settings: Settings
+) -> None:
+    """Nobody bid and no campaign came (the campaigns' sweep is left out of this worker, as
+    when it is behind): the sweep that opens auctions about to end queues its close, and the
+    job closes it unsold at its end, starting its data's 48 hours there (L4)."""
+    ends_at = utcnow() + dt.timedelta(seconds=3)
+    async with committed_db.transaction() as session:
+        seller = await make_member(session, "seller")
+        lead_id = (await open_auction(session, seller.id, auction_ends_at=ends_at)).id
+        later_id = (await open_auction(session, seller.id)).id  # ends in an hour
+
+    async with running_worker(committed_db, settings, also_without=(CAMPAIGN_BIDS_JOB,)):
+        auction = await wait_until_closed(committed_db, lead_id, ends_at + 3 * CLOSE_WITHIN)
+        seen_at = utcnow()
+
+    assert seen_at - ends_at < CLOSE_WITHIN
+    assert auction.closed_at is not None
+    assert dt.timedelta(0) <= auction.closed_at - ends_at < CLOSE_WITHIN
+    assert (auction.outcome, auction.bid_count) == ("unsold", 0)
+    async with committed_db.transaction() as session:
+        lead = await session.get(Lead, lead_id)
+        assert lead is not None and lead.status == "unsold"
+        assert lead.pii_expires_at == retention_deadline(ends_at, settings)
+        (close,) = await session.scalars(select(Job).where(Job.kind == service.CLOSE_JOB))
+        assert (close.payload, close.run_at, close.status) == (
+            {"lead_id": lead_id},
+            ends_at,
+            "done",
+        )
+        # The auction ending in an hour is left alone until its end comes near.
+        assert await session.get(Auction, later_id) is None
+
+
+async def test_without_that_sweep_an_untouched_auction_waits_for_the_safety_net(
+    committed_db: Database, settings: Settings
+) -> None:
+    """The control: the same auction, the same worker but for the sweep above, stays open past
+    its end (until the ten-second close sweep, left out here, would come)."""
+    ends_at = utcnow() + dt.timedelta(seconds=1)
+    async with committed_db.transaction() as session:
+        seller = await make_member(session, "seller")
+        lead_id = (await open_auction(session, seller.id, auction_ends_at=ends_at)).id
+
+    async with running_worker(
+        committed_db, settings, also_without=(CAMPAIGN_BIDS_JOB, OPEN_ENDING_JOB)
+    ):
+        await asyncio.sleep((ends_at - utcnow() + CLOSE_WITHIN).total_seconds())
+
+    async with committed_db.transaction() as session:
+        lead = await session.get(Lead, lead_id)
+        assert lead is not None and lead.status == "open"
+        assert await session.get(Auction, lead_id) is None
+
+
+async def test_opening_ending_auctions_queues_each_close_once(
+    committed_db: Database, settings: Settings
+) -> None:
+    now = utcnow()
+    async with committed_db.transaction() as session:
+        seller = await make_member(session, "seller")
+        soon = [
+            (
+                await open_auction(
+                    session, seller.id, auction_ends_at=now + dt.timedelta(seconds=s)
+                )
+            ).id
+            for s in (5, 20)
+        ]
+        await open_auction(session, seller.id, auction_ends_at=now + dt.timedelta(minutes=5))
+        await open_auction(session, seller.id, auction_ends_at=now - dt.timedelta(seconds=1))
+    async with committed_db.transaction() as session:
+        assert await service.open_ending_auctions(session, now=now) == 2
+    async with committed_db.transaction() as session:
+        assert await service.open_ending_auctions(session, now=now) == 0  # once
+        closes = list(await session.scalars(select(Job).where(Job.kind == service.CLOSE_JOB)))
+        assert sorted(j.payload["lead_id"] for j in closes) == sorted(soon)
+        for job in closes:
+            lead = await session.get(Lead, job.payload["lead_id"])
+            assert lead is not None and job.run_at == lead.auction_ends_at
+            auction = await session.get(Auction, lead.id)
+            assert auction is not None and auction.campaigns_bid_at is None  # campaigns still bid

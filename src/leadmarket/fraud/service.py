@@ -56,7 +56,7 @@ from leadmarket.kit.errors import Conflict, FieldError, NotFound, ValidationFail
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.realtime import Broker
 from leadmarket.ledger.service import hold_of
-from leadmarket.marketplace.service import end_auction
+from leadmarket.marketplace.service import end_auction, lock_money_of
 from leadmarket.models import (
     Auction,
     AuctionOutcome,
@@ -324,7 +324,11 @@ async def withdraw_open_leads(
     if only_lead_id is not None:
         query = query.where(Lead.id == only_lead_id)
     result = Withdrawal()
-    for lead in list(await session.scalars(query)):
+    leads = list(await session.scalars(query))
+    # Their auctions' leaders' accounts, all at once in the ledger's order, before the holds
+    # are released one by one (two buyers locked in opposite orders elsewhere would deadlock).
+    await lock_money_of(session, ending=[lead for lead in leads if lead.auction_ends_at])
+    for lead in leads:
         lead.status = LeadStatus.WITHDRAWN.value
         if lead.pii_expires_at is None:
             # Off the market for good: kept no longer than an unsold lead (L4).

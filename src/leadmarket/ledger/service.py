@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -453,25 +453,47 @@ async def hold_funds(
 
 
 async def lock_buyer_accounts(
-    session: AsyncSession, currency: str, buyer_ids: Sequence[str]
+    session: AsyncSession, currency: str | Collection[str], buyer_ids: Collection[str]
 ) -> None:
-    """Lock the wallet and held accounts in ``currency`` of ``buyer_ids`` (those that exist),
-    all at once and in the order of their ids (``SELECT … ORDER BY id FOR UPDATE``; SQLite's
-    write lock already covers them): for a caller about to move the money of several buyers
-    in more than one transaction (an outbid leader's hold released, the bidder's taken).
-    Locked one transaction at a time, they would be taken in the order the caller posts them,
-    which differs between two such callers, and PostgreSQL would make one of them the victim
-    of a deadlock."""
+    """Lock the wallet and held accounts in ``currency`` (one, or several) of ``buyer_ids``
+    (those that exist), all at once and in the order of their ids (``SELECT … ORDER BY id FOR
+    UPDATE``; SQLite's write lock already covers them): for a caller about to move the money
+    of several buyers in more than one transaction (an outbid leader's hold released, the
+    bidder's taken; a sweep bidding on or closing several auctions). Locked one transaction
+    at a time, they would be taken in the order the caller posts them, which differs between
+    two such callers, and PostgreSQL would make one of them the victim of a deadlock. Call it
+    once, before the first of those transactions, for every buyer they may touch: locking
+    another buyer later would break the order."""
+    if not buyer_ids:
+        return
+    currencies = [currency] if isinstance(currency, str) else sorted(set(currency))
     await session.execute(
         select(LedgerAccount.id)
         .where(
             LedgerAccount.owner_key.in_(sorted(set(buyer_ids))),
             LedgerAccount.kind.in_([AccountKind.BUYER_WALLET.value, AccountKind.BUYER_HELD.value]),
-            LedgerAccount.currency == currency,
+            LedgerAccount.currency.in_(currencies),
         )
         .order_by(LedgerAccount.id)
         .with_for_update()
     )
+
+
+async def wallet_balances(
+    session: AsyncSession, currency: str, buyer_ids: Collection[str]
+) -> dict[str, int]:
+    """What each of ``buyer_ids`` has in their wallet in ``currency`` (0 without a wallet), read
+    without a lock: a forecast of who can pay, to decide whose accounts to lock."""
+    found = await session.execute(
+        select(LedgerAccount.owner_key, LedgerAccount.balance_cents).where(
+            LedgerAccount.owner_key.in_(sorted(set(buyer_ids))),
+            LedgerAccount.kind == AccountKind.BUYER_WALLET.value,
+            LedgerAccount.currency == currency,
+        )
+    )
+    balances = dict.fromkeys(buyer_ids, 0)
+    balances.update({str(owner): int(balance) for owner, balance in found.all()})
+    return balances
 
 
 async def release_hold(session: AsyncSession, reference: str) -> LedgerHold:

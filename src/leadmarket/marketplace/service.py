@@ -9,6 +9,9 @@ time and there is exactly one leader at every moment:
   the leader's maximum. Equal maximums: the earlier bid leads.
 * The first bid must reach ``auction_opening_bid_cents``; later ones must beat the price by
   ``auction_min_increment_cents``; the leader may raise their own maximum by at least that much.
+  On a shared lead any bid from the opening up may win a lower place, but a maximum only
+  rises: a bidder who does not lead must beat their own by the increment, and the price
+  never falls because of a lower maximum.
 * Once the leader's maximum reaches the seller's (hidden) reserve, the price is at least the
   reserve. Below it, the auction can end unsold.
 * The leader's maximum is held in their wallet (ledger hold, reference = the bid id), so the
@@ -16,26 +19,40 @@ time and there is exactly one leader at every moment:
   that does not lead holds nothing, but the wallet must be able to cover it.
 * A bid in the last ``auction_extension_minutes`` moves the end to that many minutes after it.
 
-The close happens at the end itself (M1): when an auction's row is made (its first bid, or the
-campaigns' turn) a durable ``auctions.close`` job is queued for its end. The job locks the lead
-and closes the auction only if it is due; an auction extended meanwhile is not closed, the job
-queues its successor at the new end instead. Closing is exactly-once whoever gets there first
-(this job, an older one, the sweep): each holds the lead's lock and acts only while the lead is
-still open. The ten-second sweep remains the safety net (a worker down at the end, an auction
-ending before its row was made).
+The close happens at the end itself (M1): when an auction's row is made (its first bid, the
+campaigns' turn, or, for an auction nobody has touched, a sweep in its last half minute:
+:func:`open_ending_auctions`) a durable ``auctions.close`` job is queued for its end. The job
+locks the lead and closes the auction only if it is due; an auction extended meanwhile is not
+closed, the job queues its successor at the new end instead. Closing is exactly-once whoever
+gets there first (this job, an older one, the sweep): each holds the lead's lock and acts only
+while the lead is still open. The ten-second sweep remains the safety net (a worker down at
+the end, an auction ending before its row was made).
+
+Every transaction here that moves the money of more than one buyer (a bid outbidding another
+buyer, the campaigns' sweep over several auctions, a close selling a shared lead's places, a
+close sweep, a buy-now ending an auction) locks all their ledger accounts up front, in one
+statement and in the order of the accounts' ids (``ledger.lock_buyer_accounts``), and a close
+locks the campaigns able to win before that, by id: two such transactions never hold what
+the other waits for, so PostgreSQL never has to pick a deadlock's victim.
 
 Pages follow along through :mod:`leadmarket.kit.realtime`, published after commit."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.audit.service import Actor
-from leadmarket.campaigns.matching import LeadPreview, claim_campaign, eligible_campaigns
+from leadmarket.campaigns.matching import (
+    CompiledCampaign,
+    LeadPreview,
+    claim_campaign,
+    eligible_campaigns,
+)
 from leadmarket.config import Settings
 from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
@@ -49,6 +66,7 @@ from leadmarket.ledger.service import (
     hold_of,
     lock_buyer_accounts,
     release_hold,
+    wallet_balances,
     wallet_summary,
 )
 from leadmarket.models import (
@@ -56,6 +74,7 @@ from leadmarket.models import (
     AuctionOutcome,
     Bid,
     BidStatus,
+    Campaign,
     HoldStatus,
     Lead,
     LeadStatus,
@@ -325,6 +344,28 @@ async def auction_view(
     return _view(auction, settings, lead), await _standing(session, lead, auction, viewer.id)
 
 
+async def _own_standing_max(
+    session: AsyncSession, lead: Lead | None, auction: Auction | None, buyer_id: str
+) -> int | None:
+    """The maximum ``buyer_id`` stands with on a shared lead without leading it (their last
+    bid), or None. (On an exclusive lead such a maximum is at most the price, which a new bid
+    must beat anyway; the leader's is the auction's.)"""
+    if (
+        lead is None
+        or auction is None
+        or auction.leader_id in (None, buyer_id)
+        or places_left(lead) <= 1
+    ):
+        return None
+    own: int | None = await session.scalar(
+        select(Bid.max_cents)
+        .where(Bid.lead_id == lead.id, Bid.buyer_id == buyer_id)
+        .order_by(Bid.created_at.desc(), Bid.id.desc())
+        .limit(1)
+    )
+    return own
+
+
 def _judge(
     lead: Lead | None,
     auction: Auction | None,
@@ -332,9 +373,12 @@ def _judge(
     amount_cents: int,
     settings: Settings,
     now: dt.datetime,
+    own_max: int | None = None,
 ) -> bool:
     """Refuse the bid if the lead and its auction (None: no bid yet) say so; whether the buyer
-    is raising their own leading maximum."""
+    is raising their own leading maximum. ``own_max``: the buyer's standing maximum when they
+    bid before without leading (a shared lead, where such a bidder may bid again): a maximum
+    only rises, so the new one must beat it by the increment."""
     if lead is None or not may_see(lead, buyer):
         raise NotFound("No such lead.")
     if lead.seller_id == buyer.id:
@@ -347,16 +391,19 @@ def _judge(
     if now >= ends_at:
         raise AuctionClosed(f"This auction ended at {ends_at.isoformat()}.")
     raising = auction is not None and auction.leader_id == buyer.id
+    above_own = raising
     if auction is not None and raising:
         minimum = (auction.leader_max_cents or 0) + settings.auction_min_increment_cents
     elif auction is not None:
         minimum = _minimum_bid(auction, settings, lead)
+        if own_max is not None and own_max + settings.auction_min_increment_cents > minimum:
+            minimum, above_own = own_max + settings.auction_min_increment_cents, True
     else:
         minimum = settings.auction_opening_bid_cents
     if amount_cents < minimum:
         raise BidTooLow(
             f"The lowest bid accepted now is {minimum} cents"
-            + (" (above your own maximum)." if raising else "."),
+            + (" (above your own maximum)." if above_own else "."),
             extra={"minimum_bid_cents": minimum},
         )
     return raising
@@ -389,7 +436,15 @@ async def place_bid(
     lead = await _locked_lead(session, lead_id)
     now = utcnow()  # taken under the lock: bids' times follow the order they were judged in
     existing = await session.get(Auction, lead_id, populate_existing=True)
-    raising = _judge(lead, existing, buyer, amount_cents, settings, now)
+    raising = _judge(
+        lead,
+        existing,
+        buyer,
+        amount_cents,
+        settings,
+        now,
+        await _own_standing_max(session, lead, existing, buyer.id),
+    )
     assert lead is not None
     auction = existing or await _auction_of(session, lead)
 
@@ -405,6 +460,9 @@ async def place_bid(
         leads, price = True, min(amount_cents, (previous_max or 0) + increment)
     else:  # the leader's proxy answers; an equal maximum loses to the earlier bid
         leads, price = False, min(previous_max or 0, amount_cents + increment)
+        # A shared lead takes bids below the price (they may win a lower place): the price,
+        # one increment above the best maximum under the leader's, never falls for them.
+        price = max(price, auction.current_price_cents or 0)
     leader_max = amount_cents if leads else (previous_max or 0)
     reserve = lead.reserve_cents or 0
     if reserve and leader_max >= reserve:
@@ -496,16 +554,20 @@ async def end_auction(
     *,
     now: dt.datetime | None = None,
     tell: bool = True,
+    buyer_next: str | None = None,
 ) -> Auction | None:
     """Close ``lead``'s auction (its row must be locked by the caller) without a winner from
     the bidding: the lead left the market, was bought outright, or the time ran out below the
     reserve. Every hold is released and every bid lost. None when nobody ever bid. The bidders
     are told after the commit, unless ``tell`` is False: the caller tells them itself (the
-    fraud review, whose notice says why and names the seller, M6)."""
+    fraud review, whose notice says why and names the seller, M6). ``buyer_next``: the buyer
+    this transaction sells to next (buy-now), whose accounts are locked with the leader's."""
     now = now or utcnow()
     auction = await session.get(Auction, lead.id, populate_existing=True)
     if auction is None or auction.closed_at is not None:
         return auction
+    if buyer_next is not None and auction.leader_id not in (None, buyer_next):
+        await lock_buyer_accounts(session, lead.currency, [buyer_next, auction.leader_id])
     if auction.leader_bid_id is not None:
         await release_hold(session, auction.leader_bid_id)
     await session.execute(
@@ -525,6 +587,131 @@ async def end_auction(
 # Buyer campaigns bidding (issue 4 §2) -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _CampaignBid:
+    campaign_id: str
+    buyer_id: str
+    cents: int
+
+
+def _campaign_bids(lead: Lead, shortlist: list[CompiledCampaign]) -> list[_CampaignBid]:
+    """The proxy bids the campaigns would place on ``lead``, highest first: each buyer's best
+    matching campaign in the lead's currency (never the seller's own)."""
+    seen = {lead.seller_id}
+    bids: list[_CampaignBid] = []
+    for campaign in shortlist:
+        if campaign.buyer_id in seen or campaign.currency != lead.currency:
+            continue
+        seen.add(campaign.buyer_id)
+        bids.append(_CampaignBid(campaign.id, campaign.buyer_id, campaign.bid_cents))
+    return bids
+
+
+async def _leaders(session: AsyncSession, lead_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """Each of these auctions' leader and their maximum (auctions with a leader only)."""
+    rows = await session.execute(
+        select(Auction.lead_id, Auction.leader_id, Auction.leader_max_cents).where(
+            Auction.lead_id.in_(lead_ids), Auction.leader_id.is_not(None)
+        )
+    )
+    return {str(lead_id): (str(leader), int(top or 0)) for lead_id, leader, top in rows.all()}
+
+
+async def _lock_campaign_bidders(
+    session: AsyncSession, plans: list[tuple[Lead, list[_CampaignBid]]]
+) -> set[str]:
+    """Lock, all at once in the ledger's global order, the accounts of every buyer the
+    campaigns' bids on these leads may move money for: each auction's leader (released when
+    outbid) and the campaign forecast to take the lead (held), the best one whose wallet,
+    read unlocked, covers its bid, with what its forecast leads elsewhere already took. Bids
+    below the leader's maximum move nobody's money. The buyers locked."""
+    leaders = await _leaders(session, [lead.id for lead, _ in plans])
+    balances: dict[str, dict[str, int]] = {}
+    for lead, bids in plans:
+        top = leaders.get(lead.id, ("", 0))[1]
+        wanted = {b.buyer_id for b in bids if b.cents > top}
+        known = balances.setdefault(lead.currency, {})
+        missing = wanted - known.keys()
+        if missing:
+            known.update(await wallet_balances(session, lead.currency, missing))
+    locked: set[str] = set()
+    for lead, bids in plans:
+        leader, top = leaders.get(lead.id, ("", 0))
+        if leader:
+            locked.add(leader)
+        wallets = balances.get(lead.currency, {})
+        for bid in bids:
+            if bid.cents > top and wallets.get(bid.buyer_id, 0) >= bid.cents:
+                locked.add(bid.buyer_id)
+                wallets[bid.buyer_id] -= bid.cents
+                break
+    await lock_buyer_accounts(session, {lead.currency for lead, _ in plans}, locked)
+    return locked
+
+
+async def _campaigns_bid(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    lead: Lead,
+    bids: list[_CampaignBid],
+    locked: set[str],
+    now: dt.datetime,
+) -> list[str]:
+    auction = await _auction_of(session, lead)
+    auction.campaigns_bid_at = now
+    await session.flush()
+    placed: list[str] = []
+    for pick in bids:  # highest bid first, so the others rarely need a hold
+        if pick.buyer_id not in locked and pick.cents > (auction.leader_max_cents or 0):
+            # It would lead and hold funds, but its accounts were not locked up front (the
+            # forecast of who can pay missed): locking them now could deadlock.
+            continue
+        buyer = await session.get(User, pick.buyer_id)
+        if buyer is None:
+            continue
+        try:
+            async with session.begin_nested():
+                bid = await place_bid(
+                    session,
+                    settings,
+                    broker,
+                    lead_id=lead.id,
+                    buyer=buyer,
+                    amount_cents=pick.cents,
+                    campaign_id=pick.campaign_id,
+                )
+        except DomainError:
+            continue  # too low by now, or the buyer's wallet cannot cover it
+        placed.append(bid.id)
+    return placed
+
+
+async def _bid_for_campaigns_on(
+    session: AsyncSession,
+    settings: Settings,
+    broker: Broker,
+    leads: list[Lead],
+    now: dt.datetime,
+) -> list[str]:
+    if not leads:
+        return []
+    plans = [
+        (
+            lead,
+            _campaign_bids(
+                lead, await eligible_campaigns(session, LeadPreview.of_lead(lead), now=now)
+            ),
+        )
+        for lead in leads
+    ]
+    locked = await _lock_campaign_bidders(session, plans)
+    placed: list[str] = []
+    for lead, bids in plans:
+        placed += await _campaigns_bid(session, settings, broker, lead, bids, locked, now)
+    return placed
+
+
 async def bid_for_campaigns(
     session: AsyncSession,
     settings: Settings,
@@ -537,36 +724,32 @@ async def bid_for_campaigns(
     proxy bids, once per auction: each buyer's best matching campaign bids its ``bid_cents``
     as a maximum. A campaign whose buyer cannot cover it, or whose bid is already beaten,
     simply does not bid. Caps and budget are claimed only if the campaign wins (at the close),
-    so a campaign never buys past them. The ids of the bids placed."""
-    now = now or utcnow()
-    auction = await _auction_of(session, lead)
-    auction.campaigns_bid_at = now
-    await session.flush()
-    shortlist = await eligible_campaigns(session, LeadPreview.of_lead(lead), now=now)
-    placed: list[str] = []
-    seen_buyers = {lead.seller_id}
-    for campaign in shortlist:  # highest bid first, so the others rarely need a hold
-        if campaign.buyer_id in seen_buyers or campaign.currency != lead.currency:
-            continue
-        seen_buyers.add(campaign.buyer_id)
-        buyer = await session.get(User, campaign.buyer_id)
-        if buyer is None:
-            continue
-        try:
-            async with session.begin_nested():
-                bid = await place_bid(
-                    session,
-                    settings,
-                    broker,
-                    lead_id=lead.id,
-                    buyer=buyer,
-                    amount_cents=campaign.bid_cents,
-                    campaign_id=campaign.id,
-                )
-        except DomainError:
-            continue  # too low by now, or the buyer's wallet cannot cover it
-        placed.append(bid.id)
-    return placed
+    so a campaign never buys past them. The accounts the bids may move are locked first, all
+    at once (see :func:`_lock_campaign_bidders`). The ids of the bids placed."""
+    return await _bid_for_campaigns_on(session, settings, broker, [lead], now or utcnow())
+
+
+async def _claim_running(
+    session: AsyncSession, now: dt.datetime, limit: int, *conditions: ColumnElement[bool]
+) -> list[Lead]:
+    """Up to ``limit`` leads whose auction runs at ``now`` and meets ``conditions`` (on the
+    lead and its auction row, if any), soonest end first, locked ``FOR UPDATE SKIP LOCKED`` so
+    that several workers' sweeps share them."""
+    return list(
+        await session.scalars(
+            select(Lead)
+            .outerjoin(Auction, Auction.lead_id == Lead.id)
+            .where(
+                Lead.sale_mode == SaleMode.AUCTION.value,
+                Lead.status == LeadStatus.OPEN.value,
+                Lead.auction_ends_at > now,
+                *conditions,
+            )
+            .order_by(Lead.auction_ends_at)
+            .limit(limit)
+            .with_for_update(of=Lead, skip_locked=True)
+        )
+    )
 
 
 async def campaigns_bid_on_new_auctions(
@@ -578,25 +761,36 @@ async def campaigns_bid_on_new_auctions(
     limit: int = 50,
 ) -> int:
     """The sweep that brings campaigns to new auctions. Leads are claimed with ``FOR UPDATE
-    SKIP LOCKED``, so several workers share the work and no auction is bid on twice."""
+    SKIP LOCKED``, so several workers share the work and no auction is bid on twice. The
+    buyers' accounts that the bids on all of them may move are locked at once, in the global
+    order, before the first bid: two sweeps (or a sweep and a bid) never lock two buyers in
+    opposite orders."""
     now = now or utcnow()
-    leads = list(
-        await session.scalars(
-            select(Lead)
-            .outerjoin(Auction, Auction.lead_id == Lead.id)
-            .where(
-                Lead.sale_mode == SaleMode.AUCTION.value,
-                Lead.status == LeadStatus.OPEN.value,
-                Lead.auction_ends_at > now,
-                Auction.campaigns_bid_at.is_(None),
-            )
-            .order_by(Lead.auction_ends_at)
-            .limit(limit)
-            .with_for_update(of=Lead, skip_locked=True)
-        )
+    leads = await _claim_running(session, now, limit, Auction.campaigns_bid_at.is_(None))
+    await _bid_for_campaigns_on(session, settings, broker, leads, now)
+    return len(leads)
+
+
+async def open_ending_auctions(
+    session: AsyncSession,
+    *,
+    now: dt.datetime | None = None,
+    horizon: dt.timedelta = dt.timedelta(seconds=30),
+    limit: int = 200,
+) -> int:
+    """The sweep that makes sure every auction's close is queued before its end (M1, L4): the
+    auctions ending within ``horizon`` that nothing has touched yet (no bid, and the campaigns'
+    sweep has not reached them: it bids on at most ``limit`` auctions per turn) get their row
+    now, which queues the ``auctions.close`` job at their end. An auction that ends without a
+    bid is then closed (unsold) at its end, and its personal data's 48 hours run from there,
+    rather than at the next close sweep. Leads are claimed with ``FOR UPDATE SKIP LOCKED``:
+    one locked by a bid is being given its row anyway. The number of auctions opened."""
+    now = now or utcnow()
+    leads = await _claim_running(
+        session, now, limit, Lead.auction_ends_at <= now + horizon, Auction.lead_id.is_(None)
     )
     for lead in leads:
-        await bid_for_campaigns(session, settings, broker, lead, now=now)
+        await _auction_of(session, lead)
     return len(leads)
 
 
@@ -634,6 +828,66 @@ def _price_for(rank: int, candidates: list[_Candidate], lead: Lead, settings: Se
     return min(price, own)
 
 
+async def lock_money_of(
+    session: AsyncSession,
+    *,
+    closing: Sequence[Lead] = (),
+    ending: Sequence[Lead] = (),
+    buyers: Sequence[str] = (),
+) -> None:
+    """Before the auctions of ``closing`` are closed (sold to their winners) and those of
+    ``ending`` ended without a winner (their rows locked by the caller), lock everything of
+    their buyers' that this will touch, all at once and in one global order: first the
+    campaigns that placed a bid able to win (claimed at the close; ping/post, too, claims a
+    campaign before it moves its buyer's money), by id, then the wallet and held accounts of
+    those bidders, of every leader (whose hold is released) and of ``buyers`` (who buy next in
+    the same transaction: buy-now), by id. Taken one sale at a time instead, two closes
+    selling to the same two buyers in opposite orders would deadlock (issue 4)."""
+    lead_ids = [lead.id for lead in (*closing, *ending)]
+    if not lead_ids:
+        return
+    people = set(buyers) | {leader for leader, _ in (await _leaders(session, lead_ids)).values()}
+    campaigns: set[str] = set()
+    if closing:
+        bids: dict[str, list[Bid]] = {lead.id: [] for lead in closing}
+        for bid in await session.scalars(
+            select(Bid).where(Bid.lead_id.in_(list(bids))).order_by(Bid.created_at, Bid.id)
+        ):
+            bids[bid.lead_id].append(bid)
+        for lead in closing:
+            _may_win(lead, _candidates(bids[lead.id]), people, campaigns)
+    await _lock_in_order(
+        session, {lead.currency for lead in (*closing, *ending)}, people, campaigns
+    )
+
+
+def _may_win(
+    lead: Lead, candidates: list[_Candidate], people: set[str], campaigns: set[str]
+) -> None:
+    """Add to ``people`` and ``campaigns`` the bidders (and their campaigns) whose maximum
+    reaches ``lead``'s reserve: the ones its close may sell to."""
+    for candidate in candidates:
+        if lead.reserve_cents and candidate.max_cents < lead.reserve_cents:
+            break  # the rest are lower still: no place for them
+        people.add(candidate.buyer_id)
+        if candidate.campaign_id is not None:
+            campaigns.add(candidate.campaign_id)
+
+
+async def _lock_in_order(
+    session: AsyncSession, currencies: set[str], people: set[str], campaigns: set[str]
+) -> None:
+    """The campaigns, by id, then the buyers' wallet and held accounts, by id."""
+    if campaigns:
+        await session.execute(
+            select(Campaign.id)
+            .where(Campaign.id.in_(sorted(campaigns)))
+            .order_by(Campaign.id)
+            .with_for_update()
+        )
+    await lock_buyer_accounts(session, currencies, people)
+
+
 async def close_auction(
     session: AsyncSession,
     settings: Settings,
@@ -641,6 +895,7 @@ async def close_auction(
     lead: Lead,
     *,
     now: dt.datetime | None = None,
+    money_locked: bool = False,
 ) -> list[str]:
     """End ``lead``'s auction (its row locked by the caller, its time up): sell to the best
     maximums that reach the reserve, as many buyers as the lead has places left (one when
@@ -648,7 +903,9 @@ async def close_auction(
     must still be able to buy (the campaign's caps and budget are claimed now); a winner who
     cannot (a campaign exhausted meanwhile, funds gone) is passed over for the next. With no
     winner the lead is unsold, and its personal data is destroyed 48 hours after the end (L4);
-    so is a shared lead's whose places are not all taken. The ids of the orders made."""
+    so is a shared lead's whose places are not all taken. The campaigns and accounts the close
+    may touch are locked first, all at once (:func:`lock_money_of`), unless the caller did so
+    (``money_locked``). The ids of the orders made."""
     now = now or utcnow()
     auction = await _auction_of(session, lead)
     bids = list(
@@ -657,6 +914,11 @@ async def close_auction(
         )
     )
     candidates = _candidates(bids)
+    if not money_locked:  # as lock_money_of would, from the bids at hand
+        people = {auction.leader_id} if auction.leader_id else set()
+        campaigns: set[str] = set()
+        _may_win(lead, candidates, people, campaigns)
+        await _lock_in_order(session, {lead.currency}, people, campaigns)
     if candidates:
         # A bidder suspended or banned since bidding (fraud review, M6) wins nothing: no
         # consumer's contact goes to an account that was stopped.
@@ -749,7 +1011,8 @@ async def close_due_auctions(
 ) -> int:
     """The sweep that ends auctions whose time is up, and closes the auctions of leads that
     left the market meanwhile (bought outright, consent withdrawn), releasing their holds.
-    Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several workers share the work."""
+    Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several workers share the work; then
+    the campaigns and accounts all these closes may touch are locked at once, in order."""
     now = now or utcnow()
     due = list(
         await session.scalars(
@@ -764,8 +1027,6 @@ async def close_due_auctions(
             .with_for_update(skip_locked=True)
         )
     )
-    for lead in due:
-        await close_auction(session, settings, broker, lead, now=now)
     gone = list(
         await session.scalars(
             select(Lead)
@@ -775,6 +1036,10 @@ async def close_due_auctions(
             .with_for_update(of=Lead, skip_locked=True)
         )
     )
+    # Every buyer whose money any of these closes may move, locked before the first moves.
+    await lock_money_of(session, closing=due, ending=gone)
+    for lead in due:
+        await close_auction(session, settings, broker, lead, now=now, money_locked=True)
     for lead in gone:
         await end_auction(session, settings, broker, lead, _outcome_off_market(lead), now=now)
     return len(due) + len(gone)

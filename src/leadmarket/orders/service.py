@@ -359,7 +359,7 @@ async def purchase(
         if via is SaleVia.BUY_NOW:
             # The auction's holds are released before the sale takes its own hold and the
             # audit head, keeping the lock order of every sale (lead, ledger, audit).
-            ended = await _end_auction_bought_now(session, settings, lead_id)
+            ended = await _end_auction_bought_now(session, settings, lead_id, buyer.id)
         order = await sell(
             session,
             settings,
@@ -380,7 +380,9 @@ async def purchase(
     return 201, order.id
 
 
-async def _end_auction_bought_now(session: AsyncSession, settings: Settings, lead_id: str) -> bool:
+async def _end_auction_bought_now(
+    session: AsyncSession, settings: Settings, lead_id: str, buyer_id: str
+) -> bool:
     """End the auction of ``lead_id`` if a sale now takes its last place; whether it did. The
     lead's row is locked first, as a bid locks it: a bid being judged finishes (its hold is
     then the one released here), and a bid after this waits and finds the lead sold."""
@@ -398,7 +400,7 @@ async def _end_auction_bought_now(session: AsyncSession, settings: Settings, lea
     # Its pages are told only once the sale has gone through (a refused sale, rolled back
     # to before this, must not tell them the auction closed): this broker reaches nobody.
     ended = await end_auction(
-        session, settings, LocalBroker(), lead, AuctionOutcome.BOUGHT_OUTRIGHT
+        session, settings, LocalBroker(), lead, AuctionOutcome.BOUGHT_OUTRIGHT, buyer_next=buyer_id
     )
     return ended is not None
 
