@@ -27,6 +27,7 @@ from tests.fixtures.plans import (
     assert_reads_bounded,
     explained_statements,
     fresh_tables,
+    generic_plans,
     multiply_rows,
     table_reads,
 )
@@ -135,3 +136,17 @@ async def test_a_lead_batch_reads_rows_in_proportion_to_the_batch_not_the_tables
     assert blind, recording.describe()
     for read in blind:
         assert read.index_cond is not None and "digest" in read.index_cond, recording.describe()
+
+    # The same on the generic plans PostgreSQL may switch a prepared statement to.
+    async with generic_plans(session) as generic:
+        other = lead_body()
+        taken = await client.post(
+            "/api/v1/leads", json=other, headers={**key, "Idempotency-Key": "other"}
+        )
+        replayed = await client.post(
+            "/api/v1/leads", json=other, headers={**key, "Idempotency-Key": "other"}
+        )
+        duplicate = await client.post("/api/v1/leads", json=again, headers=key)
+    assert (taken.status_code, replayed.status_code, duplicate.status_code) == (201, 201, 409)
+    assert generic.touching("lead_blind_indexes"), generic.describe()
+    assert_reads_bounded(generic, GROWN, BOUND)

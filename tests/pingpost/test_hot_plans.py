@@ -26,6 +26,7 @@ from tests.fixtures.plans import (
     assert_reads_bounded,
     explained_statements,
     fresh_tables,
+    generic_plans,
     multiply_rows,
 )
 
@@ -155,3 +156,17 @@ async def test_pings_and_posts_read_rows_in_proportion_to_the_batch_not_the_tabl
     # The probe saw the ping batch's one statement (twice) and the post's claim of its ping.
     assert len([s for s in recording.statements if "ping_fingerprints" in s.query]) == 2
     assert recording.touching("pings"), recording.describe()
+
+    # The same on the generic plans PostgreSQL may switch a prepared statement to.
+    async with generic_plans(session) as generic:
+        body = ping_body(postal_code="93652")
+        pinged = await client.post("/api/v1/ping", json=body, headers=key)
+        again = await client.post("/api/v1/ping", json=body, headers=key)
+        post = post_body(pinged.json()["ping_id"], contact__address__postal_code="93652")
+        sold = await client.post(
+            "/api/v1/post", json=post, headers={**key, "Idempotency-Key": "third"}
+        )
+    assert (pinged.status_code, again.status_code, sold.status_code) == (200, 409, 201)
+    assert sold.json()["sold"], sold.text
+    assert generic.touching("pings"), generic.describe()
+    assert_reads_bounded(generic, GROWN, BOUND)
