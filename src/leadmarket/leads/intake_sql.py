@@ -47,11 +47,17 @@ async def postgres_driver(session: AsyncSession) -> Driver | None:
 # The duplicate look-up probes the index once per digest (LATERAL): with "digest = ANY(…)" and
 # statistics a little behind a growing table, PostgreSQL chose to read every email and phone
 # index row of the whole window and filter them, so each batch cost more than the one before.
+# The Idempotency-Key look-up likewise, once per (principal, key): with "key = ANY(…)" it read
+# every record of the seller and filtered them by key (tests/leads/test_hot_plans.py).
 FIND = """
-SELECT 'replay' AS what, principal AS a, key AS b, request_sha256 AS c,
-       response::text AS d, status_code AS n, NULL::timestamptz AS at
-FROM idempotency_records
-WHERE principal = ANY($1::text[]) AND key = ANY($2::text[])
+SELECT 'replay' AS what, r.principal AS a, r.key AS b, r.request_sha256 AS c,
+       r.response::text AS d, r.status_code AS n, NULL::timestamptz AS at
+FROM unnest($1::text[]) AS p(principal) CROSS JOIN unnest($2::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT principal, key, request_sha256, response, status_code FROM idempotency_records
+    WHERE principal = p.principal AND key = k.key
+    OFFSET 0  -- one probe of the unique index per (principal, key), as below
+) AS r
 UNION ALL
 SELECT 'opted_out', kind, digest, NULL, NULL, NULL, NULL
 FROM consumer_opt_outs
