@@ -69,6 +69,21 @@ async def count(db: Database, model: Any) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+async def seller_with_a_key(client: httpx.AsyncClient, db: Database) -> str:
+    await api_key_of_a_seller(client)
+    async with db.transaction() as session:
+        seller = await session.scalar(select(User.id).where(User.role == "seller"))
+    assert seller is not None
+    return seller
+
+
+def new_submission(kit: LeadsKit, seller_id: str) -> Submission:
+    data = LeadIn.model_validate(lead_body())
+    return Submission(
+        prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
+    )
+
+
 def same_consumer(vertical: str, email: str) -> dict[str, Any]:
     body = lead_body(vertical)
     body["contact"]["email"] = email
@@ -142,21 +157,15 @@ async def test_a_key_revoked_after_it_was_cached_posts_nothing(
 async def test_a_lead_that_fails_in_the_database_does_not_sink_its_batch(
     committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
 ) -> None:
-    await api_key_of_a_seller(committed_client)
-    async with committed_db.transaction() as session:
-        seller = await session.scalar(select(User).where(User.role == "seller"))
-    assert seller is not None
+    seller_id = await seller_with_a_key(committed_client, committed_db)
     kit = LeadsKit(settings)
 
     def prepared(seller_id: str) -> Submission:
-        data = LeadIn.model_validate(lead_body())
-        return Submission(
-            prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
-        )
+        return new_submission(kit, seller_id)
 
     batcher = IntakeBatcher(committed_db, kit)
     # No such seller: the foreign key refuses the row, which no check before the INSERT foresees.
-    good, orphan, also_good = prepared(seller.id), prepared("usr_nobody"), prepared(seller.id)
+    good, orphan, also_good = prepared(seller_id), prepared("usr_nobody"), prepared(seller_id)
     results = await asyncio.gather(
         *(batcher.submit(s) for s in (good, orphan, also_good)), return_exceptions=True
     )
@@ -314,20 +323,14 @@ async def test_a_failed_batch_is_rolled_back_whole_and_its_connection_serves_the
     """On PostgreSQL the writer runs the batch's transaction itself on its pinned connection
     (``write_leads_postgres``): a batch the database refuses leaves none of its rows and no
     transaction open, and the next batch on the same connection commits."""
-    await api_key_of_a_seller(committed_client)
-    async with committed_db.transaction() as session:
-        seller = await session.scalar(select(User).where(User.role == "seller"))
-    assert seller is not None
+    seller_id = await seller_with_a_key(committed_client, committed_db)
     kit = LeadsKit(settings)
 
     def prepared(seller_id: str) -> Submission:
-        data = LeadIn.model_validate(lead_body())
-        return Submission(
-            prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
-        )
+        return new_submission(kit, seller_id)
 
     batcher = IntakeBatcher(committed_db, kit)
-    good, orphan, later = prepared(seller.id), prepared("usr_nobody"), prepared(seller.id)
+    good, orphan, later = prepared(seller_id), prepared("usr_nobody"), prepared(seller_id)
     async with committed_db.pinned() as pinned:
         with pytest.raises(Exception, match=r"(?i)foreign key") as refused:
             await batcher.write_items(pinned, [good, orphan])
