@@ -126,6 +126,21 @@ class LeadsKit:
         self.settings = settings
         self.indexer = BlindIndexer(settings.signing_key())
         settings.keyring()  # fail at start-up, not on the first lead, if the keys are unusable
+        # API key id → when this process last marked it used (intake on PostgreSQL)
+        self._marked_used: dict[str, dt.datetime] = {}
+
+    def api_keys_to_mark_used(self, key_ids: Iterable[str], now: dt.datetime) -> list[str]:
+        """The API keys this process has not marked used in the last minute, now taken as
+        marked. The database's own condition keeps "at most once a minute per key" across
+        processes (:data:`intake_sql.MARK_API_KEYS_USED`); this only spares a statement per
+        batch."""
+        if len(self._marked_used) > 10_000:
+            self._marked_used.clear()
+        since = now - API_KEY_TOUCH_INTERVAL
+        due = sorted(k for k in key_ids if self._marked_used.get(k, since) <= since)
+        for key_id in due:
+            self._marked_used[key_id] = now
+        return due
 
     def keyring(self) -> Keyring:
         """``settings.keyring()``: the same object, also after ``reload_keyring``, without
@@ -516,14 +531,12 @@ async def _write_through_driver(
     batch = _Batch(submissions)
     now = utcnow()
     key_ids = sorted({s.api_key_id for s in submissions if s.api_key_id is not None})
+    due = kit.api_keys_to_mark_used(key_ids, now)
+    if due:
+        # Before the look-up, which share-locks the sellers' fraud cases: a key row, then the
+        # case, the order a suspension takes them in (a case first could deadlock with it).
+        await driver.execute(intake_sql.MARK_API_KEYS_USED, now, due, now - API_KEY_TOUCH_INTERVAL)
     rows = await intake_sql.find(driver, **_find_arguments(kit, batch, now), api_keys=key_ids)
-    stale = [
-        key_id
-        for key_id, (_, last_used_at) in rows.api_keys.items()
-        if last_used_at is None or last_used_at < now - API_KEY_TOUCH_INTERVAL
-    ]
-    if stale:  # at most once a minute per key, as recheck_api_keys does
-        await driver.execute(intake_sql.TOUCH_API_KEYS, now, stale)
     live = {key_id: status for key_id, (status, _) in rows.api_keys.items()}
     _refuse_keys(batch, {key_id: api_key_refusal(live.get(key_id)) for key_id in key_ids})
     found = Found(

@@ -272,5 +272,9 @@ def begin_and_lock(keys: Sequence[int], *, begin: bool) -> str:
     return f"BEGIN; {locks}" if begin else locks
 
 
-# recheck_api_keys' "marked used at most once a minute per key".
-TOUCH_API_KEYS = "UPDATE api_keys SET last_used_at = $1 WHERE id = ANY($2::text[])"
+# recheck_api_keys' "marked used at most once a minute per key": $1 now, $2 the keys, $3 a
+# minute ago.
+MARK_API_KEYS_USED = """
+UPDATE api_keys SET last_used_at = $1
+WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < $3)
+"""
