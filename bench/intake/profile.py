@@ -106,28 +106,27 @@ async def _census(scratch: Scratch, seller: Seller, bodies: list[dict[str, Any]]
 
 
 def _count_driver_statements(seen: Counter[str]) -> Callable[[], None]:
-    """Intake sends its batch lookup and INSERT through asyncpg directly on PostgreSQL
-    (``leads.intake_sql``), where SQLAlchemy's events do not see them: count those calls
-    until the returned function puts the originals back."""
-    from leadmarket.leads import intake_sql
+    """Intake sends most of its statements through asyncpg directly on PostgreSQL (the batch's
+    BEGIN and locks, its look-up, its INSERTs, COMMIT: ``leads.intake_sql``), where SQLAlchemy's
+    events do not see them: count every message asyncpg's ``Connection.execute``/``fetch``
+    send (SQLAlchemy's own BEGIN and COMMIT included; its statements go through prepared
+    statements and are counted by the events) until the returned function puts them back."""
+    connection_class = asyncpg.connection.Connection
+    originals = {name: getattr(connection_class, name) for name in ("execute", "fetch")}
 
-    originals = {name: getattr(intake_sql, name) for name in ("find", "insert_batch")}
-
-    def counting(name: str) -> Any:
-        original = getattr(intake_sql, name)
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            seen[f"statement: intake_sql.{name} (asyncpg)"] += 1
-            return await original(*args, **kwargs)
+    def counting(original: Any) -> Any:
+        async def counted(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            seen["round trip (asyncpg): " + " ".join(query.split()[:3])[:40]] += 1
+            return await original(self, query, *args, **kwargs)
 
         return counted
 
-    for name in originals:
-        setattr(intake_sql, name, counting(name))
+    for name, original in originals.items():
+        setattr(connection_class, name, counting(original))
 
     def restore() -> None:
         for name, original in originals.items():
-            setattr(intake_sql, name, original)
+            setattr(connection_class, name, original)
 
     return restore
 
@@ -138,7 +137,9 @@ def statement_census(scratch: Scratch, seller: Seller, count: int = 100) -> str:
     statements = sum(n for k, n in seen.items() if k.startswith("statement"))
     lines = [f"per POST /api/v1/leads ({count} posts, one at a time):"]
     lines += [f"  {n / count:5.2f}  {k}" for k, n in sorted(seen.items(), key=lambda x: -x[1])]
-    lines.append(f"  {statements / count:5.2f}  statements in all")
+    lines.append(f"  {statements / count:5.2f}  statements through SQLAlchemy")
+    trips = statements + sum(n for k, n in seen.items() if k.startswith("round trip"))
+    lines.append(f"  {trips / count:5.2f}  round trips in all (besides prepares and pings)")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ replays, a revoked key refused at write time, one bad lead unable to sink the ot
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 
 from leadmarket.app import create_app
 from leadmarket.config import Settings
-from leadmarket.kit.db import Database, make_engine
+from leadmarket.kit.db import Database, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
 from leadmarket.leads.intake import (
     IdempotencyClaim,
@@ -66,6 +67,21 @@ async def api_key_of_a_seller(client: httpx.AsyncClient) -> dict[str, str]:
 async def count(db: Database, model: Any) -> int:
     async with db.transaction() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def seller_with_a_key(client: httpx.AsyncClient, db: Database) -> str:
+    await api_key_of_a_seller(client)
+    async with db.transaction() as session:
+        seller = await session.scalar(select(User.id).where(User.role == "seller"))
+    assert seller is not None
+    return seller
+
+
+def new_submission(kit: LeadsKit, seller_id: str) -> Submission:
+    data = LeadIn.model_validate(lead_body())
+    return Submission(
+        prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
+    )
 
 
 def same_consumer(vertical: str, email: str) -> dict[str, Any]:
@@ -141,21 +157,15 @@ async def test_a_key_revoked_after_it_was_cached_posts_nothing(
 async def test_a_lead_that_fails_in_the_database_does_not_sink_its_batch(
     committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
 ) -> None:
-    await api_key_of_a_seller(committed_client)
-    async with committed_db.transaction() as session:
-        seller = await session.scalar(select(User).where(User.role == "seller"))
-    assert seller is not None
+    seller_id = await seller_with_a_key(committed_client, committed_db)
     kit = LeadsKit(settings)
 
     def prepared(seller_id: str) -> Submission:
-        data = LeadIn.model_validate(lead_body())
-        return Submission(
-            prepare_lead(kit, seller_id=seller_id, seller_username="x", data=data, source="api")
-        )
+        return new_submission(kit, seller_id)
 
     batcher = IntakeBatcher(committed_db, kit)
     # No such seller: the foreign key refuses the row, which no check before the INSERT foresees.
-    good, orphan, also_good = prepared(seller.id), prepared("usr_nobody"), prepared(seller.id)
+    good, orphan, also_good = prepared(seller_id), prepared("usr_nobody"), prepared(seller_id)
     results = await asyncio.gather(
         *(batcher.submit(s) for s in (good, orphan, also_good)), return_exceptions=True
     )
@@ -305,3 +315,67 @@ async def test_one_batch_judges_every_rule_and_stores_only_the_new_leads(
     expected = {stored.prepared.id, keyed.prepared.id, new.body["id"], other_vertical.body["id"]}
     assert leads == vaults == indexes == expected
     assert records == {"first": first_answer.body, "new": new.body}
+
+
+async def test_a_failed_batch_is_rolled_back_whole_and_its_connection_serves_the_next(
+    committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    """On PostgreSQL the writer runs the batch's transaction itself on its pinned connection
+    (``write_leads_postgres``): a batch the database refuses leaves none of its rows and no
+    transaction open, and the next batch on the same connection commits."""
+    seller_id = await seller_with_a_key(committed_client, committed_db)
+    kit = LeadsKit(settings)
+
+    def prepared(seller_id: str) -> Submission:
+        return new_submission(kit, seller_id)
+
+    batcher = IntakeBatcher(committed_db, kit)
+    good, orphan, later = prepared(seller_id), prepared("usr_nobody"), prepared(seller_id)
+    async with committed_db.pinned() as pinned:
+        with pytest.raises(Exception, match=r"(?i)foreign key") as refused:
+            await batcher.write_items(pinned, [good, orphan])
+        assert not isinstance(refused.value, DomainError)
+        async with pinned.driver_connection() as connection:
+            if not committed_db.is_sqlite:
+                assert not connection.is_in_transaction()
+        (outcome,) = await batcher.write_items(pinned, [later])
+        assert isinstance(outcome, Written) and outcome.status_code == 201
+    async with committed_db.transaction() as session:
+        assert set(await session.scalars(select(Lead.id))) == {later.prepared.id}
+        digests = set(await session.scalars(select(LeadBlindIndex.lead_id)))
+        assert digests == {later.prepared.id}
+
+
+async def test_a_batch_marks_its_api_key_used_at_most_once_a_minute(
+    committed_client: httpx.AsyncClient, committed_db: Database, settings: Settings
+) -> None:
+    await api_key_of_a_seller(committed_client)
+    async with committed_db.transaction() as session:
+        seller = await session.scalar(select(User).where(User.role == "seller"))
+        key = await session.scalar(select(ApiKey))
+        assert seller is not None and key is not None
+        key_id, seller_id = key.id, seller.id
+        long_ago = utcnow() - dt.timedelta(minutes=5)
+        key.last_used_at = long_ago
+    kit = LeadsKit(settings)
+    batcher = IntakeBatcher(committed_db, kit)
+
+    async def post() -> None:
+        data = LeadIn.model_validate(lead_body())
+        prepared = prepare_lead(
+            kit, seller_id=seller_id, seller_username="s", data=data, source="api"
+        )
+        written = await batcher.submit(Submission(prepared, api_key_id=key_id))
+        assert written.status_code == 201
+
+    async def last_used() -> dt.datetime:
+        async with committed_db.transaction() as session:
+            value = await session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
+        assert value is not None
+        return value
+
+    await post()
+    touched = await last_used()
+    assert touched > long_ago + dt.timedelta(minutes=4)
+    await post()  # within the minute: the key row is not written again
+    assert await last_used() == touched

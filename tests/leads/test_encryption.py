@@ -22,6 +22,8 @@ from leadmarket.app import create_app
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.keyring import DecryptionFailed
+from leadmarket.leads.intake import LeadsKit, prepare_lead
+from leadmarket.leads.schemas import LeadIn
 from leadmarket.leads.vault import Purpose, Reader, destroy_personal_data, reveal_personal_data
 from leadmarket.models import AuditEvent, Base, Lead, LeadVault, User
 from tests.fixtures.accounts import signed_in
@@ -253,3 +255,20 @@ async def test_master_key_rotation_rewraps_every_data_key(
             reason="after rotation",
         )
     assert opened["email"] == body["contact"]["email"]
+
+
+def test_intake_seals_with_the_keyring_the_settings_hold_now(settings: Settings) -> None:
+    """The intake kit reads the keyring without pydantic's slow path, but it is still the
+    settings' own: a reloaded keyring (after ``leadmarket keys rotate``) is the one used."""
+    kit = LeadsKit(settings)
+    assert kit.keyring() is settings.keyring()
+    reloaded = settings.reload_keyring()
+    assert kit.keyring() is reloaded
+    prepared = prepare_lead(
+        kit,
+        seller_id="usr_x",
+        seller_username="s",
+        data=LeadIn.model_validate(lead_body()),
+        source="api",
+    )
+    assert prepared.vault["key_version"] == reloaded.current

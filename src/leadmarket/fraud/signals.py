@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,9 +302,9 @@ def _intake_upsert(session: AsyncSession) -> Any:
     return upsert
 
 
-# The same two steps on PostgreSQL through the driver, for intake's batches (one round trip
-# each instead of the ORM's three or four statements): the sellers' open cases, share-locked in
-# the sellers' order (as :func:`open_case` takes them), and the signals' upsert.
+# Opening the sellers' cases on PostgreSQL through the driver, for intake's batches (one round
+# trip each instead of the ORM's three or four statements): share-locked in the sellers' order
+# (as :func:`open_case` takes them). The batch's own look-up finds the cases already open.
 OPEN_CASES_SQL = """
 SELECT id, open_key FROM fraud_cases WHERE open_key = ANY($1::text[]) ORDER BY open_key FOR SHARE
 """
@@ -315,23 +314,6 @@ SELECT id, subject, subject, 'open', $3 FROM unnest($1::text[], $2::text[]) AS u
 ORDER BY subject
 ON CONFLICT (open_key) DO NOTHING
 RETURNING id, open_key
-"""
-_INTAKE_UPSERT_COLUMNS = (
-    "id", "case_id", "kind", "source", "subject_user_id", "lead_id", "dedupe_key",
-    "occurrences", "details",
-)  # fmt: skip
-INTAKE_UPSERT_SQL = """
-INSERT INTO fraud_signals (id, case_id, kind, source, subject_user_id, lead_id, dedupe_key,
-                           occurrences, details, created_at, last_seen_at)
-SELECT id, case_id, kind, source, subject_user_id, lead_id, dedupe_key, occurrences,
-       details::json, $10, $10
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::integer[], $9::text[])
-     AS u(id, case_id, kind, source, subject_user_id, lead_id, dedupe_key, occurrences, details)
-ON CONFLICT (dedupe_key) DO UPDATE SET
-    occurrences = fraud_signals.occurrences + excluded.occurrences,
-    last_seen_at = excluded.last_seen_at,
-    lead_id = excluded.lead_id
 """
 
 
@@ -377,23 +359,10 @@ def intake_kinds(lead: Mapping[str, Any], settings: Settings) -> list[SignalKind
     return kinds
 
 
-async def record_intake_signals(
-    session: AsyncSession,
-    settings: Settings,
-    leads: Sequence[Mapping[str, Any]],
-    *,
-    driver: Any | None = None,
-) -> int:
-    """Called by intake once per written batch, after its leads are inserted (``leads`` are
-    their rows: ``id``, ``seller_id``, ``quality_score``, ``quality_reasons``). Only leads that
-    score below ``fraud_low_quality_score`` or carry a velocity hit count; a clean batch costs
-    nothing. The rest are tallied per seller and kind into one signal row a day per case
-    (``occurrences`` counts the leads, ``lead_id`` names the latest), so a seller's file of ten
-    thousand bad rows is one row on the queue, not ten thousand. Returns the leads counted.
-
-    ``driver``: the asyncpg connection under ``session`` (intake's PostgreSQL batches, see
-    ``leads.intake_sql``); the same rows are then written through it in two statements
-    (:func:`_open_cases_through_driver`, :data:`INTAKE_UPSERT_SQL`) instead of the ORM's."""
+def _intake_tallies(
+    settings: Settings, leads: Sequence[Mapping[str, Any]]
+) -> dict[tuple[str, SignalKind], _Tally]:
+    """The leads that raise signals, tallied per seller and kind."""
     tallies: dict[tuple[str, SignalKind], _Tally] = {}
     for lead in leads:
         for kind in intake_kinds(lead, settings):
@@ -402,20 +371,15 @@ async def record_intake_signals(
             tally.last_lead_id = max(tally.last_lead_id, str(lead["id"]))
             tally.lowest_score = min(tally.lowest_score, int(lead["quality_score"]))
             tally.codes |= {str(r.get("code")) for r in lead.get("quality_reasons") or ()}
-    if not tallies:
-        return 0
-    now = utcnow()
+    return tallies
+
+
+def _intake_signal_rows(
+    tallies: Mapping[tuple[str, SignalKind], _Tally],
+    case_ids: Mapping[str, str],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
     day = now.strftime("%Y-%m-%d")
-    sellers = sorted({seller for seller, _ in tallies})
-    case_ids: dict[str, str]
-    if driver is not None:
-        case_ids = await _open_cases_through_driver(driver, sellers, now)
-    else:
-        # Sellers in a fixed order: two batches lock their cases in the same order, never
-        # crosswise.
-        case_ids = {
-            seller_id: (await open_case(session, seller_id, now)).id for seller_id in sellers
-        }
     rows = []
     for (seller_id, kind), tally in sorted(tallies.items()):
         case_id = case_ids[seller_id]
@@ -441,14 +405,60 @@ async def record_intake_signals(
                 "last_seen_at": now,
             }
         )
-    if driver is not None:
-        await driver.execute(
-            INTAKE_UPSERT_SQL,
-            *([row[name] for row in rows] for name in _INTAKE_UPSERT_COLUMNS[:-1]),
-            [json.dumps(row["details"]) for row in rows],
-            now,
-        )
-    else:
-        await session.execute(_intake_upsert(session), rows)
-        await session.flush()
+    return rows
+
+
+async def record_intake_signals(
+    session: AsyncSession, settings: Settings, leads: Sequence[Mapping[str, Any]]
+) -> int:
+    """Called by intake once per written batch, after its leads are inserted (``leads`` are
+    their rows: ``id``, ``seller_id``, ``quality_score``, ``quality_reasons``). Only leads that
+    score below ``fraud_low_quality_score`` or carry a velocity hit count; a clean batch costs
+    nothing. The rest are tallied per seller and kind into one signal row a day per case
+    (``occurrences`` counts the leads, ``lead_id`` names the latest), so a seller's file of ten
+    thousand bad rows is one row on the queue, not ten thousand. Returns the leads counted.
+
+    Intake's PostgreSQL batches write the same rows with their leads instead
+    (:func:`intake_signal_rows_through_driver`)."""
+    tallies = _intake_tallies(settings, leads)
+    if not tallies:
+        return 0
+    now = utcnow()
+    sellers = sorted({seller for seller, _ in tallies})
+    # Sellers in a fixed order: two batches lock their cases in the same order, never crosswise.
+    case_ids = {seller_id: (await open_case(session, seller_id, now)).id for seller_id in sellers}
+    await session.execute(_intake_upsert(session), _intake_signal_rows(tallies, case_ids, now))
+    await session.flush()
     return sum(t.occurrences for t in tallies.values())
+
+
+# What a signal already there for the day does with the new leads' tally (the PostgreSQL text of
+# :func:`_intake_upsert`'s conflict clause).
+INTAKE_SIGNAL_CONFLICT = (
+    "ON CONFLICT (dedupe_key) DO UPDATE SET "
+    "occurrences = fraud_signals.occurrences + excluded.occurrences, "
+    "last_seen_at = excluded.last_seen_at, lead_id = excluded.lead_id"
+)
+
+
+async def intake_signal_rows_through_driver(
+    driver: Any,
+    settings: Settings,
+    leads: Sequence[Mapping[str, Any]],
+    open_cases: Mapping[str, str],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """:func:`record_intake_signals` for intake's PostgreSQL batches: the ``fraud_signals`` rows
+    to write (with :data:`INTAKE_SIGNAL_CONFLICT`) in the batch's own INSERT statement.
+    ``open_cases`` are the sellers' open cases the batch already found and share-locked; a
+    seller without one gets it here (:func:`_open_cases_through_driver`, its own round trips:
+    once per seller until the case is closed)."""
+    tallies = _intake_tallies(settings, leads)
+    if not tallies:
+        return []
+    sellers = sorted({seller for seller, _ in tallies})
+    case_ids = {seller: open_cases[seller] for seller in sellers if seller in open_cases}
+    missing = [seller for seller in sellers if seller not in case_ids]
+    if missing:
+        case_ids.update(await _open_cases_through_driver(driver, missing, now))
+    return _intake_signal_rows(tallies, case_ids, now)

@@ -49,7 +49,16 @@ async def postgres_driver(session: AsyncSession) -> Driver | None:
 # index row of the whole window and filter them, so each batch cost more than the one before.
 # The Idempotency-Key look-up likewise, once per (principal, key): with "key = ANY(…)" it read
 # every record of the seller and filtered them by key (tests/leads/test_hot_plans.py).
+#
+# It also rechecks the batch's API keys (still live, their account's status, when last marked
+# used: ``accounts.repository.recheck_api_keys``) and finds the open fraud case of each of the
+# batch's sellers, share-locked in the sellers' order as ``fraud.signals.open_case`` takes
+# them, so that a batch raising intake signals needs no statement of its own to find them.
 FIND = """
+WITH cases AS MATERIALIZED (
+    SELECT id, open_key FROM fraud_cases WHERE open_key = ANY($8::text[])
+    ORDER BY open_key FOR SHARE
+)
 SELECT 'replay' AS what, r.principal AS a, r.key AS b, r.request_sha256 AS c,
        r.response::text AS d, r.status_code AS n, NULL::timestamptz AS at
 FROM unnest($1::text[]) AS p(principal) CROSS JOIN unnest($2::text[]) AS k(key)
@@ -89,6 +98,12 @@ SELECT 'address', k.key, NULL, NULL, NULL, (
     ) AS recent
 )::integer, NULL
 FROM unnest($11::text[]) AS k(key)
+UNION ALL
+SELECT 'api_key', k.id, u.status, NULL, NULL, NULL, k.last_used_at
+FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
+WHERE k.id = ANY($14::text[]) AND k.revoked_at IS NULL
+UNION ALL
+SELECT 'case', open_key, id, NULL, NULL, NULL, NULL FROM cases
 """
 
 
@@ -100,6 +115,10 @@ class FoundRows:
     recent: list[tuple[str, str, str]] = field(default_factory=list)
     seller_recent: dict[str, int] = field(default_factory=dict)
     ip_recent: dict[str, int] = field(default_factory=dict)
+    # API key id → (its account's status, when it was last marked used), live keys only
+    api_keys: dict[str, tuple[str, dt.datetime | None]] = field(default_factory=dict)
+    # seller id → their open fraud case (share-locked until the transaction ends)
+    open_cases: dict[str, str] = field(default_factory=dict)
 
 
 async def find(
@@ -118,9 +137,11 @@ async def find(
     addresses: list[str],
     address_since: dt.datetime,
     address_cap: int,
+    api_keys: list[str],
 ) -> FoundRows:
     """Earlier answers of these Idempotency-Keys, opted-out consumers among these digests,
-    recent leads of these consumers in these verticals, and the velocity counts."""
+    recent leads of these consumers in these verticals, the velocity counts, the live API keys
+    among ``api_keys`` and the sellers' open fraud cases."""
     rows = await driver.fetch(
         FIND,
         principals,
@@ -136,6 +157,7 @@ async def find(
         addresses,
         address_since,
         address_cap,
+        api_keys,
     )
     found = FoundRows()
     recent: list[tuple[dt.datetime, str, str, str]] = []
@@ -149,8 +171,12 @@ async def find(
             recent.append((row["at"], a, b, row["c"]))
         elif what == "seller":
             found.seller_recent[a] = row["n"]
-        else:
+        elif what == "address":
             found.ip_recent[a] = row["n"]
+        elif what == "api_key":
+            found.api_keys[a] = (b, row["at"])
+        else:
+            found.open_cases[a] = b
     recent.sort(key=lambda r: r[0], reverse=True)
     found.recent = [(digest, vertical, lead_id) for _, digest, vertical, lead_id in recent]
     return found
@@ -179,9 +205,18 @@ def _array_type(column_type: Any) -> tuple[str, str]:
     raise TypeError(f"no array type for {column_type!r}")
 
 
-# What one table of a batch gets: the table, whether a row already there is skipped, and the
-# columns written (the keys of its row dicts; defaults fill the others).
-TableShape = tuple[Table, bool, tuple[str, ...]]
+# What to do with a row whose key is already there: False fails the statement, True skips the
+# row, a string is the clause itself (``ON CONFLICT (…) DO UPDATE …``, written by our code).
+OnConflict = bool | str
+# What one table of a batch gets: the table, what a row already there does, and the columns
+# written (the keys of its row dicts; defaults fill the others).
+TableShape = tuple[Table, OnConflict, tuple[str, ...]]
+
+
+def _on_conflict(clause: OnConflict) -> str:
+    if isinstance(clause, str):
+        return " " + clause
+    return " ON CONFLICT DO NOTHING" if clause else ""
 
 
 @cache
@@ -191,7 +226,7 @@ def _batch_insert(shapes: tuple[TableShape, ...]) -> str:
     in practice two texts, with and without Idempotency-Key records."""
     clauses: list[str] = []
     number = 0
-    for position, (table, ignore_conflicts, names) in enumerate(shapes):
+    for position, (table, on_conflict, names) in enumerate(shapes):
         arrays, selected = [], []
         for name in names:
             number += 1
@@ -203,23 +238,23 @@ def _batch_insert(shapes: tuple[TableShape, ...]) -> str:
         clauses.append(
             f'w{position} AS (INSERT INTO "{table.name}" ({quoted}) '  # noqa: S608
             f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS u({quoted})"
-            f"{' ON CONFLICT DO NOTHING' if ignore_conflicts else ''})"
+            f"{_on_conflict(on_conflict)})"
         )
     return "WITH " + ",\n".join(clauses) + "\nSELECT 1"
 
 
 async def insert_batch(
-    driver: Driver, tables: Sequence[tuple[Table, bool, Sequence[Mapping[str, Any]]]]
+    driver: Driver, tables: Sequence[tuple[Table, OnConflict, Sequence[Mapping[str, Any]]]]
 ) -> None:
-    """Write each ``(table, ignore_conflicts, rows)`` in one statement; every row of a table
-    has the same keys. Tables without rows are left out."""
+    """Write each ``(table, on_conflict, rows)`` in one statement; every row of a table has the
+    same keys. Tables without rows are left out."""
     shapes: list[TableShape] = []
     arguments: list[list[Any]] = []
-    for table, ignore_conflicts, rows in tables:
+    for table, on_conflict, rows in tables:
         if not rows:
             continue
         names = tuple(column.name for column in table.columns if column.name in rows[0])
-        shapes.append((table, ignore_conflicts, names))
+        shapes.append((table, on_conflict, names))
         for name in names:
             if isinstance(table.c[name].type, JSON):
                 arguments.append([json.dumps(row[name]) for row in rows])
@@ -227,3 +262,25 @@ async def insert_batch(
                 arguments.append([row[name] for row in rows])
     if shapes:
         await driver.execute(_batch_insert(tuple(shapes)), *arguments)
+
+
+# A batch's own transaction ------------------------------------------------------------------
+
+
+def begin_and_lock(keys: Sequence[int], *, begin: bool) -> str:
+    """``BEGIN`` (when ``begin``) and the batch's advisory locks, all keys in one statement in
+    ascending order (see ``intake.take_advisory_locks``). The keys are integers computed by
+    intake (never input), so they are written into the text: a statement without parameters
+    goes by the simple query protocol, the only one that carries two statements in one round
+    trip."""
+    listed = ",".join(str(int(key)) for key in sorted(keys))
+    locks = f"SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{listed}}}'::bigint[]) AS k"  # noqa: S608
+    return f"BEGIN; {locks}" if begin else locks
+
+
+# recheck_api_keys' "marked used at most once a minute per key": $1 now, $2 the keys, $3 a
+# minute ago.
+MARK_API_KEYS_USED = """
+UPDATE api_keys SET last_used_at = $1
+WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at < $3)
+"""
