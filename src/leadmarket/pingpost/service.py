@@ -593,6 +593,7 @@ class HeldConnection(Database):
         self._driver: Any = None
         self._busy = False
         self._last_used = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._releasing: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -612,12 +613,13 @@ class HeldConnection(Database):
                 await connection.close()
                 raise
             self._connection = connection
-            asyncio.get_running_loop().call_later(self.LINGER, self._release_if_idle)
+            self._timer = asyncio.get_running_loop().call_later(self.LINGER, self._release_if_idle)
+        driver = self._driver
         self._busy = True
         try:
-            yield self._driver
+            yield driver
         except BaseException as exc:
-            if not _server_refusal(exc) or self._driver.is_closed():
+            if not _server_refusal(exc) or driver.is_closed():
                 await self._invalidate()
             raise
         finally:
@@ -625,11 +627,12 @@ class HeldConnection(Database):
             self._last_used = time.monotonic()
 
     def _release_if_idle(self) -> None:
+        self._timer = None
         if self._connection is None:
             return
         idle = time.monotonic() - self._last_used
         if self._busy or idle < self.LINGER:
-            asyncio.get_running_loop().call_later(
+            self._timer = asyncio.get_running_loop().call_later(
                 max(self.LINGER - idle, 0.01), self._release_if_idle
             )
             return
@@ -637,14 +640,22 @@ class HeldConnection(Database):
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
+    def _forget(self) -> AsyncConnection | None:
+        """Stop holding the connection; returns it, for the caller to close or invalidate."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        connection, self._connection, self._driver = self._connection, None, None
+        return connection
+
     async def release(self) -> None:
         """Give the connection back to the pool (the application's shutdown; or idle)."""
-        connection, self._connection, self._driver = self._connection, None, None
+        connection = self._forget()
         if connection is not None:
             await connection.close()
 
     async def _invalidate(self) -> None:
-        connection, self._connection, self._driver = self._connection, None, None
+        connection = self._forget()
         if connection is not None:
             # It is being thrown away: the pool forgets it whatever closing it says.
             with suppress(Exception):
