@@ -303,3 +303,29 @@ async def test_on_postgres_a_refused_batch_keeps_the_held_connection(
         assert await held_backend(held) == pid
     finally:
         await kit.aclose()
+
+
+@pytest.mark.parametrize("busy", [True, False])
+async def test_on_postgres_a_burst_right_after_a_batch_waits_for_more_pings(
+    make_kit: MakeKit, committed_db: Database, settings: Settings, is_postgres: bool, busy: bool
+) -> None:
+    """Busy (the previous batch just went): a new burst first waits ``ping_batch_wait_ms``,
+    so a ping arriving meanwhile goes in the same batch. Idle: the lone ping goes at once,
+    and the next one in a batch of its own."""
+    if not is_postgres:
+        pytest.skip("only PostgreSQL holds a connection")
+    settings = settings.model_copy(update={"ping_batch_wait_ms": 50})
+    seller, kit, held, record = await held_setup(make_kit, committed_db, settings)
+    first, second, third = [await record(seller.id, fp(f"r{n}")) for n in range(3)]
+    assert await kit.recorder.submit(first) == first.answer
+    if not busy:
+        await asyncio.sleep(held.BUSY_GAPS * 0.05 + 0.05)
+
+    async def later() -> PingOut:
+        await asyncio.sleep(0.01)
+        return await kit.recorder.submit(third)
+
+    answers = await asyncio.gather(kit.recorder.submit(second), later())
+    assert list(answers) == [second.answer, third.answer]
+    assert kit.recorder.batches_written == (2 if busy else 3)
+    assert kit.recorder.largest_batch == (2 if busy else 1)

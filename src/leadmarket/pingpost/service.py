@@ -55,7 +55,7 @@ import hmac
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast
@@ -546,7 +546,7 @@ class PingRecorder(GroupCommit[PingRecord, PingOut]):
 
         db = kit.db
         if not db.is_sqlite and type(db).new_session is Database.new_session:
-            db = HeldConnection(db.engine)
+            db = HeldConnection(db.engine, wait=lambda: settings.ping_batch_wait_ms / 1000)
         super().__init__(
             db, write, wait_ms=lambda: settings.ping_batch_wait_ms, max_batch=max_batch
         )
@@ -583,12 +583,22 @@ class HeldConnection(Database):
     there is none. A connection that failed otherwise than by a refusal of the server (lost,
     closed, or a statement cancelled mid-way) is invalidated, so the next batch (the group
     commit writes a failed batch's pings again one by one) gets a fresh one. Each statement is
-    its own transaction: nothing is held between batches but the connection itself."""
+    its own transaction: nothing is held between batches but the connection itself.
+
+    That checkout was also the batching of a busy server: while it ran, more pings queued for
+    the burst's first batch (the group commit waits ``ping_batch_wait_ms`` only between the
+    batches of one burst). Without it, the first batches went out with a median of 5 pings
+    instead of 14 to 17, and the CPU saved went into 50% more batches. So a burst that starts
+    less than :attr:`BUSY_GAPS` waits after the previous batch (the server is busy) first
+    waits one ``wait``, as the group commit does between batches; a ping arriving at an idle
+    server is written at once."""
 
     LINGER = 1.0
+    BUSY_GAPS = 2
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, wait: Callable[[], float] = lambda: 0.0) -> None:
         super().__init__(engine)
+        self._wait = wait
         self._connection: AsyncConnection | None = None
         self._driver: Any = None
         self._busy = False
@@ -598,6 +608,10 @@ class HeldConnection(Database):
 
     @asynccontextmanager
     async def pinned(self) -> AsyncIterator[Database]:
+        """A burst of the group commit: nothing to check out; a wait first when busy."""
+        wait = self._wait()
+        if wait > 0 and time.monotonic() - self._last_used < self.BUSY_GAPS * wait:
+            await asyncio.sleep(wait)
         yield self
 
     @asynccontextmanager
