@@ -23,6 +23,7 @@ from leadmarket.pingpost import service
 from leadmarket.pingpost.schemas import PingIn, PostIn
 from tests.fixtures.ledger import make_member
 from tests.fixtures.pingpost import bidding_buyer, ping_body, post_body
+from tests.pingpost.conftest import MakeKit
 
 pytestmark = pytest.mark.committed
 
@@ -85,12 +86,12 @@ async def _counts(db: Database) -> tuple[int, int, int]:
 
 
 async def test_a_ping_posted_many_times_at_once_sells_once(
-    committed_db: Database, databases: list[Database], settings: Settings
+    make_kit: MakeKit, committed_db: Database, databases: list[Database], settings: Settings
 ) -> None:
     async with committed_db.transaction() as session:
         seller = await make_member(session, "seller")
         await bidding_buyer(session, bid_cents=3000)
-    kit = service.PingKit(settings, committed_db, MatchingIndex())
+    kit = make_kit(settings, committed_db)
     ping_id = await _ping(kit, seller)
 
     answers = await _post_all(
@@ -109,14 +110,14 @@ async def test_a_ping_posted_many_times_at_once_sells_once(
 
 
 async def test_posts_racing_for_a_small_daily_cap_never_exceed_it(
-    committed_db: Database, databases: list[Database], settings: Settings
+    make_kit: MakeKit, committed_db: Database, databases: list[Database], settings: Settings
 ) -> None:
     cap, posts = 5, 150
     settings = settings.model_copy(update={"ping_duplicate_window_minutes": 0})
     async with committed_db.transaction() as session:
         seller = await make_member(session, "seller")
         buyer, _ = await bidding_buyer(session, bid_cents=3000, daily_cap=cap)
-    kit = service.PingKit(settings, committed_db, MatchingIndex())
+    kit = make_kit(settings, committed_db)
     ping_ids = await asyncio.gather(*(_ping(kit, seller) for _ in range(posts)))
     assert kit.recorder.largest_batch > 1  # recorded in batches, not one by one
 
@@ -138,12 +139,12 @@ async def test_posts_racing_for_a_small_daily_cap_never_exceed_it(
 
 
 async def test_the_same_ping_in_two_processes_is_accepted_once(
-    committed_db: Database, databases: list[Database], settings: Settings
+    make_kit: MakeKit, committed_db: Database, databases: list[Database], settings: Settings
 ) -> None:
     async with committed_db.transaction() as session:
         seller = await make_member(session, "seller")
         await bidding_buyer(session, bid_cents=3000)
-    kits = [service.PingKit(settings, db, MatchingIndex()) for db in databases]
+    kits = [make_kit(settings, db) for db in databases]
 
     async def attempt(kit: service.PingKit) -> str:
         try:
