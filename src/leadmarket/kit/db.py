@@ -210,7 +210,7 @@ class Database:
         """A unit of work outside a request (jobs, CLI): commit on success, roll back on error.
         What was registered with :func:`after_commit` runs once the commit succeeded. On SQLite
         the units of work of this process take turns first (:func:`_sqlite_turn`)."""
-        async with _sqlite_turn(self.engine, enabled=self.is_sqlite and self._own_connections()):
+        async with _sqlite_turn(self.engine, enabled=self.is_sqlite and self.owns_connections()):
             session = self.new_session()
             try:
                 yield session
@@ -223,7 +223,7 @@ class Database:
                 await session.close()
         await run_after_commit(session)
 
-    def _own_connections(self) -> bool:
+    def owns_connections(self) -> bool:
         """Whether each session has a connection of the engine to itself (not a test's one
         connection shared by all)."""
         return type(self).new_session is Database.new_session
@@ -276,7 +276,7 @@ class _PinnedDatabase(Database):
         # by it; the connection stays checked out for the next one.
         return AsyncSession(bind=self._connection, expire_on_commit=False, autoflush=True)
 
-    def _own_connections(self) -> bool:
+    def owns_connections(self) -> bool:
         return True
 
     @asynccontextmanager

@@ -65,7 +65,6 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import IdempotencyKeyReused
 from leadmarket.kit.ids import new_id
-from leadmarket.kit.keyring import Keyring
 from leadmarket.leads import intake_sql, quality
 from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import check_postal_code, region_name
@@ -141,14 +140,6 @@ class LeadsKit:
         for key_id in due:
             self._marked_used[key_id] = now
         return due
-
-    def keyring(self) -> Keyring:
-        """``settings.keyring()``: the same object, also after ``reload_keyring``, without
-        pydantic's way to a private attribute (its ``__getattr__``), which cost 20 µs a lead,
-        more than hashing the three blind indexes."""
-        private = self.settings.__pydantic_private__
-        keyring = private.get("_keyring") if private else None
-        return keyring if isinstance(keyring, Keyring) else self.settings.keyring()
 
 
 @dataclass(frozen=True)
@@ -261,7 +252,7 @@ def prepare_lead(
     sale = data.sale
     ip_digest = kit.indexer.digest(IndexKind.IP, str(consent.ip))
     vault = seal_fields(
-        kit.keyring(),
+        kit.settings.keyring(),
         lead_id,
         {
             "first_name": contact.first_name,

@@ -545,7 +545,7 @@ class PingRecorder(GroupCommit[PingRecord, PingOut]):
             return await write_pings(session, settings, batch)
 
         db = kit.db
-        if not db.is_sqlite and type(db).new_session is Database.new_session:
+        if not db.is_sqlite and db.owns_connections():
             db = HeldConnection(db.engine, wait=lambda: settings.ping_batch_wait_ms / 1000)
         super().__init__(
             db, write, wait_ms=lambda: settings.ping_batch_wait_ms, max_batch=max_batch
