@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -161,6 +163,26 @@ async def committed_db(engine: AsyncEngine) -> AsyncIterator[Database]:
         await _empty_all_tables(engine)
 
 
+@asynccontextmanager
+async def _asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client speaking HTTP to ``app`` in this process, from a fixed documentation address."""
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+def committed_app(committed_db: Database, settings: Settings) -> FastAPI:
+    """The application on :func:`committed_db`: its requests' transactions really commit."""
+    return create_app(settings, database=committed_db)
+
+
+@pytest.fixture
+async def committed_client(committed_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with _asgi_client(committed_app) as c:
+        yield c
+
+
 @pytest.fixture
 def app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
     return create_app(settings, database=db)
@@ -168,8 +190,7 @@ def app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+    async with _asgi_client(app) as c:
         yield c
 
 
@@ -179,6 +200,5 @@ async def route_client(settings: Settings, db: Database) -> AsyncIterator[httpx.
     FastAPI's routes, so a test can check the lane answers exactly as the route does."""
     app = create_app(settings, database=db)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not FastLane]
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.10", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+    async with _asgi_client(app) as c:
         yield c

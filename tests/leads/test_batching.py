@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from leadmarket.app import create_app
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
@@ -43,18 +41,6 @@ from tests.fixtures.accounts import bearer, signed_in
 from tests.fixtures.leads import lead_body
 
 pytestmark = pytest.mark.committed
-
-
-@pytest.fixture
-def committed_app(committed_db: Database, settings: Settings) -> FastAPI:
-    return create_app(settings, database=committed_db)
-
-
-@pytest.fixture
-async def committed_client(committed_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=committed_app, client=("203.0.113.10", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
-        yield c
 
 
 async def api_key_of_a_seller(client: httpx.AsyncClient) -> dict[str, str]:
