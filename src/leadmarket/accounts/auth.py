@@ -7,10 +7,12 @@ admits any signed-in member when it lists none), then applies the credential rul
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -126,13 +128,7 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
             return None
     principal: Principal | None = None
     if token.startswith(API_KEY_PREFIX) and not from_cookie:
-        key = await repository.live_api_key_by_hash(session, token_digest(token))
-        if key is not None:
-            user = await repository.user_by_id(session, key.user_id)
-            if user is not None:
-                principal = Principal(user=user, api_key=key)
-                if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
-                    key.last_used_at = now
+        principal = await _api_key_principal(session, token, mark_used_at=now)
     else:
         user_session = await repository.live_session_by_token_hash(
             session, token_digest(token), now
@@ -148,18 +144,47 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
     if principal is None:
         if from_cookie:
             return None  # a stale cookie just means "signed out"
-        stopped = await _stopped_owner(session, token)
-        if stopped is not None:
-            raise AccountNotActive(stopped)
-        raise Unauthenticated("The token is unknown, expired or revoked.")
-    if principal.user.status != UserStatus.ACTIVE:
-        raise AccountNotActive(f"This account is {principal.user.status}.")
+        await _refuse_dead_token(session, token)
+    _refuse_inactive(principal)
     if gpc_requested(request.headers):
         # Global Privacy Control from a member's browser is their opt-out of sale and sharing:
         # stored with their preferences, in this request's transaction (one read once stored).
         await honour_gpc(session, principal.user.id)
     request.state.principal = principal
     return principal
+
+
+async def _api_key_principal(
+    session: AsyncSession, token: str, *, mark_used_at: dt.datetime | None
+) -> Principal:
+    """The principal of the live API key ``token``, its account active; raises as
+    :func:`authenticate` does otherwise. With ``mark_used_at``, the key is marked used then
+    (at most once a minute: :data:`_TOUCH_INTERVAL`)."""
+    key = await repository.live_api_key_by_hash(session, token_digest(token))
+    user = await repository.user_by_id(session, key.user_id) if key is not None else None
+    if key is None or user is None:
+        await _refuse_dead_token(session, token)
+    principal = Principal(user=user, api_key=key)
+    _refuse_inactive(principal)
+    if mark_used_at is not None and (
+        key.last_used_at is None or mark_used_at - key.last_used_at > _TOUCH_INTERVAL
+    ):
+        key.last_used_at = mark_used_at
+    return principal
+
+
+async def _refuse_dead_token(session: AsyncSession, token: str) -> NoReturn:
+    """Refuse a bearer token that authenticates nobody: 403 when the fraud review stopped its
+    account (:func:`_stopped_owner`), 401 otherwise."""
+    stopped = await _stopped_owner(session, token)
+    if stopped is not None:
+        raise AccountNotActive(stopped)
+    raise Unauthenticated("The token is unknown, expired or revoked.")
+
+
+def _refuse_inactive(principal: Principal) -> None:
+    if principal.user.status != UserStatus.ACTIVE:
+        raise AccountNotActive(f"This account is {principal.user.status}.")
 
 
 def check_allowed(principal: Principal, action: Action, roles: tuple[Role, ...]) -> None:
@@ -214,12 +239,22 @@ class ApiKeyPrincipals:
 
     Only for routes whose write checks the key again inside its own transaction (lead intake:
     :func:`leadmarket.leads.intake.write_leads` refuses a key revoked or an account suspended
-    meanwhile), so a stale entry can delay an answer's 401, never let a write through."""
+    meanwhile), so a stale entry can delay an answer's 401, never let a write through.
+
+    A principal is used at most ``ttl_seconds`` after the look-up that read it began, so a key
+    revoked (or an account suspended) is refused by every request that arrives later than that.
+    A key missing from the cache is looked up once, not once per request (single flight): the
+    requests that need it while its look-up runs wait for that look-up and share its answer,
+    principal or error alike. An error is not kept: the next request looks the key up again.
+    The look-up runs in a task of its own, so a waiting request that goes away (the one that
+    began it included) cancels only its own wait."""
 
     def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Principal]] = {}
+        # Per key digest: when its look-up began (monotonic), and the look-up.
+        self._lookups: dict[str, tuple[float, asyncio.Task[Principal]]] = {}
 
     def get(self, digest: str) -> Principal | None:
         entry = self._entries.get(digest)
@@ -227,35 +262,87 @@ class ApiKeyPrincipals:
             return None
         return entry[1]
 
-    def put(self, digest: str, principal: Principal) -> None:
+    def put(self, digest: str, principal: Principal, *, read_from: float | None = None) -> None:
+        """Keep ``principal`` until ``ttl_seconds`` after ``read_from`` (the monotonic time its
+        look-up began; now by default)."""
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # crude, but bounded, and refilled within seconds
-        self._entries[digest] = (time.monotonic() + self.ttl_seconds, principal)
+        began = time.monotonic() if read_from is None else read_from
+        self._entries[digest] = (began + self.ttl_seconds, principal)
+
+    async def principal(
+        self, digest: str, look_up: Callable[[], Awaitable[Principal]]
+    ) -> Principal:
+        """The key's principal: from the cache, else from the look-up already running for it
+        (if it began within ``ttl_seconds``), else from ``look_up()``, begun now. Raises what
+        the look-up raised."""
+        cached = self.get(digest)
+        if cached is not None:
+            return cached
+        now = time.monotonic()
+        flight = self._lookups.get(digest)
+        if flight is None or flight[0] + self.ttl_seconds < now:
+            task = asyncio.create_task(self._look_up(digest, now, look_up))
+            # Retrieved here so that a failure nobody waits for any more is not logged as
+            # "never retrieved"; the waiters get it from the task all the same.
+            task.add_done_callback(_retrieve_outcome)
+            flight = (now, task)
+            self._lookups[digest] = flight
+        # Shielded: a waiter cancelled (its client went away) does not cancel the others' answer.
+        return await asyncio.shield(flight[1])
+
+    async def _look_up(
+        self, digest: str, began: float, look_up: Callable[[], Awaitable[Principal]]
+    ) -> Principal:
+        try:
+            principal = await look_up()
+        finally:
+            # Before the task is done: no request can join a look-up that has ended.
+            flight = self._lookups.get(digest)
+            if flight is not None and flight[1] is asyncio.current_task():
+                del self._lookups[digest]
+        self.put(digest, principal, read_from=began)
+        return principal
+
+
+def _retrieve_outcome(task: asyncio.Task[Principal]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def rechecked_principal(
     request: Request, action: Action, roles: tuple[Role, ...]
 ) -> Principal:
     """The caller of a route that checks ``principal.api_key`` again where it writes: an API
-    key's principal may come from :class:`ApiKeyPrincipals`, so the request makes no database
-    round trip of its own; otherwise :func:`authenticate` runs in a short transaction of its own
-    (committed: it may note the key's or session's use, or store a GPC opt-out). Raises
-    Unauthenticated / Forbidden like :func:`requires`. Shared by :func:`requires_rechecked` and
-    fast-lane handlers (``kit.fastlane``)."""
+    key's principal comes from :class:`ApiKeyPrincipals` (one look-up per key every few seconds
+    per process, however many requests use it meanwhile), so the request makes no database round
+    trip of its own. The look-up only reads: the writer's own check of the key marks it used
+    (``repository.recheck_api_keys``), once a minute; it stores the Global Privacy Control
+    opt-out of the request that began it, as :func:`authenticate` does. Any other credential is
+    checked by :func:`authenticate` in a short transaction of its own (committed: it may note
+    the session's use, or store a GPC opt-out). Raises Unauthenticated / Forbidden like
+    :func:`requires`. Shared by :func:`requires_rechecked` and fast-lane handlers
+    (``kit.fastlane``)."""
     token = _bearer_token(request)
-    cache: ApiKeyPrincipals = request.app.state.api_key_principals
-    principal: Principal | None = None
-    digest = token_digest(token) if token and token.startswith(API_KEY_PREFIX) else None
-    if digest is not None:
-        principal = cache.get(digest)
-    if principal is None:
-        db: Database = request.app.state.db
+    db: Database = request.app.state.db
+    if token is not None and token.startswith(API_KEY_PREFIX):
+        cache: ApiKeyPrincipals = request.app.state.api_key_principals
+        gpc = gpc_requested(request.headers)
+
+        async def look_up() -> Principal:
+            async with db.transaction() as session:
+                principal = await _api_key_principal(session, token, mark_used_at=None)
+                if gpc:
+                    await honour_gpc(session, principal.user.id)
+            return principal
+
+        principal = await cache.principal(token_digest(token), look_up)
+    else:
         async with db.transaction() as session:
-            principal = await authenticate(request, session)
-        if principal is None:
+            found = await authenticate(request, session)
+        if found is None:
             raise Unauthenticated()
-        if digest is not None and principal.api_key is not None:
-            cache.put(digest, principal)
+        principal = found
     check_allowed(principal, action, roles)
     return principal
 
