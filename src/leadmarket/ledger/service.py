@@ -187,6 +187,17 @@ async def _available(session: AsyncSession, account_id: str) -> int:
     return int(balance or 0)
 
 
+def _short_of(required_cents: int, available_cents: int, currency: str) -> InsufficientFunds:
+    return InsufficientFunds(
+        f"This needs {required_cents} cents; {available_cents} are available.",
+        extra={
+            "required_cents": required_cents,
+            "available_cents": available_cents,
+            "currency": currency,
+        },
+    )
+
+
 async def post_transaction(
     session: AsyncSession, kind: TransactionKind, reference: str, lines: Sequence[Line]
 ) -> LedgerTransaction:
@@ -217,14 +228,7 @@ async def post_transaction(
             balance_after = (await session.execute(move)).scalar_one_or_none()
             if balance_after is None:
                 available = await _available(session, account.id)
-                raise InsufficientFunds(
-                    f"This needs {-amount} cents; {available} are available.",
-                    extra={
-                        "required_cents": -amount,
-                        "available_cents": available,
-                        "currency": account.currency,
-                    },
-                )
+                raise _short_of(-amount, available, account.currency)
             session.add(
                 LedgerEntry(
                     id=new_id("ent"),
@@ -426,8 +430,20 @@ async def hold_funds(
     :class:`HoldExists` (409) when this reference already holds funds; either way nothing is
     changed."""
     _positive(amount_cents, "a hold")
-    wallet = await open_account(session, AccountKind.BUYER_WALLET, currency, buyer_id)
-    held = await open_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
+    wallet = await find_account(session, AccountKind.BUYER_WALLET, currency, buyer_id)
+    if wallet is None:  # never funded: nothing to hold, and no account to make for it
+        raise _short_of(amount_cents, 0, currency)
+    held = await find_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
+    if held is None:
+        # The buyer's first hold makes their held account, and locks their wallet first: so
+        # whoever makes it holds the wallet, in the order of a transaction that locked this
+        # buyer's accounts up front (lock_buyer_accounts: only those that exist). Made first,
+        # its new row would be ours while we waited for that transaction's wallet lock, and
+        # it, about to make the same account, would wait for us: a deadlock.
+        await session.execute(
+            select(LedgerAccount.id).where(LedgerAccount.id == wallet.id).with_for_update()
+        )
+        held = await open_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
     async with session.begin_nested():
         inserted = await session.execute(
             insert_ignoring_conflicts(
