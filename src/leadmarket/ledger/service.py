@@ -26,6 +26,7 @@ takes more than its percentage; the seller gets the fraction of a cent)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,27 @@ class PaymentDeclined(DomainError):
         "The payment processor declined the charge; `decline_code` says why. Nothing was "
         "charged and nothing was changed."
     )
+
+
+log = logging.getLogger("leadmarket.ledger")
+
+# How long a member is asked to wait before retrying a deposit the processor did not answer.
+PROCESSOR_RETRY_AFTER_SECONDS = 5
+
+
+class PaymentProcessorFailed(DomainError):
+    status = 502
+    slug = "payment-processor-failed"
+    title = "The payment processor did not answer"
+    explanation = (
+        "The charge's outcome is unknown (the processor could not be reached, or failed). "
+        "Nothing was booked. Retry after the number of seconds in the Retry-After header "
+        "with the same Idempotency-Key: the processor charges one key at most once."
+    )
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", str(PROCESSOR_RETRY_AFTER_SECONDS))
 
 
 class HoldClosed(Conflict):
@@ -277,15 +299,22 @@ async def deposit(
     _positive(amount_cents, "a deposit")
     deposit_id = new_id("dep")
     outside_effect()  # a request charged once is never run again (kit.transient)
-    charge = await processor.charge(
-        ChargeRequest(
-            amount_cents=amount_cents,
-            currency=currency,
-            member_id=member_id,
-            idempotency_key=f"{member_id}:{idempotency_key}" if idempotency_key else deposit_id,
-            payment_method=payment_method,
-        )
+    request = ChargeRequest(
+        amount_cents=amount_cents,
+        currency=currency,
+        member_id=member_id,
+        idempotency_key=f"{member_id}:{idempotency_key}" if idempotency_key else deposit_id,
+        payment_method=payment_method,
     )
+    try:
+        charge = await processor.charge(request)
+    except Exception as exc:
+        # An adapter raises when the answer is unknown (a network error, a 5xx): the member
+        # is told so (a 502 to retry with the same key), not given an internal error.
+        log.warning(
+            "payment processor %s failed on deposit %s: %r", processor.name, deposit_id, exc
+        )
+        raise PaymentProcessorFailed() from exc
     if charge.status != ChargeStatus.SETTLED:
         raise PaymentDeclined(
             charge.decline_message or "The payment was declined.",
