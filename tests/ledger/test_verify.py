@@ -126,3 +126,42 @@ async def test_a_hold_whose_transactions_do_not_match_is_found(session: AsyncSes
         problems = (await verify_ledger(session)).problems
         assert any("ord_v1" in p and "do not move exactly" in p for p in problems), problems
     assert (await verify_ledger(session)).ok
+
+
+async def test_a_wallet_that_went_negative_and_was_topped_up_is_found(
+    session: AsyncSession,
+) -> None:
+    """No wallet may *ever* be negative (issue 4 §5): an overdraft paid back later leaves the
+    balances right and every transaction balanced; only the entries' balances after show it."""
+    _, _, wallet = await market(session)
+    clearing = await service.open_account(session, AccountKind.PROCESSOR_CLEARING, "USD")
+    overdraft = wallet.balance_cents + 500  # 500 cents below zero in between
+    async with tampered(session):
+        for n, moved in enumerate((-overdraft, overdraft)):
+            transaction = LedgerTransaction(
+                id=new_id("ltx"), kind=TransactionKind.DEPOSIT.value, reference=f"dep_od{n}"
+            )
+            session.add(transaction)
+            await session.flush()
+            after = wallet.balance_cents + (moved if n == 0 else 0)
+            session.add_all(
+                [
+                    LedgerEntry(
+                        transaction_id=transaction.id,
+                        account_id=wallet.id,
+                        amount_cents=moved,
+                        balance_after_cents=after,
+                    ),
+                    LedgerEntry(
+                        transaction_id=transaction.id,
+                        account_id=clearing.id,
+                        amount_cents=-moved,
+                        balance_after_cents=clearing.balance_cents - (moved if n == 0 else 0),
+                    ),
+                ]
+            )
+            await session.flush()
+        problems = (await verify_ledger(session)).problems
+        assert len(problems) == 1, problems
+        assert wallet.id in problems[0] and "went negative: -500 cents" in problems[0]
+    assert (await verify_ledger(session)).ok

@@ -11,7 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.models import AuditEvent, Deposit, LedgerEntry, LedgerTransaction
+from leadmarket.payments.processor import ChargeRequest
 from tests.fixtures.accounts import bearer, signed_in
+from tests.fixtures.ledger import RecordingProcessor
 
 WALLET = "/api/v1/wallet"
 DEPOSITS = "/api/v1/wallet/deposits"
@@ -188,3 +190,52 @@ async def test_who_may_deposit(client: httpx.AsyncClient) -> None:
     api_key = bearer(key.json()["key"])
     assert (await client.get(WALLET, headers=api_key)).status_code == 200
     assert (await client.post(DEPOSITS, json=body, headers=api_key)).status_code == 403
+
+
+async def test_a_processor_adapter_is_asked_once_per_key_and_its_charge_recorded(
+    client: httpx.AsyncClient, session: AsyncSession, processor: RecordingProcessor
+) -> None:
+    account, auth = await signed_in(client)
+    headers = {**auth, "Idempotency-Key": "adapter-1"}
+    body = {"amount_cents": 4200, "currency": "CAD", "payment_method": "pm_card_visa"}
+    first = await client.post(DEPOSITS, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert first.json()["processor"] == "recording"
+    again = await client.post(DEPOSITS, json=body, headers=headers)
+    assert again.json() == first.json()
+    # Asked once, with what an adapter needs: the key scoped to the member, so that two
+    # members' keys never meet at the processor.
+    assert processor.asked == [
+        ChargeRequest(
+            amount_cents=4200,
+            currency="CAD",
+            member_id=account["id"],
+            idempotency_key=f"{account['id']}:adapter-1",
+            payment_method="pm_card_visa",
+        )
+    ]
+    stored = await session.scalar(select(Deposit).where(Deposit.id == first.json()["id"]))
+    assert stored is not None and stored.processor == "recording"
+    assert stored.processor_reference.startswith("ch_")
+
+
+async def test_a_processor_that_does_not_answer_is_a_502_to_retry_and_changes_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, processor: RecordingProcessor
+) -> None:
+    _, auth = await signed_in(client)
+    headers = {**auth, "Idempotency-Key": "unanswered-1"}
+    processor.failures_left = 1
+    before = await counts(session)
+    failed = await client.post(DEPOSITS, json={"amount_cents": 1500}, headers=headers)
+    assert failed.status_code == 502, failed.text
+    assert failed.headers["content-type"].startswith("application/problem+json")
+    assert failed.json()["type"] == "/problems/payment-processor-failed"
+    assert int(failed.headers["retry-after"]) > 0
+    assert await counts(session) == before
+    # Not remembered as the key's answer: the retry with the same key is charged, and the
+    # processor sees the same key both times (it charges a key at most once).
+    retry = await client.post(DEPOSITS, json={"amount_cents": 1500}, headers=headers)
+    assert retry.status_code == 201, retry.text
+    assert (await wallet(client, auth))["balance_cents"] == 1500
+    assert len({asked.idempotency_key for asked in processor.asked}) == 1
+    assert len(processor.asked) == 2

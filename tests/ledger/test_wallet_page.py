@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.models import Deposit, LedgerTransaction
 from tests.fixtures.accounts import PASSWORD, register
+from tests.fixtures.ledger import RecordingProcessor
 
 
 def field(html: str, name: str) -> str:
@@ -171,3 +172,21 @@ async def test_a_remembered_session_enters_the_password_before_depositing(
     location = urlsplit(response.headers["location"])
     assert location.path == "/account/reauth"
     assert parse_qs(location.query)["next"] == ["/wallet"]
+
+
+async def test_a_processor_that_does_not_answer_is_shown_and_the_form_keeps_its_key(
+    client: httpx.AsyncClient, session: AsyncSession, processor: RecordingProcessor
+) -> None:
+    await web_member(client)
+    processor.failures_left = 1
+    before = await money_rows(session)
+    form = await deposit_form(client)
+    response = await client.post("/wallet/deposits", data=form)
+    assert response.status_code == 502
+    assert "did not answer" in response.text
+    assert await money_rows(session) == before
+    # Sent again as shown, the deposit goes to the processor under the same key.
+    assert field(response.text, "deposit_key") == form["deposit_key"]
+    again = {**form, "csrf_token": field(response.text, "csrf_token")}
+    assert (await client.post("/wallet/deposits", data=again)).status_code == 303
+    assert len({asked.idempotency_key for asked in processor.asked}) == 1

@@ -16,7 +16,15 @@ PostgreSQL only (SQLite's write lock serializes whole transactions). Two tests:
   several processes), over a dozen exclusive and shared auctions and six buyers: no transaction
   fails but for a refused bid (no deadlock, no serialization failure), PostgreSQL counts no
   deadlock in the database, and ``ledger verify`` holds, with every held hold a current leader's
-  or an order's."""
+  or an order's.
+* A buyer's first hold beside a sweep that locked their accounts up front. Those accounts are
+  locked only if they exist; a buyer's held account is made at their first hold. Before, a
+  hold made it first and then took the money from the wallet: the buyer's own purchase (one
+  buyer, no up-front lock) made the held account, whose new row is its own until it commits,
+  then waited for the wallet, which the sweep had locked and which now, holding funds for
+  the buyer's campaign, waited to make the same account. A deadlock (no lost update: every
+  balance moves by a conditional UPDATE). Now a hold that makes the held account locks the
+  wallet first, so whoever makes it holds the wallet, in the sweep's order."""
 
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import pytest
@@ -35,9 +43,20 @@ from leadmarket.config import Settings
 from leadmarket.kit.db import Database, is_deadlock, make_engine, utcnow
 from leadmarket.kit.errors import DomainError
 from leadmarket.kit.realtime import LocalBroker
+from leadmarket.ledger import service as ledger
 from leadmarket.ledger.verify import verify_ledger
 from leadmarket.marketplace import service
-from leadmarket.models import Auction, Bid, HoldStatus, Lead, LedgerHold, Order, User
+from leadmarket.models import (
+    AccountKind,
+    Auction,
+    Bid,
+    HoldStatus,
+    Lead,
+    LedgerAccount,
+    LedgerHold,
+    Order,
+    User,
+)
 from leadmarket.orders.service import purchase
 from tests.fixtures.auctions import open_auction
 from tests.fixtures.campaigns import campaign
@@ -266,3 +285,94 @@ async def test_many_concurrent_campaign_sweeps_bids_and_closes_never_deadlock(
         report = await verify_ledger(session)
         assert report.ok, report.problems
     assert refused < len(bidding)
+
+
+ROLE = "test_role"  # session.info key telling the hooks which transaction is which
+
+
+async def test_a_first_hold_beside_a_sweep_that_locked_the_wallet_does_not_deadlock(
+    postgres_only: None,
+    committed_db: Database,
+    database_url: str,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with committed_db.transaction() as session:
+        seller = await make_member(session, "seller")
+        buyer = await make_member(session)
+        await fund(session, buyer, 100_000)  # a wallet, and no held account yet
+        await campaign(session, buyer, bid_cents=3_000)
+        auction = await open_auction(
+            session, seller.id, auction_ends_at=utcnow() + dt.timedelta(hours=1)
+        )
+        fixed = await open_auction(
+            session, seller.id, sale_mode="fixed", price_cents=2_000, auction_ends_at=None
+        )
+        buyer_id, auction_id, fixed_id = buyer.id, auction.id, fixed.id
+
+    held_made = asyncio.Event()  # the purchase has made the held account
+    wallet_locked = asyncio.Event()  # the sweep has locked the buyer's wallet
+    real_open, real_lock = ledger.open_account, service.lock_buyer_accounts
+
+    async def open_account(session: Any, kind: AccountKind, *args: Any) -> Any:
+        account = await real_open(session, kind, *args)
+        if kind is AccountKind.BUYER_HELD and session.info.get(ROLE) == "purchase":
+            held_made.set()
+            with contextlib.suppress(TimeoutError):  # the worst moment: the sweep's lock taken
+                await asyncio.wait_for(wallet_locked.wait(), 2)
+        return account
+
+    async def lock_buyer_accounts(session: Any, currency: Any, buyer_ids: Collection[str]) -> None:
+        await real_lock(session, currency, buyer_ids)
+        if session.info.get(ROLE) == "sweep":
+            with contextlib.suppress(TimeoutError):  # the worst moment: the held account made
+                await asyncio.wait_for(held_made.wait(), 2)
+            wallet_locked.set()
+
+    monkeypatch.setattr(ledger, "open_account", open_account)
+    monkeypatch.setattr(service, "lock_buyer_accounts", lock_buyer_accounts)
+    engines = [make_engine(database_url, pool_size=1) for _ in range(2)]
+
+    async def sweep() -> int:
+        async with Database(engines[0]).transaction() as session:
+            session.info[ROLE] = "sweep"
+            return await service.campaigns_bid_on_new_auctions(session, settings, LocalBroker())
+
+    async def buy() -> tuple[int, str]:
+        async with Database(engines[1]).transaction() as session:
+            session.info[ROLE] = "purchase"
+            buyer = await session.get(User, buyer_id)
+            assert buyer is not None
+            return await purchase(
+                session, settings, lead_id=fixed_id, buyer=buyer, idempotency_key=None
+            )
+
+    try:
+        results = await asyncio.gather(sweep(), buy(), return_exceptions=True)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert not any(is_deadlock(r) for r in results if isinstance(r, BaseException)), results
+    assert results[0] == 1 and isinstance(results[1], tuple), [repr(r) for r in results]
+
+    async with committed_db.transaction() as session:
+        auction_row = await session.get(Auction, auction_id)
+        assert auction_row is not None and auction_row.leader_id == buyer_id
+        held = list(
+            await session.scalars(
+                select(LedgerHold.amount_cents).where(
+                    LedgerHold.buyer_id == buyer_id, LedgerHold.status == HoldStatus.HELD.value
+                )
+            )
+        )
+        assert sorted(held) == [2_000, 3_000]
+        accounts = list(
+            await session.scalars(
+                select(LedgerAccount.balance_cents)
+                .where(LedgerAccount.owner_key == buyer_id)
+                .order_by(LedgerAccount.kind)
+            )
+        )
+        assert sorted(accounts) == [5_000, 95_000]  # held, wallet: one account of each
+        report = await verify_ledger(session)
+        assert report.ok, report.problems

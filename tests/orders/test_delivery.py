@@ -113,9 +113,15 @@ async def test_failed_attempts_are_retried_with_backoff_then_replayed(
         )
         assert replay.status_code == 202, replay.text
         assert replay.json()["replay_of"] == delivery["id"]
+        # Another buyer may neither read this log nor replay it: the order is not theirs.
+        _, stranger = await signed_in(client, "buyer")
+        path = f"/api/v1/orders/{order['id']}/deliveries"
+        assert (await client.get(path, headers=stranger)).status_code == 404
+        refused = await client.post(f"{path}/{delivery['id']}/replay", headers=stranger)
+        assert refused.status_code == 404, refused.text
         await worker(db, settings).run_once()
 
-    assert len(endpoint.received) == 4
+    assert len(endpoint.received) == 4  # the replay, and nothing for the stranger
     assert endpoint.received[-1].headers["webhook-id"] == replay.json()["id"]
     assert all(signing.verify(secret, m.headers, m.body) for m in endpoint.received)
     log = (await client.get(f"/api/v1/orders/{order['id']}/deliveries", headers=headers)).json()

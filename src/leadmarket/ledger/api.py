@@ -62,6 +62,10 @@ async def get_wallet(
     response_model=DepositOut,
     responses={
         402: {"description": "The processor declined the charge (type …/payment-declined)"},
+        502: {
+            "description": "The processor did not answer; retry with the same Idempotency-Key "
+            "(type …/payment-processor-failed)"
+        },
         409: {"description": "Idempotency-Key reused with another body"},
         422: {"description": "Invalid amount (at most LEADMARKET_DEPOSIT_MAX_CENTS)"},
     },

@@ -26,6 +26,7 @@ takes more than its percentage; the seller gets the fraction of a cent)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,27 @@ class PaymentDeclined(DomainError):
         "The payment processor declined the charge; `decline_code` says why. Nothing was "
         "charged and nothing was changed."
     )
+
+
+log = logging.getLogger("leadmarket.ledger")
+
+# How long a member is asked to wait before retrying a deposit the processor did not answer.
+PROCESSOR_RETRY_AFTER_SECONDS = 5
+
+
+class PaymentProcessorFailed(DomainError):
+    status = 502
+    slug = "payment-processor-failed"
+    title = "The payment processor did not answer"
+    explanation = (
+        "The charge's outcome is unknown (the processor could not be reached, or failed). "
+        "Nothing was booked. Retry after the number of seconds in the Retry-After header "
+        "with the same Idempotency-Key: the processor charges one key at most once."
+    )
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", str(PROCESSOR_RETRY_AFTER_SECONDS))
 
 
 class HoldClosed(Conflict):
@@ -187,6 +209,17 @@ async def _available(session: AsyncSession, account_id: str) -> int:
     return int(balance or 0)
 
 
+def _short_of(required_cents: int, available_cents: int, currency: str) -> InsufficientFunds:
+    return InsufficientFunds(
+        f"This needs {required_cents} cents; {available_cents} are available.",
+        extra={
+            "required_cents": required_cents,
+            "available_cents": available_cents,
+            "currency": currency,
+        },
+    )
+
+
 async def post_transaction(
     session: AsyncSession, kind: TransactionKind, reference: str, lines: Sequence[Line]
 ) -> LedgerTransaction:
@@ -217,14 +250,7 @@ async def post_transaction(
             balance_after = (await session.execute(move)).scalar_one_or_none()
             if balance_after is None:
                 available = await _available(session, account.id)
-                raise InsufficientFunds(
-                    f"This needs {-amount} cents; {available} are available.",
-                    extra={
-                        "required_cents": -amount,
-                        "available_cents": available,
-                        "currency": account.currency,
-                    },
-                )
+                raise _short_of(-amount, available, account.currency)
             session.add(
                 LedgerEntry(
                     id=new_id("ent"),
@@ -273,15 +299,22 @@ async def deposit(
     _positive(amount_cents, "a deposit")
     deposit_id = new_id("dep")
     outside_effect()  # a request charged once is never run again (kit.transient)
-    charge = await processor.charge(
-        ChargeRequest(
-            amount_cents=amount_cents,
-            currency=currency,
-            member_id=member_id,
-            idempotency_key=f"{member_id}:{idempotency_key}" if idempotency_key else deposit_id,
-            payment_method=payment_method,
-        )
+    request = ChargeRequest(
+        amount_cents=amount_cents,
+        currency=currency,
+        member_id=member_id,
+        idempotency_key=f"{member_id}:{idempotency_key}" if idempotency_key else deposit_id,
+        payment_method=payment_method,
     )
+    try:
+        charge = await processor.charge(request)
+    except Exception as exc:
+        # An adapter raises when the answer is unknown (a network error, a 5xx): the member
+        # is told so (a 502 to retry with the same key), not given an internal error.
+        log.warning(
+            "payment processor %s failed on deposit %s: %r", processor.name, deposit_id, exc
+        )
+        raise PaymentProcessorFailed() from exc
     if charge.status != ChargeStatus.SETTLED:
         raise PaymentDeclined(
             charge.decline_message or "The payment was declined.",
@@ -426,8 +459,20 @@ async def hold_funds(
     :class:`HoldExists` (409) when this reference already holds funds; either way nothing is
     changed."""
     _positive(amount_cents, "a hold")
-    wallet = await open_account(session, AccountKind.BUYER_WALLET, currency, buyer_id)
-    held = await open_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
+    wallet = await find_account(session, AccountKind.BUYER_WALLET, currency, buyer_id)
+    if wallet is None:  # never funded: nothing to hold, and no account to make for it
+        raise _short_of(amount_cents, 0, currency)
+    held = await find_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
+    if held is None:
+        # The buyer's first hold makes their held account, and locks their wallet first: so
+        # whoever makes it holds the wallet, in the order of a transaction that locked this
+        # buyer's accounts up front (lock_buyer_accounts: only those that exist). Made first,
+        # its new row would be ours while we waited for that transaction's wallet lock, and
+        # it, about to make the same account, would wait for us: a deadlock.
+        await session.execute(
+            select(LedgerAccount.id).where(LedgerAccount.id == wallet.id).with_for_update()
+        )
+        held = await open_account(session, AccountKind.BUYER_HELD, currency, buyer_id)
     async with session.begin_nested():
         inserted = await session.execute(
             insert_ignoring_conflicts(

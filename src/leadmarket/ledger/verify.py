@@ -4,7 +4,7 @@ The built-in checks:
 
 1. every transaction has at least two entries, and its entries sum to zero per currency;
 2. every account's balance equals the sum of its entries;
-3. no wallet or held account is below zero;
+3. no wallet or held account is below zero, nor ever was (each entry's balance after it);
 4. each buyer's held balance equals the sum of their open holds;
 5. every hold has exactly its transactions, each with exactly its amounts: the hold itself, then
    a release, or a settlement (held → seller payable, platform fees, wallet for any remainder),
@@ -117,19 +117,33 @@ async def _balances_disagree_with_entries(session: AsyncSession) -> list[str]:
 
 
 async def _negative_member_funds(session: AsyncSession) -> list[str]:
-    rows = await session.execute(
+    """A wallet or held account below zero now, or at any moment of its history: each entry
+    keeps the balance right after it, so an overdraft later topped up shows there."""
+    member_funds = LedgerAccount.kind.in_([k.value for k in NON_NEGATIVE_KINDS])
+    now = await session.execute(
         select(LedgerAccount.id, LedgerAccount.kind, LedgerAccount.balance_cents)
-        .where(
-            LedgerAccount.kind.in_([k.value for k in NON_NEGATIVE_KINDS]),
-            LedgerAccount.balance_cents < 0,
-        )
+        .where(member_funds, LedgerAccount.balance_cents < 0)
         .order_by(LedgerAccount.id)
         .limit(MAX_PROBLEMS_PER_CHECK)
     )
-    return [
+    problems = [
         f"{kind} account {account} is negative: {int(balance)} cents"
-        for account, kind, balance in rows
+        for account, kind, balance in now
     ]
+    ever = await session.execute(
+        select(
+            LedgerAccount.id, LedgerAccount.kind, LedgerEntry.balance_after_cents, LedgerEntry.id
+        )
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .where(member_funds, LedgerEntry.balance_after_cents < 0)
+        .order_by(LedgerEntry.id)
+        .limit(MAX_PROBLEMS_PER_CHECK)
+    )
+    problems += [
+        f"{kind} account {account} went negative: {int(balance)} cents after entry {entry}"
+        for account, kind, balance, entry in ever
+    ]
+    return problems[:MAX_PROBLEMS_PER_CHECK]
 
 
 async def _held_balance_is_open_holds(session: AsyncSession) -> list[str]:
@@ -279,7 +293,7 @@ async def _holds_have_their_transactions(session: AsyncSession) -> list[str]:
 BUILT_IN_CHECKS: tuple[tuple[str, LedgerCheck], ...] = (
     ("transactions balance", _unbalanced_transactions),
     ("balances match entries", _balances_disagree_with_entries),
-    ("no negative wallet or held funds", _negative_member_funds),
+    ("no wallet or held funds ever negative", _negative_member_funds),
     ("held funds match open holds", _held_balance_is_open_holds),
     ("holds have exactly their transactions", _holds_have_their_transactions),
 )

@@ -95,6 +95,7 @@ async def _wallet_page(
     values: Mapping[str, str] | None = None,
     errors: Mapping[str, str] | None = None,
     status_code: int = 200,
+    deposit_key: str | None = None,
 ) -> Response:
     settings = settings_of(request)
     cursor = request.query_params.get("before")
@@ -117,7 +118,7 @@ async def _wallet_page(
         "labels": FIELD_LABELS,
         "currency_options": [(c, c) for c in CURRENCIES],
         "payment_methods": _payment_methods(settings),
-        "deposit_key": random_token(18),
+        "deposit_key": deposit_key or random_token(18),
         "max_deposit": format_money(settings.deposit_max_cents, DEFAULT_CURRENCY),
         "fee_percent": settings.platform_fee_percent,
         "money": format_money,
@@ -202,6 +203,23 @@ async def deposit(
         errors = {"payment_method": exc.detail}
         return await _wallet_page(
             request, session, member_id, values=shown, errors=errors, status_code=402
+        )
+    except service.PaymentProcessorFailed:
+        await session.rollback()
+        errors = {
+            "form": "The payment processor did not answer, so whether your card was charged is "
+            "not known yet; nothing was added to your wallet. Send the form again in a few "
+            "seconds: the same deposit is charged at most once."
+        }
+        # The same key again, so that sending the form again cannot charge twice.
+        return await _wallet_page(
+            request,
+            session,
+            member_id,
+            values=shown,
+            errors=errors,
+            status_code=502,
+            deposit_key=fields["deposit_key"] or None,
         )
     except IdempotencyKeyReused:
         await session.rollback()

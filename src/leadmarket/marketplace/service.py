@@ -54,7 +54,7 @@ from leadmarket.campaigns.matching import (
     eligible_campaigns,
 )
 from leadmarket.config import Settings
-from leadmarket.kit.db import insert_ignoring_conflicts, utcnow
+from leadmarket.kit.db import _AFTER_COMMIT, insert_ignoring_conflicts, utcnow
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
@@ -617,14 +617,28 @@ async def _leaders(session: AsyncSession, lead_ids: list[str]) -> dict[str, tupl
     return {str(lead_id): (str(leader), int(top or 0)) for lead_id, leader, top in rows.all()}
 
 
-async def _lock_campaign_bidders(
+class _ForecastMissed(Exception):
+    """A campaign's bid would lead, and so hold funds, for a buyer whose accounts the sweep
+    did not lock up front: the forecast of who can pay was wrong (a wallet changed between
+    its unlocked read and the lock). The sweep starts over with that buyer locked too."""
+
+    def __init__(self, buyer_id: str) -> None:
+        super().__init__(buyer_id)
+        self.buyer_id = buyer_id
+
+
+# Sweeps started over with the buyers a forecast missed; the last one locks every buyer whose
+# bid could lead (a superset: it cannot miss).
+_FORECAST_RETRIES = 2
+
+
+async def _forecast_bidders(
     session: AsyncSession, plans: list[tuple[Lead, list[_CampaignBid]]]
 ) -> set[str]:
-    """Lock, all at once in the ledger's global order, the accounts of every buyer the
-    campaigns' bids on these leads may move money for: each auction's leader (released when
-    outbid) and the campaign forecast to take the lead (held), the best one whose wallet,
-    read unlocked, covers its bid, with what its forecast leads elsewhere already took. Bids
-    below the leader's maximum move nobody's money. The buyers locked."""
+    """Every buyer the campaigns' bids on these leads may move money for: each auction's
+    leader (released when outbid) and the campaign forecast to take the lead (held), the best
+    one whose wallet, read unlocked, covers its bid, with what its forecast leads elsewhere
+    already took. Bids below the leader's maximum move nobody's money."""
     leaders = await _leaders(session, [lead.id for lead, _ in plans])
     balances: dict[str, dict[str, int]] = {}
     for lead, bids in plans:
@@ -645,8 +659,22 @@ async def _lock_campaign_bidders(
                 locked.add(bid.buyer_id)
                 wallets[bid.buyer_id] -= bid.cents
                 break
-    await lock_buyer_accounts(session, {lead.currency for lead, _ in plans}, locked)
     return locked
+
+
+async def _every_possible_bidder(
+    session: AsyncSession, plans: list[tuple[Lead, list[_CampaignBid]]]
+) -> set[str]:
+    """Each auction's leader and every buyer whose campaign's bid beats the leader's maximum:
+    whoever's money these bids may move, whatever the wallets hold."""
+    leaders = await _leaders(session, [lead.id for lead, _ in plans])
+    buyers: set[str] = set()
+    for lead, bids in plans:
+        leader, top = leaders.get(lead.id, ("", 0))
+        if leader:
+            buyers.add(leader)
+        buyers.update(bid.buyer_id for bid in bids if bid.cents > top)
+    return buyers
 
 
 async def _campaigns_bid(
@@ -664,9 +692,13 @@ async def _campaigns_bid(
     placed: list[str] = []
     for pick in bids:  # highest bid first, so the others rarely need a hold
         if pick.buyer_id not in locked and pick.cents > (auction.leader_max_cents or 0):
-            # It would lead and hold funds, but its accounts were not locked up front (the
-            # forecast of who can pay missed): locking them now could deadlock.
-            continue
+            # It would lead and hold funds, but its accounts were not locked up front: locking
+            # them now could deadlock. A wallet that cannot cover the bid, read now, is no
+            # loss (the bid would be refused); one that can means the forecast missed.
+            wallet = await wallet_balances(session, lead.currency, [pick.buyer_id])
+            if wallet[pick.buyer_id] < pick.cents:
+                continue
+            raise _ForecastMissed(pick.buyer_id)
         buyer = await session.get(User, pick.buyer_id)
         if buyer is None:
             continue
@@ -705,11 +737,30 @@ async def _bid_for_campaigns_on(
         )
         for lead in leads
     ]
-    locked = await _lock_campaign_bidders(session, plans)
-    placed: list[str] = []
-    for lead, bids in plans:
-        placed += await _campaigns_bid(session, settings, broker, lead, bids, locked, now)
-    return placed
+    currencies = {lead.currency for lead, _ in plans}
+    locked = await _forecast_bidders(session, plans)
+    for attempt in range(_FORECAST_RETRIES + 1):
+        if attempt == _FORECAST_RETRIES:
+            locked |= await _every_possible_bidder(session, plans)
+        pending_effects = dict(session.info.get(_AFTER_COMMIT, {}))
+        try:
+            # A savepoint, so that a missed forecast rolls back this sweep's bids and lets go
+            # of the accounts' locks (PostgreSQL releases a savepoint's row locks with it):
+            # the next try locks the larger set afresh, in the global order.
+            async with session.begin_nested():
+                await lock_buyer_accounts(session, currencies, locked)
+                placed: list[str] = []
+                for lead, bids in plans:
+                    placed += await _campaigns_bid(
+                        session, settings, broker, lead, bids, locked, now
+                    )
+                return placed
+        except _ForecastMissed as missed:
+            locked.add(missed.buyer_id)
+            session.info[_AFTER_COMMIT] = pending_effects  # no live update of undone bids
+            for lead, _ in plans:
+                await session.refresh(lead)
+    raise AssertionError("the last try locks every possible bidder: it cannot miss")
 
 
 async def bid_for_campaigns(
@@ -725,7 +776,8 @@ async def bid_for_campaigns(
     as a maximum. A campaign whose buyer cannot cover it, or whose bid is already beaten,
     simply does not bid. Caps and budget are claimed only if the campaign wins (at the close),
     so a campaign never buys past them. The accounts the bids may move are locked first, all
-    at once (see :func:`_lock_campaign_bidders`). The ids of the bids placed."""
+    at once (see :func:`_forecast_bidders` and :func:`_bid_for_campaigns_on`). The ids of the
+    bids placed."""
     return await _bid_for_campaigns_on(session, settings, broker, [lead], now or utcnow())
 
 
