@@ -86,8 +86,22 @@ def forget_after_commit(session: AsyncSession) -> None:
     session.info.pop(_AFTER_COMMIT, None)
 
 
+AfterCommitActions = dict[Hashable, Callable[[], Awaitable[None]]]
+
+
+def pending_after_commit(session: AsyncSession) -> AfterCommitActions:
+    """A copy of the actions registered on ``session`` so far: taken before a savepoint, and
+    given back to :func:`restore_after_commit` if that savepoint is rolled back, so the actions
+    of undone work do not run at the commit."""
+    return dict(session.info.get(_AFTER_COMMIT, {}))
+
+
+def restore_after_commit(session: AsyncSession, actions: AfterCommitActions) -> None:
+    session.info[_AFTER_COMMIT] = dict(actions)
+
+
 async def run_after_commit(session: AsyncSession) -> None:
-    actions: dict[Hashable, Callable[[], Awaitable[None]]] = session.info.pop(_AFTER_COMMIT, {})
+    actions: AfterCommitActions = session.info.pop(_AFTER_COMMIT, {})
     for action in actions.values():
         await action()
 

@@ -54,7 +54,12 @@ from leadmarket.campaigns.matching import (
     eligible_campaigns,
 )
 from leadmarket.config import Settings
-from leadmarket.kit.db import _AFTER_COMMIT, insert_ignoring_conflicts, utcnow
+from leadmarket.kit.db import (
+    insert_ignoring_conflicts,
+    pending_after_commit,
+    restore_after_commit,
+    utcnow,
+)
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
@@ -742,7 +747,7 @@ async def _bid_for_campaigns_on(
     for attempt in range(_FORECAST_RETRIES + 1):
         if attempt == _FORECAST_RETRIES:
             locked |= await _every_possible_bidder(session, plans)
-        pending_effects = dict(session.info.get(_AFTER_COMMIT, {}))
+        pending_effects = pending_after_commit(session)
         try:
             # A savepoint, so that a missed forecast rolls back this sweep's bids and lets go
             # of the accounts' locks (PostgreSQL releases a savepoint's row locks with it):
@@ -757,7 +762,7 @@ async def _bid_for_campaigns_on(
                 return placed
         except _ForecastMissed as missed:
             locked.add(missed.buyer_id)
-            session.info[_AFTER_COMMIT] = pending_effects  # no live update of undone bids
+            restore_after_commit(session, pending_effects)  # no live update of undone bids
             for lead, _ in plans:
                 await session.refresh(lead)
     raise AssertionError("the last try locks every possible bidder: it cannot miss")
