@@ -311,8 +311,12 @@ async def deposit(
     except Exception as exc:
         # An adapter raises when the answer is unknown (a network error, a 5xx): the member
         # is told so (a 502 to retry with the same key), not given an internal error.
+        # Its type only: an adapter's message may quote what the member sent.
         log.warning(
-            "payment processor %s failed on deposit %s: %r", processor.name, deposit_id, exc
+            "payment processor %s failed on deposit %s: %s",
+            processor.name,
+            deposit_id,
+            type(exc).__name__,
         )
         raise PaymentProcessorFailed() from exc
     if charge.status != ChargeStatus.SETTLED:
