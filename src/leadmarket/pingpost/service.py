@@ -53,6 +53,7 @@ import datetime as dt
 import functools
 import hmac
 import json
+import json.encoder
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -175,7 +176,7 @@ class PingKit:
         return _keyed(self._postal_hmac, f"{country}|{postal_code}")
 
     def fingerprint(self, seller_id: str, content: dict[str, Any]) -> str:
-        return _keyed(self._fingerprint_hmac, _FINGERPRINT_JSON.encode([seller_id, content]))
+        return _keyed(self._fingerprint_hmac, _FINGERPRINT_JSON([seller_id, content]))
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -222,9 +223,41 @@ class PingKit:
             self._client = None
 
 
-# What json.dumps(…, sort_keys=True, separators=(",", ":")) makes, without making an encoder
-# per call (the fingerprints of rows already written must come out the same).
-_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+def _json_text(
+    *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": ")
+) -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=…, separators=…)``, the same text, for the JSON values a
+    ping is made of (parsed from a request or built here, so never circular). ``json.dumps``
+    and ``JSONEncoder.encode`` build a new C encoder on every call, which cost more than the
+    encoding of a ping's small values; this one is built once."""
+    reference = json.JSONEncoder(sort_keys=sort_keys, separators=separators)
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:  # a Python without the C accelerator
+        return reference.encode
+    encoder = make_encoder(
+        None,  # no markers: no circular check, for values that cannot be circular
+        reference.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        separators[1],
+        separators[0],
+        sort_keys,
+        False,
+        True,
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(encoder(value, 0))
+
+    return encode
+
+
+# The fingerprint's text: what json.dumps(…, sort_keys=True, separators=(",", ":")) makes (the
+# fingerprints of rows already written must come out the same).
+_FINGERPRINT_JSON = _json_text(sort_keys=True, separators=(",", ":"))
+# The JSON columns' text, as json.dumps(…) writes it.
+_COLUMN_JSON = _json_text()
 
 
 def _keyed(keyed: hmac.HMAC, value: str) -> str:
@@ -827,7 +860,7 @@ _JSON_COLUMNS = frozenset({"preview_attributes", "ranked"})
 
 def _ping_arrays(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
     return tuple(
-        [json.dumps(row[name]) for row in rows]
+        [_COLUMN_JSON(row[name]) for row in rows]
         if name in _JSON_COLUMNS
         else [row[name] for row in rows]
         for name in _PING_COLUMNS
