@@ -59,7 +59,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 import httpx
 from sqlalchemy import Table, func, select, update
@@ -163,8 +163,8 @@ class PingKit:
         root = settings.signing_key()
         # HMAC-SHA256 (``kit.crypto.keyed_hash``) keyed once: each digest copies the keyed
         # state instead of setting up the key again, which cost more than the hashing.
-        self._postal_hmac = hmac.new(derive_key(root, "ping:postal-code"), digestmod="sha256")
-        self._fingerprint_hmac = hmac.new(derive_key(root, "ping:fingerprint"), digestmod="sha256")
+        self._postal_hmac = _keyed_state(derive_key(root, "ping:postal-code"))
+        self._fingerprint_hmac = _keyed_state(derive_key(root, "ping:fingerprint"))
         self.recorder = PingRecorder(self)
         self._client: httpx.AsyncClient | None = None
         self._secrets: _OpenedSecrets | None = None
@@ -260,7 +260,24 @@ _FINGERPRINT_JSON = _json_text(sort_keys=True, separators=(",", ":"))
 _COLUMN_JSON = _json_text()
 
 
-def _keyed(keyed: hmac.HMAC, value: str) -> str:
+class _KeyedState(Protocol):
+    def copy(self) -> _KeyedState: ...
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _keyed_state(key: bytes) -> _KeyedState:
+    """HMAC-SHA256 keyed with ``key``, to be copied per digest: the C object behind
+    ``hmac.HMAC`` where OpenSSL backs it (its copy is one C call, where ``HMAC.copy`` builds a
+    Python object around two copies: half the cost of a digest), else the ``hmac.HMAC``."""
+    keyed = hmac.new(key, digestmod="sha256")
+    inner = getattr(keyed, "_hmac", None)
+    if inner is not None and all(hasattr(inner, m) for m in ("copy", "update", "hexdigest")):
+        return cast(_KeyedState, inner)
+    return keyed
+
+
+def _keyed(keyed: _KeyedState, value: str) -> str:
     """``keyed_hash(key, value)`` for the key ``keyed`` was made with."""
     digest = keyed.copy()
     digest.update(value.encode())
