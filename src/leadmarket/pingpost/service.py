@@ -392,7 +392,18 @@ def _candidates(
     bids are all there is)."""
     bids: list[Bid] = []
     external: list[CompiledCampaign] = []
-    asking = EXTERNAL_ASKED if secrets else 0
+    if not secrets:
+        # No endpoint is asked (the usual case): the loop below, less what cannot happen.
+        for campaign in matched:
+            if campaign.currency != currency or campaign.ping_url is not None:
+                continue
+            if campaign.bid_cents < floor:
+                break  # the rest bid less
+            bids.append(Bid(campaign, campaign.bid_cents))
+            if len(bids) == RANKED_KEPT:
+                break
+        return bids, external
+    asking = EXTERNAL_ASKED
     for campaign in matched:
         if campaign.currency != currency:
             continue
