@@ -305,8 +305,9 @@ def _tls_context() -> ssl.SSLContext:
 # The ping -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CheckedPing:
+class CheckedPing(NamedTuple):
+    # A named tuple, not a frozen dataclass (whose __init__ sets each field through
+    # object.__setattr__): one is made per ping.
     vertical: str
     attributes: dict[str, Any]
     postal_code: str
@@ -500,9 +501,9 @@ async def _external_bids(
     return bids
 
 
-@dataclass(frozen=True)
-class PingRecord:
-    """A ping ready to write: its row, and what its request must still prove when written."""
+class PingRecord(NamedTuple):
+    """A ping ready to write: its row, and what its request must still prove when written.
+    (A named tuple, as :class:`CheckedPing`.)"""
 
     row: dict[str, Any]
     api_key_id: str | None
