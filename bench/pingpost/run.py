@@ -395,6 +395,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_ms_per_request": round(
                 1000 * healthz_cpu / max(before.figures["requests"], 1), 3
             ),
+            "client_ms_per_request": round(
+                1000 * before.cpu_seconds / max(before.figures["requests"], 1), 3
+            ),
         },
         "ratio_pings_to_healthz": round(pings / healthz, 3) if healthz else None,
         "paced": paced,
@@ -407,6 +410,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "postgres_seconds": round(pg_cpu, 2),
             "postgres_ms_per_ping": round(1000 * pg_cpu / max(measured.figures["requests"], 1), 3),
             "client_seconds": round(measured.cpu_seconds, 2),
+            "client_ms_per_ping": round(
+                1000 * measured.cpu_seconds / max(measured.figures["requests"], 1), 3
+            ),
             "other_seconds": round(busy - server_cpu - pg_cpu - measured.cpu_seconds, 2),
             "machine_busy_share": round(busy / total, 3) if total else None,
         },
@@ -438,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  server CPU ms          per ping {result['cpu']['server_ms_per_ping']}  "
         f"per /healthz {h['server_ms_per_request']}  "
-        f"(PostgreSQL per ping {result['cpu']['postgres_ms_per_ping']})"
+        f"(PostgreSQL per ping {result['cpu']['postgres_ms_per_ping']}; wrk per ping "
+        f"{result['cpu']['client_ms_per_ping']}, per /healthz {h['client_ms_per_request']})"
     )
     for run_paced in result["paced"]:
         lat = run_paced["latency_ms"]
