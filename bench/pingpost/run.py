@@ -307,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.base_url, ping_mode, seconds=args.warmup_seconds, name="warmup", **common
             )
             log(f"warm-up: {warm.figures['statuses']}")
+            healthz_cpu_before = cpu_snapshot(server.pids())
             before = wrk(
                 f"{server.base_url}/healthz",
                 ["get"],
@@ -314,6 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name="healthz-before",
                 **common,
             )
+            healthz_cpu = cpu_used(healthz_cpu_before, cpu_snapshot(server.pids()), server.pids())
             log(f"GET /healthz: {rate(before):,.0f}/s")
             ping_mode[1] = str(paths[0]).removesuffix("0.jsonl")
             pids = server.pids()
@@ -389,6 +391,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "after_per_second": round(rate(after), 1),
             "mean_per_second": round(healthz, 1),
             "latency_ms_before": latency_ms(before),
+            # The HTTP floor: the server's CPU per bare JSON answer (the run before the pings).
+            "server_ms_per_request": round(
+                1000 * healthz_cpu / max(before.figures["requests"], 1), 3
+            ),
+            "client_ms_per_request": round(
+                1000 * before.cpu_seconds / max(before.figures["requests"], 1), 3
+            ),
         },
         "ratio_pings_to_healthz": round(pings / healthz, 3) if healthz else None,
         "paced": paced,
@@ -399,7 +408,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 1000 * server_cpu / max(measured.figures["requests"], 1), 3
             ),
             "postgres_seconds": round(pg_cpu, 2),
+            "postgres_ms_per_ping": round(1000 * pg_cpu / max(measured.figures["requests"], 1), 3),
             "client_seconds": round(measured.cpu_seconds, 2),
+            "client_ms_per_ping": round(
+                1000 * measured.cpu_seconds / max(measured.figures["requests"], 1), 3
+            ),
             "other_seconds": round(busy - server_cpu - pg_cpu - measured.cpu_seconds, 2),
             "machine_busy_share": round(busy / total, 3) if total else None,
         },
@@ -428,6 +441,12 @@ def main(argv: list[str] | None = None) -> None:
         f"(before {h['before_per_second']:,.0f}, after {h['after_per_second']:,.0f})"
     )
     print(f"  pings ÷ healthz        {result['ratio_pings_to_healthz']}")
+    print(
+        f"  server CPU ms          per ping {result['cpu']['server_ms_per_ping']}  "
+        f"per /healthz {h['server_ms_per_request']}  "
+        f"(PostgreSQL per ping {result['cpu']['postgres_ms_per_ping']}; wrk per ping "
+        f"{result['cpu']['client_ms_per_ping']}, per /healthz {h['client_ms_per_request']})"
+    )
     for run_paced in result["paced"]:
         lat = run_paced["latency_ms"]
         print(

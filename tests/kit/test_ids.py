@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -24,6 +25,7 @@ def test_an_id_is_the_time_and_random_bits_in_crockford_base32(
     millis = 1_795_000_000_123
     monkeypatch.setattr(ids.time, "time_ns", lambda: millis * 1_000_000 + 999_999)
     monkeypatch.setattr(ids.os, "urandom", lambda n: random_bytes[:n])
+    ids._random_pool.clear()  # bits drawn before the patch would come first
     value = (millis << 80) | int.from_bytes(random_bytes)
     assert ids.new_id("lead") == "lead_" + _spelled(value)
 
@@ -36,6 +38,32 @@ def test_ids_are_unique_and_ordered_by_time() -> None:
     assert len(set(later)) == 1000
     assert all(first < i for i in later)
     assert all(len(i) == 28 and set(i[2:]) <= set(_CROCKFORD) for i in later)
+
+
+def test_ids_are_unique_across_threads_and_forked_children() -> None:
+    """The random bits are drawn a few hundred ids at a time: no two threads may get the same
+    bits, and a forked child must not hand out the bits its parent still holds."""
+    ids.new_id("x")  # the pool now holds bits the parent will use
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        os.close(reading)
+        os.write(writing, "\n".join(ids.new_id("x") for _ in range(100)).encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading) as pipe:
+        in_child = set(pipe.read().split("\n"))
+    os.waitpid(child, 0)
+    with ThreadPoolExecutor(4) as pool:
+        in_threads = [i for batch in pool.map(_ids, range(8)) for i in batch]
+    in_parent = {ids.new_id("x") for _ in range(100)} | set(in_threads)
+    assert len(in_child) == 100 and len(in_threads) == len(set(in_threads)) == 8 * 500
+    assert not in_child & in_parent, "a forked child repeated its parent's random bits"
+    assert {i[12:] for i in in_child}.isdisjoint({i[12:] for i in in_parent})
+
+
+def _ids(_: int) -> list[str]:
+    return [ids.new_id("x") for _ in range(500)]
 
 
 def test_a_request_id_is_spelled_like_any_other_id(monkeypatch: pytest.MonkeyPatch) -> None:

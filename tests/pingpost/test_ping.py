@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.config import Settings
 from leadmarket.kit.crypto import derive_key, keyed_hash
 from leadmarket.models import Ping
+from leadmarket.pingpost import service
 from leadmarket.pingpost.service import PingKit
 from tests.fixtures.accounts import signed_in
 from tests.fixtures.pingpost import bidding_buyer, bidding_endpoint, ping_body, pinged_buyer
@@ -250,7 +252,11 @@ async def test_digests_are_the_keyed_hashes_rows_already_hold(app: FastAPI) -> N
     rows a process running older code wrote: both must stay ``keyed_hash`` of the same text."""
     kit: PingKit = app.state.pingpost
     root = kit.settings.signing_key()
-    content = {"vertical": "auto-insurance", "region": "CA", "attributes": {"b": 1, "a": [True]}}
+    content = {
+        "vertical": "auto-insurance",
+        "region": "CA",
+        "attributes": {"b": 1, "a": [True], "é\u2028": 'Zoë \\ "x"', "f": 1.5e-7, "n": None},
+    }
     text = json.dumps(["usr_1", content], sort_keys=True, separators=(",", ":"))
     for _ in range(2):  # the keyed state is copied, never used up
         assert kit.postal_digest("US", "93650") == keyed_hash(
@@ -260,3 +266,20 @@ async def test_digests_are_the_keyed_hashes_rows_already_hold(app: FastAPI) -> N
             derive_key(root, "ping:fingerprint"), text
         )
     assert kit.fingerprint("usr_2", content) != kit.fingerprint("usr_1", content)
+
+
+def test_json_columns_are_written_as_json_dumps_writes_them() -> None:
+    """PostgreSQL keeps a ``json`` column's text as written: the recorder's rows must hold the
+    text ``json.dumps`` makes, as rows written by SQLAlchemy (and older code) do."""
+    values: list[Any] = [
+        {"b": 1, "a": [True, False, None], "é": 'Zoë \\ "x" \u2028', "f": 1.5e-7, "g": 2.0},
+        [["cmp_01", 1200], ["cmp_02", 99]],
+        {},
+        [],
+    ]
+    rows = [{name: None for name in service._PING_COLUMNS} for _ in values]
+    for row, value in zip(rows, values, strict=True):
+        row["preview_attributes"] = row["ranked"] = value
+    arrays = dict(zip(service._PING_COLUMNS, service._ping_arrays(rows), strict=True))
+    assert arrays["preview_attributes"] == [json.dumps(v) for v in values]
+    assert arrays["ranked"] == [json.dumps(v) for v in values]

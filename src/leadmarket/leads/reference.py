@@ -124,14 +124,16 @@ def state_for_zip(zip5: str) -> str | None:
     return by_prefix.get(int(zip5[:3]))
 
 
-def _states_for_zip(zip5: str) -> frozenset[str]:
-    """Every state a ZIP code delivers to: a few rural ZIP codes straddle a state line, and an
-    address on either side is genuine."""
-    exceptions = _zip_tables()[1]
-    if zip5 in exceptions:
-        return frozenset(exceptions[zip5])
-    state = state_for_zip(zip5)
-    return frozenset({state}) if state else frozenset()
+def _states_for_zip(zip5: str) -> tuple[str, ...]:
+    """Every state a ZIP code (five digits) delivers to: a few rural ZIP codes straddle a state
+    line, and an address on either side is genuine. (A tuple of one or a few: every ping and
+    lead checks its ZIP code, and building a set each time cost more than the look-ups.)"""
+    by_prefix, exceptions = _zip_tables()
+    states = exceptions.get(zip5)
+    if states is not None:
+        return states
+    state = by_prefix.get(int(zip5[:3]))
+    return (state,) if state else ()
 
 
 def check_postal_code(country: str, region: str, postal_code: str) -> tuple[str | None, str | None]:

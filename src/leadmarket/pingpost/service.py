@@ -53,12 +53,13 @@ import datetime as dt
 import functools
 import hmac
 import json
+import json.encoder
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 import httpx
 from sqlalchemy import Table, func, select, update
@@ -162,8 +163,8 @@ class PingKit:
         root = settings.signing_key()
         # HMAC-SHA256 (``kit.crypto.keyed_hash``) keyed once: each digest copies the keyed
         # state instead of setting up the key again, which cost more than the hashing.
-        self._postal_hmac = hmac.new(derive_key(root, "ping:postal-code"), digestmod="sha256")
-        self._fingerprint_hmac = hmac.new(derive_key(root, "ping:fingerprint"), digestmod="sha256")
+        self._postal_hmac = _keyed_state(derive_key(root, "ping:postal-code"))
+        self._fingerprint_hmac = _keyed_state(derive_key(root, "ping:fingerprint"))
         self.recorder = PingRecorder(self)
         self._client: httpx.AsyncClient | None = None
         self._secrets: _OpenedSecrets | None = None
@@ -175,7 +176,7 @@ class PingKit:
         return _keyed(self._postal_hmac, f"{country}|{postal_code}")
 
     def fingerprint(self, seller_id: str, content: dict[str, Any]) -> str:
-        return _keyed(self._fingerprint_hmac, _FINGERPRINT_JSON.encode([seller_id, content]))
+        return _keyed(self._fingerprint_hmac, _FINGERPRINT_JSON([seller_id, content]))
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -222,12 +223,61 @@ class PingKit:
             self._client = None
 
 
-# What json.dumps(…, sort_keys=True, separators=(",", ":")) makes, without making an encoder
-# per call (the fingerprints of rows already written must come out the same).
-_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+def _json_text(
+    *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": ")
+) -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=…, separators=…)``, the same text, for the JSON values a
+    ping is made of (parsed from a request or built here, so never circular). ``json.dumps``
+    and ``JSONEncoder.encode`` build a new C encoder on every call, which cost more than the
+    encoding of a ping's small values; this one is built once."""
+    reference = json.JSONEncoder(sort_keys=sort_keys, separators=separators)
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:  # a Python without the C accelerator
+        return reference.encode
+    encoder = make_encoder(
+        None,  # no markers: no circular check, for values that cannot be circular
+        reference.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        separators[1],
+        separators[0],
+        sort_keys,
+        False,
+        True,
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(encoder(value, 0))
+
+    return encode
 
 
-def _keyed(keyed: hmac.HMAC, value: str) -> str:
+# The fingerprint's text: what json.dumps(…, sort_keys=True, separators=(",", ":")) makes (the
+# fingerprints of rows already written must come out the same).
+_FINGERPRINT_JSON = _json_text(sort_keys=True, separators=(",", ":"))
+# The JSON columns' text, as json.dumps(…) writes it.
+_COLUMN_JSON = _json_text()
+
+
+class _KeyedState(Protocol):
+    def copy(self) -> _KeyedState: ...
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _keyed_state(key: bytes) -> _KeyedState:
+    """HMAC-SHA256 keyed with ``key``, to be copied per digest: the C object behind
+    ``hmac.HMAC`` where OpenSSL backs it (its copy is one C call, where ``HMAC.copy`` builds a
+    Python object around two copies: half the cost of a digest), else the ``hmac.HMAC``."""
+    keyed = hmac.new(key, digestmod="sha256")
+    inner = getattr(keyed, "_hmac", None)
+    if inner is not None and all(hasattr(inner, m) for m in ("copy", "update", "hexdigest")):
+        return cast(_KeyedState, inner)
+    return keyed
+
+
+def _keyed(keyed: _KeyedState, value: str) -> str:
     """``keyed_hash(key, value)`` for the key ``keyed`` was made with."""
     digest = keyed.copy()
     digest.update(value.encode())
@@ -255,8 +305,9 @@ def _tls_context() -> ssl.SSLContext:
 # The ping -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CheckedPing:
+class CheckedPing(NamedTuple):
+    # A named tuple, not a frozen dataclass (whose __init__ sets each field through
+    # object.__setattr__): one is made per ping.
     vertical: str
     attributes: dict[str, Any]
     postal_code: str
@@ -342,7 +393,18 @@ def _candidates(
     bids are all there is)."""
     bids: list[Bid] = []
     external: list[CompiledCampaign] = []
-    asking = EXTERNAL_ASKED if secrets else 0
+    if not secrets:
+        # No endpoint is asked (the usual case): the loop below, less what cannot happen.
+        for campaign in matched:
+            if campaign.currency != currency or campaign.ping_url is not None:
+                continue
+            if campaign.bid_cents < floor:
+                break  # the rest bid less
+            bids.append(Bid(campaign, campaign.bid_cents))
+            if len(bids) == RANKED_KEPT:
+                break
+        return bids, external
+    asking = EXTERNAL_ASKED
     for campaign in matched:
         if campaign.currency != currency:
             continue
@@ -439,9 +501,9 @@ async def _external_bids(
     return bids
 
 
-@dataclass(frozen=True)
-class PingRecord:
-    """A ping ready to write: its row, and what its request must still prove when written."""
+class PingRecord(NamedTuple):
+    """A ping ready to write: its row, and what its request must still prove when written.
+    (A named tuple, as :class:`CheckedPing`.)"""
 
     row: dict[str, Any]
     api_key_id: str | None
@@ -827,7 +889,7 @@ _JSON_COLUMNS = frozenset({"preview_attributes", "ranked"})
 
 def _ping_arrays(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], ...]:
     return tuple(
-        [json.dumps(row[name]) for row in rows]
+        [_COLUMN_JSON(row[name]) for row in rows]
         if name in _JSON_COLUMNS
         else [row[name] for row in rows]
         for name in _PING_COLUMNS

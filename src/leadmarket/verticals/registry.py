@@ -453,12 +453,11 @@ def validate_attributes(
     cleaned: dict[str, Any] = {}
     errors: list[FieldError] = []
     for spec in vertical.fields:
-        path = f"attributes.{spec.name}"
         if preview_only and not spec.preview:
             if spec.name in data:
                 errors.append(
                     FieldError(
-                        path,
+                        f"attributes.{spec.name}",
                         "Not part of a ping: buyers see a ping before buying, so this answer "
                         "is sent with the post.",
                     )
@@ -466,15 +465,15 @@ def validate_attributes(
             continue
         if spec.name not in data:
             if spec.required:
-                errors.append(FieldError(path, "This field is required."))
+                errors.append(FieldError(f"attributes.{spec.name}", "This field is required."))
             continue
         value, message = _check_value(spec, data[spec.name])
         if message is not None:
-            errors.append(FieldError(path, message))
+            errors.append(FieldError(f"attributes.{spec.name}", message))
         elif value == "" and spec.type == "string":
             # Blank text carries no answer: a form's empty optional box is simply left out.
             if spec.required:
-                errors.append(FieldError(path, "This field is required."))
+                errors.append(FieldError(f"attributes.{spec.name}", "This field is required."))
         else:
             cleaned[spec.name] = value
     declared = {spec.name for spec in vertical.fields}
