@@ -501,3 +501,48 @@ def test_the_created_answer_is_the_models_dump(settings: Settings, gpc: bool) ->
     assert list(answer) == list(expected)
     assert list(answer["preview"]) == list(expected["preview"])
     assert json.dumps(answer) == json.dumps(expected)
+
+
+@pytest.mark.parametrize(
+    ("sale", "max_buyers"),
+    [
+        ({"exclusive": False}, 4),  # a shared lead goes to at most four buyers unless told
+        ({"exclusive": False, "max_buyers": 2}, 2),
+        ({"exclusive": True}, 1),
+        ({}, 1),  # exclusive is the default
+    ],
+)
+async def test_a_shared_lead_is_capped_at_four_buyers_by_default(
+    client: httpx.AsyncClient,
+    seller: dict[str, str],
+    session: AsyncSession,
+    sale: dict[str, Any],
+    max_buyers: int,
+) -> None:
+    body = lead_body()
+    del body["sale"]["max_buyers"]
+    body["sale"].update(sale)
+    response = await post(client, seller, body)
+    assert response.status_code == 201, response.text
+    lead = await session.get(Lead, response.json()["id"])
+    assert lead is not None and lead.max_buyers == max_buyers
+
+
+@pytest.mark.parametrize(
+    "sale",
+    [
+        {"exclusive": True, "max_buyers": 2},  # an exclusive lead has one buyer
+        {"exclusive": False, "max_buyers": 5},  # the cap is four
+        {"exclusive": False, "max_buyers": 0},
+    ],
+)
+async def test_an_impossible_buyer_count_is_422_and_nothing_is_stored(
+    client: httpx.AsyncClient, seller: dict[str, str], session: AsyncSession, sale: dict[str, Any]
+) -> None:
+    before = await row_counts(session)
+    body = lead_body()
+    body["sale"].update(sale)
+    response = await post(client, seller, body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await row_counts(session) == before
