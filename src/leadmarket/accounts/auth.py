@@ -35,8 +35,9 @@ from leadmarket.privacy.preferences import gpc_requested, honour_gpc
 SESSION_COOKIE = "lm_session"
 SESSION_TOKEN_PREFIX = "lms_"
 API_KEY_PREFIX = "lmk_"
-# Writing last_used_at on every request would turn every read into a write.
-_TOUCH_INTERVAL = dt.timedelta(minutes=1)
+# Writing last_used_at on every request would turn every read into a write: a session or an
+# API key is marked used at most once a minute (the API keys' writers use the same interval).
+_TOUCH_INTERVAL = repository.API_KEY_TOUCH_INTERVAL
 
 
 class AccountNotActive(Forbidden):
