@@ -127,18 +127,10 @@ class JsonFormatter(logging.Formatter):
             return mask_personal_data(_ENCODE(entry))
         return _ENCODE(entry)
 
-    def access_line(
-        self,
-        micros: int,
-        logger: str,
-        request_id: str,
-        method: str | None,
-        route: str,
-        status: int,
-        duration_ms: float,
-    ) -> str:
+    def access_line(self, micros: int, logger: str, fields: AccessFields) -> str:
         """The line :meth:`format` makes of :meth:`AccessLog.record`'s record, from a template:
         the same keys in the same order, each string masked on its own."""
+        request_id, method, route, status, duration_ms = fields
         return (
             f'{{"at": "{_iso_utc(micros)}", "level": "info", "logger": {_json_name(logger)}, '
             f'"event": "{ACCESS_EVENT}", "request_id": {_json_text(request_id)}, '
@@ -160,17 +152,9 @@ class TextFormatter(logging.Formatter):
         message = _masked(record.getMessage())
         return f"{record.levelname:<7} {record.name}: {message} {extras}".rstrip()
 
-    def access_line(
-        self,
-        micros: int,
-        logger: str,
-        request_id: str,
-        method: str | None,
-        route: str,
-        status: int,
-        duration_ms: float,
-    ) -> str:
+    def access_line(self, micros: int, logger: str, fields: AccessFields) -> str:
         """The line :meth:`format` makes of :meth:`AccessLog.record`'s record (no time in it)."""
+        request_id, method, route, status, duration_ms = fields
         return (
             f"INFO    {logger}: {ACCESS_EVENT} request_id={_masked(request_id)} "
             f"method={method if method is None else _masked(method)} route={_masked(route)} "
@@ -240,6 +224,8 @@ class StreamLogHandler(logging.StreamHandler[TextIO]):
 
 
 ACCESS_EVENT = "request"
+# What an access line says: request id, method, route template, status, duration in ms.
+AccessFields = tuple[str, str | None, str, int, float]
 
 
 class AccessLog:
@@ -266,29 +252,19 @@ class AccessLog:
         logger = self.logger
         if not logger.isEnabledFor(INFO):
             return
+        fields = (request_id, method, route, status, duration_ms)
         handler = _sole_handler(logger)
         if handler is not None:
             formatter = handler.formatter
             if type(formatter) is JsonFormatter or type(formatter) is TextFormatter:
-                handler.write_line(
-                    formatter.access_line(
-                        time_ns() // 1000,
-                        logger.name,
-                        request_id,
-                        method,
-                        route,
-                        status,
-                        duration_ms,
-                    )
-                )
+                handler.write_line(formatter.access_line(time_ns() // 1000, logger.name, fields))
                 return
-        logger.handle(self.record(request_id, method, route, status, duration_ms))
+        logger.handle(self.record(fields))
 
-    def record(
-        self, request_id: str, method: str | None, route: str, status: int, duration_ms: float
-    ) -> logging.LogRecord:
-        # Made directly: Logger.info would also look up the caller's file and line, which no
-        # access line shows.
+    def record(self, fields: AccessFields) -> logging.LogRecord:
+        """The record of the standard path. It is made directly: ``Logger.info`` would also
+        look up the caller's file and line, which no access line shows."""
+        request_id, method, route, status, duration_ms = fields
         return self.logger.makeRecord(
             self.logger.name,
             INFO,
