@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LEADMARKET_MATCHING_RECHECK_MS of the server: how often each process reads the "
         "campaigns' version (0: before every ping, a database round trip each).",
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="LEADMARKET_LOG_LEVEL of the server (INFO: one access line per request, as in "
+        "production; the lines go to server.log in the scratch directory).",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--src", type=Path, default=None, help="Serve this leadmarket/ tree.")
@@ -291,6 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("ping bodies written")
         environment = scratch.environment()
         environment["LEADMARKET_MATCHING_RECHECK_MS"] = str(args.recheck_ms)
+        environment["LEADMARKET_LOG_LEVEL"] = args.log_level.upper()
         if args.src is not None:
             environment["PYTHONPATH"] = str(args.src.resolve())
         server = Server(environment, workers=args.server_workers)
@@ -372,6 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_workers": args.server_workers,
         "connections": args.concurrency,
         "matching_recheck_ms": args.recheck_ms,
+        "log_level": args.log_level.upper(),
         "seconds": args.seconds,
         "pings_per_second": round(pings, 1),
         "pings_answered_200_per_second": round(
@@ -415,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nping/post on {result['database']}, {result['campaigns']:,} campaigns, "
         f"{result['server_workers']} workers, {result['connections']} connections, "
-        f"recheck {result['matching_recheck_ms']} ms, {result['seconds']} s"
+        f"recheck {result['matching_recheck_ms']} ms, log level {result['log_level']}, "
+        f"{result['seconds']} s"
     )
     print(f"  POST /api/v1/ping      {result['pings_per_second']:>9,.0f} /s   {result['statuses']}")
     print(
