@@ -314,6 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.base_url, ping_mode, seconds=args.warmup_seconds, name="warmup", **common
             )
             log(f"warm-up: {warm.figures['statuses']}")
+            pids = server.pids()
+            healthz_cpu = [cpu_snapshot(pids)]
             before = wrk(
                 f"{server.base_url}/healthz",
                 ["get"],
@@ -321,9 +323,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name="healthz-before",
                 **common,
             )
+            healthz_cpu.append(cpu_snapshot(pids))
             log(f"GET /healthz: {rate(before):,.0f}/s")
             ping_mode[1] = str(paths[0]).removesuffix("0.jsonl")
-            pids = server.pids()
             pg_pids = postgres_pids(scratch.url.rsplit("/", 1)[1]) if args.db == "postgres" else []
             cpu_before = cpu_snapshot(pids + pg_pids)
             measured = wrk(
@@ -331,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             cpu_after = cpu_snapshot(pids + pg_pids)
             log(f"POST /api/v1/ping: {rate(measured):,.0f}/s {measured.figures['statuses']}")
+            healthz_cpu.append(cpu_snapshot(pids))
             after = wrk(
                 f"{server.base_url}/healthz",
                 ["get"],
@@ -338,6 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name="healthz-after",
                 **common,
             )
+            healthz_cpu.append(cpu_snapshot(pids))
             log(f"GET /healthz: {rate(after):,.0f}/s")
             paced: list[dict[str, Any]] = []
             for target, shard_paths in zip(args.paced, paced_paths, strict=True):
@@ -370,6 +374,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     statuses: dict[str, int] = measured.figures["statuses"]
     answered = statuses.get("200", 0)
     server_cpu = cpu_used(cpu_before, cpu_after, pids)
+    # Server CPU per /healthz answer over both baseline runs: what one request costs the HTTP
+    # stack, which moves much less than the rate when other jobs share the machine.
+    healthz_cpu_seconds = cpu_used(healthz_cpu[0], healthz_cpu[1], pids) + cpu_used(
+        healthz_cpu[2], healthz_cpu[3], pids
+    )
+    healthz_requests = before.figures["requests"] + after.figures["requests"]
     pg_cpu = cpu_used(cpu_before, cpu_after, pg_pids)
     busy = cpu_after.machine_busy - cpu_before.machine_busy
     total = cpu_after.machine_total - cpu_before.machine_total
@@ -397,6 +407,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "after_per_second": round(rate(after), 1),
             "mean_per_second": round(healthz, 1),
             "latency_ms_before": latency_ms(before),
+            "server_ms_per_request": round(
+                1000 * healthz_cpu_seconds / max(healthz_requests, 1), 4
+            ),
         },
         "ratio_pings_to_healthz": round(pings / healthz, 3) if healthz else None,
         "paced": paced,
@@ -434,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     h = result["healthz"]
     print(
         f"  GET /healthz           {h['mean_per_second']:>9,.0f} /s   "
-        f"(before {h['before_per_second']:,.0f}, after {h['after_per_second']:,.0f})"
+        f"(before {h['before_per_second']:,.0f}, after {h['after_per_second']:,.0f}; "
+        f"server CPU {h['server_ms_per_request']} ms each)"
     )
     print(f"  pings ÷ healthz        {result['ratio_pings_to_healthz']}")
     for run_paced in result["paced"]:
