@@ -4,7 +4,6 @@ Written as plain ASGI (not BaseHTTPMiddleware) so streaming and background tasks
 from __future__ import annotations
 
 import json
-import logging
 from logging import INFO
 from time import perf_counter
 from typing import Any
@@ -13,9 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadmarket.kit.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 from leadmarket.kit.ids import new_request_id
+from leadmarket.kit.logs import AccessLog
 
-_ACCESS_LOGGER = "leadmarket.access"
-access_log = logging.getLogger(_ACCESS_LOGGER)
+access_log = AccessLog("leadmarket.access")
 # Where a request without Transfer-Encoding carries exactly its Content-Length (RFC 9112 6.3).
 _FRAMED_VERSIONS = ("1.1", "1.0")
 
@@ -152,27 +151,15 @@ class HttpEdgeMiddleware:
                 if not response_started:
                     await _refuse_body(edge_send, path, limit)
         finally:
-            if access_log.isEnabledFor(INFO):
+            if access_log.logger.isEnabledFor(INFO):
                 route = scope.get("route")
-                # The record is made and handed to the handlers directly: Logger.info would
-                # also look up the caller's file and line, which no access line shows.
-                record = access_log.makeRecord(
-                    _ACCESS_LOGGER,
-                    INFO,
-                    __file__,
-                    0,
-                    "request",
-                    (),
-                    None,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope.get("method"),
-                        "route": getattr(route, "path", None) or "(unmatched)",
-                        "status": status,
-                        "duration_ms": round((perf_counter() - started) * 1000, 2),
-                    },
+                access_log.write(
+                    request_id,
+                    scope.get("method"),
+                    getattr(route, "path", None) or "(unmatched)",
+                    status,
+                    round((perf_counter() - started) * 1000, 2),
                 )
-                access_log.handle(record)
 
 
 class _BodyTooLarge(Exception):
