@@ -440,7 +440,14 @@ async def test_the_sweep_expires_abandoned_requests_drops_old_reports_and_purges
     assert await session.get(PrivacyRequest, young.id) is not None
     assert (await _status(client, abandoned))["status"] == "expired"
 
-    later = now + dt.timedelta(days=settings.privacy_report_days, seconds=1)
+    # From the report's own deadline: the answer was closed after ``now``, by as long as the
+    # jobs took (more than a second on a loaded machine).
+    available_until = await session.scalar(
+        select(PrivacyRequest.report_available_until).where(PrivacyRequest.id == created["id"])
+    )
+    assert available_until is not None
+    assert available_until >= now + dt.timedelta(days=settings.privacy_report_days)
+    later = available_until + dt.timedelta(seconds=1)
     result = await sweep_requests(session, settings, now=later)
     assert result.reports_deleted == 1
     await session.commit()
