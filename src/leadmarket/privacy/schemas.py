@@ -19,6 +19,7 @@ from leadmarket.models.privacy import DenialReason, RequestType
 MAX_PROOF_DOCUMENT_BYTES = 512 * 1024
 PROOF_CONTENT_TYPES = ("application/pdf", "image/png", "image/jpeg", "text/plain")
 MAX_CORRECTIONS = 20
+MAX_DETAILS_CHARS = 2000
 CODE_LENGTH = 6
 
 RequestTypeName = Literal["know", "access", "delete", "correct", "opt_out"]
@@ -87,7 +88,7 @@ class PrivacyRequestIn(RequestModel):
     name: PersonName | None = None
     postal_code: Annotated[str, Field(min_length=3, max_length=12)] | None = None
     birth_date: dt.date | None = None
-    details: Annotated[str, Field(max_length=2000)] | dict[str, str] | None = None
+    details: Annotated[str, Field(max_length=MAX_DETAILS_CHARS)] | dict[str, str] | None = None
     on_behalf: Literal["self", "agent", "parent"] = "self"
     agent_name: Annotated[str, Field(max_length=200), AfterValidator(check_name)] | None = None
     proof_text: Annotated[str, Field(min_length=10, max_length=4000)] | None = None
