@@ -118,6 +118,28 @@ async def test_extension_once_to_90_days_with_its_reason_emailed(
     assert opened == 1, "opening the sealed address to write to the consumer is recorded"
 
 
+async def test_an_overdue_request_cannot_be_extended_after_the_fact(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """P5 (CCPA 1798.130(a)(2)): the extension is told within the first 45 days; an officer
+    cannot turn an overdue request into one due in 90 days."""
+    officer = await _officer(client, session)
+    late = await _make_request(
+        session, settings, received=dt.datetime.now(dt.UTC) - dt.timedelta(days=46)
+    )
+    await session.commit()
+    response = await client.post(
+        f"/api/v1/admin/privacy/requests/{late.id}/extend",
+        json={"reason": "Three buyers must confirm the deletion of their copies."},
+        headers=officer,
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["type"] == "/problems/privacy-extension-refused"
+    assert "within the first 45 days" in response.json()["detail"]
+    await session.refresh(late)
+    assert late.extended_until is None and late.extension_reason is None
+
+
 async def test_an_officer_denies_with_a_reason_and_a_closed_request_cannot_change(
     client: httpx.AsyncClient, session: AsyncSession, fake: FakeConsumerData
 ) -> None:

@@ -157,7 +157,10 @@ class RequestClosed(Conflict):
 class ExtensionRefused(Conflict):
     slug = "privacy-extension-refused"
     title = "Extension refused"
-    explanation = "A request may be extended once only (to 90 days after receipt), while open."
+    explanation = (
+        "A request may be extended once only (to 90 days after receipt), while open and before "
+        "its 45-day deadline has passed."
+    )
 
 
 class ProofReviewRefused(Conflict):
@@ -1058,13 +1061,20 @@ async def extend_request(
     reason: str,
     now: dt.datetime | None = None,
 ) -> PrivacyRequest:
-    """Extend once, to 90 days after receipt, with a written reason emailed to the consumer."""
+    """Extend once, to 90 days after receipt, with a written reason emailed to the consumer,
+    within the first 45 days (P5; CCPA 1798.130(a)(2): the consumer is told of the extension
+    within the first period). An overdue request cannot be made not overdue after the fact."""
     now = now or utcnow()
     request = await _locked(session, request_id)
     if request.status not in OPEN_STATUSES:
         raise RequestClosed("This request is already answered or expired.")
     if request.extended_until is not None:
         raise ExtensionRefused("This request was already extended; it can be extended once.")
+    if now > request.due_at:
+        raise ExtensionRefused(
+            f"The answer was due on {_date(request.due_at)}: an extension must be sent to the "
+            "consumer within the first 45 days. Answer the request now."
+        )
     request.extended_until = request.received_at + dt.timedelta(days=EXTENDED_ANSWER_DAYS)
     request.extension_reason = reason.strip()
     _log_event(
