@@ -70,6 +70,7 @@ from leadmarket.models import (
 from leadmarket.notifications.service import queue_mail
 from leadmarket.orders.service import LEAD_DELIVERED
 from leadmarket.privacy.disclosures import RecipientCategory
+from leadmarket.privacy.schemas import CORRECTABLE_FIELDS
 from leadmarket.verticals.registry import (
     PI_CATEGORIES,
     FieldSpec,
@@ -829,15 +830,6 @@ async def erase_consumer(
 # Correction (P3) -----------------------------------------------------------------------------
 
 _NAME_FIELDS = ("first_name", "last_name")
-_ADDRESS_FIELDS = ("address.street", "address.city", "address.region", "address.postal_code")
-CORRECTABLE_FIELDS = (
-    "name",
-    *_NAME_FIELDS,
-    "email",
-    "phone",
-    "birth_date",
-    *_ADDRESS_FIELDS,
-)
 
 
 @dataclass
