@@ -73,6 +73,22 @@ async def _verify(
     assert response.status_code == 200, response.text
 
 
+async def _agent_request(client: httpx.AsyncClient, **proof: Any) -> dict[str, Any]:
+    """A know request about KNOWN made by an authorized agent with a written declaration."""
+    response = await submit(
+        client,
+        type="know",
+        email=KNOWN,
+        on_behalf="agent",
+        agent_name="Carla Agent",
+        proof_text="Signed permission from Ana Silva attached.",
+        **proof,
+    )
+    assert response.status_code == 202, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
 async def test_officer_routes_admit_privacy_officers_and_admins_only(
     client: httpx.AsyncClient, session: AsyncSession, fake: FakeConsumerData
 ) -> None:
@@ -178,21 +194,14 @@ async def test_an_agent_request_waits_for_the_officer_to_accept_the_proof(
     fake.hold(email=KNOWN)
     officer = await _officer(client, session)
     document = base64.b64encode(b"%PDF-1.4 signed permission").decode()
-    created = (
-        await submit(
-            client,
-            type="know",
-            email=KNOWN,
-            on_behalf="agent",
-            agent_name="Carla Agent",
-            proof_text="Signed permission from Ana Silva attached.",
-            proof_document={
-                "filename": "permission.pdf",
-                "content_type": "application/pdf",
-                "data_base64": document,
-            },
-        )
-    ).json()
+    created = await _agent_request(
+        client,
+        proof_document={
+            "filename": "permission.pdf",
+            "content_type": "application/pdf",
+            "data_base64": document,
+        },
+    )
     await _verify(client, session, created)
     await run_jobs(db, settings)
     assert (await _status(client, created))["status"] == "pending"
@@ -217,6 +226,41 @@ async def test_an_agent_request_waits_for_the_officer_to_accept_the_proof(
         headers=officer,
     )
     assert again.status_code == 409
+
+
+async def test_the_first_request_counts_first_even_while_it_waits_for_the_proof(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    db: Database,
+    settings: Settings,
+    fake: FakeConsumerData,
+) -> None:
+    """P5: twice in 12 months means the first two received. An agent's request waiting for
+    the officer came first; the consumer's own two later requests do not use up its turn: the
+    first of them is answered, the second (the third received) is refused."""
+    fake.hold(email=KNOWN)
+    fake.matching = 2
+    officer = await _officer(client, session)
+    agents = await _agent_request(client)
+    await _verify(client, session, agents)
+    own = []
+    for _ in range(2):
+        created = (await submit(client, type="know", email=KNOWN)).json()
+        await _verify(client, session, created)
+        await run_jobs(db, settings)
+        own.append(created)
+    accepted = await client.post(
+        f"/api/v1/admin/privacy/requests/{agents['id']}/proof",
+        json={"accept": True},
+        headers=officer,
+    )
+    assert accepted.status_code == 200, accepted.text
+    await run_jobs(db, settings)
+
+    assert (await _status(client, agents))["status"] == "fulfilled"
+    assert (await _status(client, own[0]))["status"] == "fulfilled"
+    third = await _status(client, own[1])
+    assert (third["status"], third["denial_reason"]) == ("denied", "too_many_requests")
 
 
 async def test_a_rejected_proof_denies_the_request(

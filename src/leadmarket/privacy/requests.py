@@ -690,8 +690,10 @@ async def _lock_consumer(session: AsyncSession, identity: Identity) -> None:
 async def answered_know_access_requests(
     session: AsyncSession, request: PrivacyRequest, identity: Identity
 ) -> int:
-    """Other know/access requests of the same consumer (by any of their identifiers) answered
-    in the 12 months before this one was received (P5)."""
+    """Other know/access requests of the same consumer (by any of their identifiers) received
+    in the 12 months before this one and answered, or verified and waiting to be (P5). Only
+    earlier requests count: the third request is the one refused, not the first one because
+    it waited for an agent's proof while two later ones were answered."""
     count = await session.scalar(
         select(func.count())
         .select_from(PrivacyRequest)
@@ -699,8 +701,9 @@ async def answered_know_access_requests(
             identity.matches(),
             PrivacyRequest.id != request.id,
             PrivacyRequest.type.in_((RequestType.KNOW.value, RequestType.ACCESS.value)),
-            PrivacyRequest.status.in_(_ANSWERED),
+            PrivacyRequest.status.in_((*_ANSWERED, RequestStatus.PENDING.value)),
             PrivacyRequest.received_at > request.received_at - LOOKBACK,
+            PrivacyRequest.received_at < request.received_at,
         )
     )
     return int(count or 0)
