@@ -58,8 +58,14 @@ def test_the_demo_admin_and_privacy_officer_see_the_privacy_pages(
     expect(rows.nth(1)).to_contain_text("know")
     request_id = rows.nth(0).get_attribute("data-id")
     assert request_id is not None
+    young_id = rows.nth(1).get_attribute("data-id")
     rows.nth(0).get_by_role("link").click()
     expect(page.get_by_role("heading", level=1)).to_have_text(request_id)
+    # P5: past its 45 days it can no longer be extended, only answered.
+    expect(page.get_by_role("heading", name="Deny")).to_be_visible()
+    expect(page.locator("form[action$='/extend']")).to_have_count(0)
+    page.goto(live_site.url(f"/privacy/queue/{young_id}"))
+    expect(page.locator("form[action$='/extend']")).to_have_count(1)
     # The answered request is among all requests.
     page.goto(live_site.url("/privacy/queue?status=fulfilled"))
     expect(page.locator("#queue tbody tr")).to_have_count(1)

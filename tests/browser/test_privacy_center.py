@@ -92,3 +92,27 @@ def test_a_consumer_makes_a_know_request_and_downloads_the_answer(
     assert [c["include_pieces"] for c in fake.called("build_report")] == [False]
     live_site.wait_for_mail(address, "has been answered")
     assert complaints == []
+
+
+def test_the_details_field_says_what_the_form_wants_not_what_the_api_wants(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    """A refused correction or an over-long note gets a message in the form's own terms, next
+    to the field: one `field: value` line per correction, a length limit; never the API's JSON
+    example or "Input should be a valid dictionary"."""
+    address = f"ana.{secrets.token_hex(3)}@example.com"
+    page.goto(live_site.url("/privacy"))
+    page.get_by_role("radio", name="Correct").check()
+    page.get_by_label("Email address").fill(address)
+    page.get_by_role("button", name="Send my request").click()
+    expect(page.locator("#details-error")).to_contain_text("name: Ana Silva")
+    expect(page.locator("#details-error")).not_to_contain_text("{")
+
+    page.get_by_label("Know what we hold").check()
+    # Past the textarea's maxlength, as a client that ignores it (or a pasted file) sends.
+    page.locator("[name=details]").evaluate("(e) => e.removeAttribute('maxlength')")
+    page.locator("[name=details]").fill("x" * 2001)
+    page.get_by_role("button", name="Send my request").click()
+    expect(page.locator("#details-error")).to_contain_text("at most 2000 characters")
+    expect(page.locator("#details-error")).not_to_contain_text("dictionary")
+    assert complaints == []

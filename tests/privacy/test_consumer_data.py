@@ -115,6 +115,16 @@ async def buy(client: httpx.AsyncClient, buyer: Buyer, lead_id: str) -> str:
     return str(order.json()["id"])
 
 
+async def business_disclosure(session: AsyncSession, lead_id: str, **recipient: str) -> None:
+    """A disclosure of identifiers not sold, as its producer records it."""
+    session.add(Disclosure(lead_id=lead_id, categories=["identifiers"], sold=False, **recipient))
+    await session.flush()
+
+
+def year_ago() -> dt.datetime:
+    return utcnow() - dt.timedelta(days=365)
+
+
 def worker(db: Database, settings: Settings) -> Worker[object]:
     return Worker(db, build_registry(), build_services(settings), settings)  # type: ignore[arg-type]
 
@@ -163,6 +173,48 @@ async def test_a_consumer_is_found_by_email_or_by_phone_and_no_one_else(
 # The report (P1, P2) -------------------------------------------------------------------------
 
 
+async def test_the_report_lists_each_disclosure_with_recipient_categories_purpose_and_time(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    settings: Settings,
+    kit: LeadsKit,
+    seller: dict[str, str],
+) -> None:
+    """P1, P2: the consumer sees not only the categories per kind of recipient but each
+    disclosure: which buyer (by its public username), which categories, why and when. A
+    law-enforcement recipient is counted but not named."""
+    ana = person("ana")
+    bought = await post_lead(client, seller, ana, "auto-insurance")
+    buyer = await make_buyer(client, session, None)
+    before = utcnow()
+    await buy(client, buyer, bought["id"])
+    await business_disclosure(
+        session,
+        bought["id"],
+        recipient_name="County Sheriff",
+        recipient_category="law_enforcement",
+        purpose="legal_request",
+    )
+    consumer = consumer_from(kit, email=ana.email, phone=None)
+
+    report = await consumer_data.build_report(
+        session, settings, consumer, since=year_ago(), include_pieces=False, request_id=REQUEST_ID
+    )
+
+    sale, production = report["disclosures"]
+    assert sale["recipient"] == buyer.user.username
+    assert sale["recipient_category"] == "buyer" and sale["sold"] is True
+    assert sale["purpose"] == "sale" and sale["lead_id"] == bought["id"]
+    assert sale["categories"] == disclosed_categories("auto-insurance")
+    assert dt.datetime.fromisoformat(sale["disclosed_at"]) >= before
+    assert production["recipient"] is None
+    assert production["recipient_category"] == "law_enforcement"
+    assert production["sold"] is False
+    assert "County Sheriff" not in json.dumps(report)
+    rows = list(csv.reader(io.StringIO(consumer_data.report_as_csv(report))))
+    assert ["disclosures", "0.recipient", buyer.user.username] in rows
+
+
 async def test_the_report_lists_categories_sources_recipients_and_the_two_lists(
     client: httpx.AsyncClient,
     session: AsyncSession,
@@ -177,19 +229,15 @@ async def test_the_report_lists_categories_sources_recipients_and_the_two_lists(
     await buy(client, buyer, bought["id"])
     # A disclosure for a business purpose (a service provider's hand-off), as its producer
     # will record it.
-    session.add(
-        Disclosure(
-            lead_id=bought["id"],
-            recipient_id=buyer.user.id,
-            recipient_category="service_provider",
-            categories=["identifiers"],
-            purpose="verification",
-            sold=False,
-        )
+    await business_disclosure(
+        session,
+        bought["id"],
+        recipient_id=buyer.user.id,
+        recipient_category="service_provider",
+        purpose="verification",
     )
-    await session.flush()
     consumer = consumer_from(kit, email=ana.email, phone=None)
-    since = utcnow() - dt.timedelta(days=365)
+    since = year_ago()
 
     report = await consumer_data.build_report(
         session, settings, consumer, since=since, include_pieces=False, request_id=REQUEST_ID

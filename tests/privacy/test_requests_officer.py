@@ -73,6 +73,22 @@ async def _verify(
     assert response.status_code == 200, response.text
 
 
+async def _agent_request(client: httpx.AsyncClient, **proof: Any) -> dict[str, Any]:
+    """A know request about KNOWN made by an authorized agent with a written declaration."""
+    response = await submit(
+        client,
+        type="know",
+        email=KNOWN,
+        on_behalf="agent",
+        agent_name="Carla Agent",
+        proof_text="Signed permission from Ana Silva attached.",
+        **proof,
+    )
+    assert response.status_code == 202, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
 async def test_officer_routes_admit_privacy_officers_and_admins_only(
     client: httpx.AsyncClient, session: AsyncSession, fake: FakeConsumerData
 ) -> None:
@@ -118,6 +134,28 @@ async def test_extension_once_to_90_days_with_its_reason_emailed(
     assert opened == 1, "opening the sealed address to write to the consumer is recorded"
 
 
+async def test_an_overdue_request_cannot_be_extended_after_the_fact(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """P5 (CCPA 1798.130(a)(2)): the extension is told within the first 45 days; an officer
+    cannot turn an overdue request into one due in 90 days."""
+    officer = await _officer(client, session)
+    late = await _make_request(
+        session, settings, received=dt.datetime.now(dt.UTC) - dt.timedelta(days=46)
+    )
+    await session.commit()
+    response = await client.post(
+        f"/api/v1/admin/privacy/requests/{late.id}/extend",
+        json={"reason": "Three buyers must confirm the deletion of their copies."},
+        headers=officer,
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["type"] == "/problems/privacy-extension-refused"
+    assert "within the first 45 days" in response.json()["detail"]
+    await session.refresh(late)
+    assert late.extended_until is None and late.extension_reason is None
+
+
 async def test_an_officer_denies_with_a_reason_and_a_closed_request_cannot_change(
     client: httpx.AsyncClient, session: AsyncSession, fake: FakeConsumerData
 ) -> None:
@@ -156,21 +194,14 @@ async def test_an_agent_request_waits_for_the_officer_to_accept_the_proof(
     fake.hold(email=KNOWN)
     officer = await _officer(client, session)
     document = base64.b64encode(b"%PDF-1.4 signed permission").decode()
-    created = (
-        await submit(
-            client,
-            type="know",
-            email=KNOWN,
-            on_behalf="agent",
-            agent_name="Carla Agent",
-            proof_text="Signed permission from Ana Silva attached.",
-            proof_document={
-                "filename": "permission.pdf",
-                "content_type": "application/pdf",
-                "data_base64": document,
-            },
-        )
-    ).json()
+    created = await _agent_request(
+        client,
+        proof_document={
+            "filename": "permission.pdf",
+            "content_type": "application/pdf",
+            "data_base64": document,
+        },
+    )
     await _verify(client, session, created)
     await run_jobs(db, settings)
     assert (await _status(client, created))["status"] == "pending"
@@ -195,6 +226,41 @@ async def test_an_agent_request_waits_for_the_officer_to_accept_the_proof(
         headers=officer,
     )
     assert again.status_code == 409
+
+
+async def test_the_first_request_counts_first_even_while_it_waits_for_the_proof(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    db: Database,
+    settings: Settings,
+    fake: FakeConsumerData,
+) -> None:
+    """P5: twice in 12 months means the first two received. An agent's request waiting for
+    the officer came first; the consumer's own two later requests do not use up its turn: the
+    first of them is answered, the second (the third received) is refused."""
+    fake.hold(email=KNOWN)
+    fake.matching = 2
+    officer = await _officer(client, session)
+    agents = await _agent_request(client)
+    await _verify(client, session, agents)
+    own = []
+    for _ in range(2):
+        created = (await submit(client, type="know", email=KNOWN)).json()
+        await _verify(client, session, created)
+        await run_jobs(db, settings)
+        own.append(created)
+    accepted = await client.post(
+        f"/api/v1/admin/privacy/requests/{agents['id']}/proof",
+        json={"accept": True},
+        headers=officer,
+    )
+    assert accepted.status_code == 200, accepted.text
+    await run_jobs(db, settings)
+
+    assert (await _status(client, agents))["status"] == "fulfilled"
+    assert (await _status(client, own[0]))["status"] == "fulfilled"
+    third = await _status(client, own[1])
+    assert (third["status"], third["denial_reason"]) == ("denied", "too_many_requests")
 
 
 async def test_a_rejected_proof_denies_the_request(
@@ -440,7 +506,14 @@ async def test_the_sweep_expires_abandoned_requests_drops_old_reports_and_purges
     assert await session.get(PrivacyRequest, young.id) is not None
     assert (await _status(client, abandoned))["status"] == "expired"
 
-    later = now + dt.timedelta(days=settings.privacy_report_days, seconds=1)
+    # From the report's own deadline: the answer was closed after ``now``, by as long as the
+    # jobs took (more than a second on a loaded machine).
+    available_until = await session.scalar(
+        select(PrivacyRequest.report_available_until).where(PrivacyRequest.id == created["id"])
+    )
+    assert available_until is not None
+    assert available_until >= now + dt.timedelta(days=settings.privacy_report_days)
+    later = available_until + dt.timedelta(seconds=1)
     result = await sweep_requests(session, settings, now=later)
     assert result.reports_deleted == 1
     await session.commit()

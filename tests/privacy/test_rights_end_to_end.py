@@ -555,6 +555,45 @@ async def test_correct_changes_what_the_buyer_sees_and_the_index_follows(
     assert await session.get(LeadVault, other["id"]) is not None
 
 
+async def test_a_correction_named_as_the_privacy_center_says_is_made(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    db: Database,
+    settings: Settings,
+    seller: dict[str, str],
+) -> None:
+    """The privacy center tells a consumer to write ``street: 2 Oak Ave``: that correction is
+    made (it was denied after the code, the service knowing only ``address.street``), and a
+    field no correction can change is refused beside the field at once, before any code."""
+    ana = person("ana")
+    buyer = await make_buyer(client, session, None)
+    sold = await post_lead(client, seller, ana, "auto-insurance")
+    order_id = await buy(client, buyer, sold["id"])
+
+    refused = await client.post(
+        "/api/v1/privacy/requests",
+        json={"type": "correct", "email": ana.email, "details": {"eye_colour": "green"}},
+    )
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "details" and "eye_colour" in error["message"]
+    assert await session.scalar(select(func.count()).select_from(PrivacyRequest)) == 0
+
+    _, status = await ask(
+        client,
+        db,
+        settings,
+        type="correct",
+        email=ana.email,
+        details={"Street": "2 Oak Ave"},
+    )
+
+    assert status["status"] == "fulfilled", status
+    assert status["report"]["fields"] == ["address.street"]
+    order = (await client.get(f"/api/v1/orders/{order_id}", headers=buyer.headers)).json()
+    assert order["contact"]["address"]["street"] == "2 Oak Ave"
+
+
 # 6. Opt-out of sale (P9) ------------------------------------------------------------------------
 
 

@@ -90,7 +90,11 @@ async def opted_in(client: httpx.AsyncClient) -> tuple[dict[str, str], dict[str,
 
 
 async def newsletter(
-    session: AsyncSession, settings: Settings, account: dict[str, str], subject: str
+    session: AsyncSession,
+    settings: Settings,
+    account: dict[str, str],
+    subject: str,
+    topic: MailTopic = MailTopic.NEWSLETTERS,
 ) -> OutboundMail:
     return await queue_mail(
         session,
@@ -98,8 +102,8 @@ async def newsletter(
         to=account["email"],
         subject=subject,
         text_body="What is new at Leadmarket.",
-        template="test/newsletter",
-        topic=MailTopic.NEWSLETTERS,
+        template=f"test/{topic.value}",
+        topic=topic,
         user_id=account["id"],
     )
 
@@ -169,6 +173,56 @@ async def test_one_click_unsubscribe_is_honoured_at_once_and_transactional_mail_
     again = await client.put(PREFERENCES, json={"topics": {"newsletters": True}}, headers=headers)
     assert again.status_code == 200
     back = await newsletter(session, settings, account, "February news")
+    assert back.status == "queued"
+
+
+async def member_message_mail(
+    session: AsyncSession, settings: Settings, account: dict[str, str], subject: str
+) -> OutboundMail:
+    return await newsletter(session, settings, account, subject, MailTopic.MEMBER_MESSAGES)
+
+
+async def test_the_link_in_a_member_message_mail_stops_member_message_mail(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings, db: Database
+) -> None:
+    """P7, P8: the unsubscribe in a mail telling a member about another member's message stops
+    that mail (the member-messages preference), not only marketing the member never got."""
+    account, headers = await signed_in(client)
+    first = await member_message_mail(session, settings, account, "A message about order 1")
+    assert first.status == "queued"
+    await run_jobs(db, settings)
+    [sent] = [m for m in eml_files(settings) if m["Subject"] == "A message about order 1"]
+    link = link_of(sent)
+    assert link in body_of(sent) and "messages from other members" in body_of(sent)
+    page = await client.get(path_of(link, settings))
+    assert page.status_code == 200 and "member messages" in page.text
+
+    one_click = await client.post(
+        path_of(link, settings),
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200
+    assert one_click.json() == {
+        "status": "unsubscribed",
+        "category": "member_message",
+        "detail": one_click.json()["detail"],
+    }
+
+    nxt = await member_message_mail(session, settings, account, "A message about order 2")
+    assert (nxt.status, nxt.suppressed_reason) == ("suppressed", "preference")
+    prefs = await client.get(PREFERENCES, headers=headers)
+    assert prefs.json()["topics"]["member_messages"] is False
+    assert prefs.json()["channels"]["email"] is True
+    # A replayed link changes nothing (transactional mail continues: see the test above).
+    replay = await client.post(path_of(link, settings))
+    assert replay.status_code == 200 and replay.json()["status"] == "already_unsubscribed"
+    # Turning the topic on again in the preferences brings the mail back.
+    again = await client.put(
+        PREFERENCES, json={"topics": {"member_messages": True}}, headers=headers
+    )
+    assert again.status_code == 200, again.text
+    back = await member_message_mail(session, settings, account, "A message about order 3")
     assert back.status == "queued"
 
 

@@ -81,13 +81,23 @@ def suppression_hash(settings: Settings, address: str) -> str:
     return keyed_hash(key, normalize_address(address))
 
 
-def unsubscribe_token(settings: Settings, address: str, user_id: str | None = None) -> str:
-    """The signed link's token: the address's keyed hash, the category (always marketing:
-    transactional mail cannot be unsubscribed from, P7) and, for mail to a member, their id, so
-    that the member's stored preferences follow the click."""
+def unsubscribe_token(
+    settings: Settings,
+    address: str,
+    user_id: str | None = None,
+    category: MailCategory = MailCategory.MARKETING,
+) -> str:
+    """The signed link's token: the address's keyed hash, the category it stops (marketing,
+    or for a member-message mail to a member, member-message mail; transactional mail cannot
+    be unsubscribed from, P7) and, for mail to a member, their id, so that the member's stored
+    preferences follow the click."""
+    if category is MailCategory.TRANSACTIONAL or (
+        category is MailCategory.MEMBER_MESSAGE and user_id is None
+    ):
+        raise ValueError(f"no unsubscribe link stops {category.value} mail to this address")
     claims: dict[str, str] = {
         "a": suppression_hash(settings, address),
-        "c": MailCategory.MARKETING.value,
+        "c": category.value,
     }
     if user_id is not None:
         claims["u"] = user_id
@@ -96,8 +106,13 @@ def unsubscribe_token(settings: Settings, address: str, user_id: str | None = No
     )
 
 
-def unsubscribe_url(settings: Settings, address: str, user_id: str | None = None) -> str:
-    token = unsubscribe_token(settings, address, user_id)
+def unsubscribe_url(
+    settings: Settings,
+    address: str,
+    user_id: str | None = None,
+    category: MailCategory = MailCategory.MARKETING,
+) -> str:
+    token = unsubscribe_token(settings, address, user_id, category)
     return f"{settings.base_url.rstrip('/')}/unsubscribe/{token}"
 
 
@@ -262,11 +277,18 @@ def message_id_for(settings: Settings, mail_id: str) -> str:
 
 def compose_message(settings: Settings, mail: OutboundMail) -> EmailMessage:
     """Every message, whatever its template or topic, ends with the unsubscribe link and
-    carries the RFC 2369 / RFC 8058 headers (P7)."""
-    url = unsubscribe_url(settings, mail.to_address, mail.user_id)
+    carries the RFC 2369 / RFC 8058 headers (P7). The link in a member-message mail stops that
+    kind of mail (P8: the member's "member messages" preference), since that is the mail the
+    reader wants to stop; in any other mail it stops marketing."""
+    if mail.category == MailCategory.MEMBER_MESSAGE.value and mail.user_id is not None:
+        url = unsubscribe_url(settings, mail.to_address, mail.user_id, MailCategory.MEMBER_MESSAGE)
+        stop = "To stop email about messages from other members, open this link"
+    else:
+        url = unsubscribe_url(settings, mail.to_address, mail.user_id)
+        stop = "To stop marketing email from Leadmarket, open this link"
     body = (
         f"{mail.text_body.rstrip()}\n\n-- \n"
-        f"To stop marketing email from Leadmarket, open this link: {url}\n"
+        f"{stop}: {url}\n"
         "Messages about your account and your transactions will still reach you.\n"
         f"Members choose which email they get at {preferences_url(settings)}\n"
     )
@@ -387,12 +409,35 @@ def read_unsubscribe_token(settings: Settings, token: str) -> UnsubscribeRequest
     address_hash, category = body.get("a"), body.get("c")
     if not isinstance(address_hash, str) or len(address_hash) != 64:
         raise InvalidUnsubscribeLink()
-    if category != MailCategory.MARKETING.value:
+    if category not in (MailCategory.MARKETING.value, MailCategory.MEMBER_MESSAGE.value):
         raise InvalidUnsubscribeLink()
     user_id = body.get("u")
     if user_id is not None and not isinstance(user_id, str):
         raise InvalidUnsubscribeLink()
-    return UnsubscribeRequest(address_hash, MailCategory.MARKETING, user_id)
+    if category == MailCategory.MEMBER_MESSAGE.value and user_id is None:
+        raise InvalidUnsubscribeLink()
+    return UnsubscribeRequest(address_hash, MailCategory(category), user_id)
+
+
+async def _stop_member_message_mail(
+    session: AsyncSession, settings: Settings, request: UnsubscribeRequest
+) -> bool:
+    """Turn the member's "member messages" email off (P8); True if it already was off, or if
+    the link's address is no longer the member's (that address gets no such mail any more)."""
+    assert request.user_id is not None
+    user = await session.get(User, request.user_id)
+    if user is None or suppression_hash(settings, user.email) != request.address_hash:
+        return True
+    row = await session.get(CommunicationPreference, user.id, with_for_update=True)
+    if row is None:
+        row = CommunicationPreference(user_id=user.id, **PREFERENCE_DEFAULTS)
+        session.add(row)
+    elif not row.member_messages:
+        return True
+    row.member_messages = False
+    row.updated_at = utcnow()
+    await session.flush()
+    return False
 
 
 async def _withdraw_member_marketing_consent(
@@ -418,9 +463,14 @@ async def _withdraw_member_marketing_consent(
 
 async def unsubscribe(session: AsyncSession, settings: Settings, token: str) -> UnsubscribeOutcome:
     """Record the opt-out named by an unsubscribe link, at once: the next marketing message to
-    the address is suppressed. A replayed link, or two clicks racing, records it once and
-    reports ``already``."""
+    the address (or, for a member-message link, the next member-message mail to the member) is
+    suppressed. A replayed link, or two clicks racing, records it once and reports
+    ``already``."""
     request = read_unsubscribe_token(settings, token)
+    if request.category is MailCategory.MEMBER_MESSAGE:
+        already = await _stop_member_message_mail(session, settings, request)
+        log.info("unsubscribed", extra={"category": request.category.value, "already": already})
+        return UnsubscribeOutcome(request.category.value, already)
     exists = await session.scalar(
         select(MailSuppression.id).where(
             MailSuppression.address_hash == request.address_hash,

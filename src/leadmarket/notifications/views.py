@@ -12,6 +12,7 @@ from starlette.responses import Response
 from leadmarket.config import settings_of
 from leadmarket.kit.routing import TransactionalRoute, get_session, guard
 from leadmarket.kit.templating import templates_of
+from leadmarket.models.mail import MailCategory
 from leadmarket.notifications.service import read_unsubscribe_token, unsubscribe
 
 
@@ -63,14 +64,19 @@ async def unsubscribe_now(
             {"done": True, "already": outcome.already, "category": outcome.category},
         )
     status = "already_unsubscribed" if outcome.already else "unsubscribed"
+    kind = (
+        "email about messages from other members"
+        if outcome.category == MailCategory.MEMBER_MESSAGE.value
+        else "marketing email"
+    )
     return JSONResponse(
         {
             "status": status,
             "category": outcome.category,
             "detail": (
-                "This address was already unsubscribed from marketing email; nothing changed."
+                f"This address was already unsubscribed from {kind}; nothing changed."
                 if outcome.already
-                else "This address will get no more marketing email."
+                else f"This address will get no more {kind}."
             )
             + " Messages about your account and your transactions still reach it.",
         }

@@ -69,6 +69,8 @@ from leadmarket.models import (
 )
 from leadmarket.notifications.service import queue_mail
 from leadmarket.orders.service import LEAD_DELIVERED
+from leadmarket.privacy.disclosures import RecipientCategory
+from leadmarket.privacy.schemas import CORRECTABLE_FIELDS
 from leadmarket.verticals.registry import (
     PI_CATEGORIES,
     FieldSpec,
@@ -348,7 +350,8 @@ async def build_report(
     ``categories_collected``, ``sources``, ``purposes``, ``recipient_categories``,
     ``categories_sold`` ({recipient category: [categories]}),
     ``categories_disclosed_for_business_purpose`` (same shape), built from the disclosure
-    records, and ``pieces`` (one entry per lead: its id, vertical, collected_at and decrypted
+    records, ``disclosures`` (each record: when, to which recipient, which categories, why),
+    and ``pieces`` (one entry per lead: its id, vertical, collected_at and decrypted
     fields) only for access. Every decryption is audited under ``request_id``.
 
     Categories are the statutory keys of ``verticals.registry.PI_CATEGORIES`` (``labels``
@@ -392,6 +395,7 @@ async def build_report(
         target = sold if disclosure.sold else business
         target.setdefault(disclosure.recipient_category, set()).update(disclosure.categories)
     recipients = sorted({d.recipient_category for d in disclosures})
+    names = await _recipient_names(session, disclosures)
     report: dict[str, Any] = {
         "period": {"since": since.isoformat(), "until": now.isoformat()},
         "leads_found": len(collected),
@@ -407,11 +411,42 @@ async def build_report(
             **{k: PI_CATEGORIES[k] for k in sorted(categories) if k in PI_CATEGORIES},
             **{k: RECIPIENT_CATEGORIES.get(k, k) for k in recipients},
         },
+        "disclosures": [_disclosure_entry(d, names) for d in disclosures],
         "note": _note(settings),
     }
     if include_pieces:
         report["pieces"] = await _pieces(session, settings, collected, request_id)
     return report
+
+
+async def _recipient_names(session: AsyncSession, disclosures: list[Disclosure]) -> dict[str, str]:
+    """The public username of each member recipient (a buyer is named by the username it
+    trades under, A1), by user id."""
+    member_ids = {d.recipient_id for d in disclosures if d.recipient_id is not None}
+    if not member_ids:
+        return {}
+    rows = await session.execute(select(User.id, User.username).where(User.id.in_(member_ids)))
+    return {str(user_id): str(username) for user_id, username in rows.all()}
+
+
+def _disclosure_entry(disclosure: Disclosure, names: Mapping[str, str]) -> dict[str, Any]:
+    """One disclosure as the consumer sees it: when, to whom, which categories, why (P1, P2).
+    A law-enforcement recipient is not named: a legal request may forbid telling the person
+    it is about who asked; its category and date are still listed."""
+    recipient: str | None = None
+    if disclosure.recipient_category != RecipientCategory.LAW_ENFORCEMENT.value:
+        recipient = (
+            names.get(disclosure.recipient_id) if disclosure.recipient_id is not None else None
+        ) or disclosure.recipient_name
+    return {
+        "disclosed_at": disclosure.disclosed_at.isoformat(),
+        "lead_id": disclosure.lead_id,
+        "recipient": recipient,
+        "recipient_category": disclosure.recipient_category,
+        "categories": sorted(disclosure.categories),
+        "purpose": disclosure.purpose,
+        "sold": disclosure.sold,
+    }
 
 
 async def _pieces(
@@ -795,15 +830,6 @@ async def erase_consumer(
 # Correction (P3) -----------------------------------------------------------------------------
 
 _NAME_FIELDS = ("first_name", "last_name")
-_ADDRESS_FIELDS = ("address.street", "address.city", "address.region", "address.postal_code")
-CORRECTABLE_FIELDS = (
-    "name",
-    *_NAME_FIELDS,
-    "email",
-    "phone",
-    "birth_date",
-    *_ADDRESS_FIELDS,
-)
 
 
 @dataclass

@@ -157,7 +157,10 @@ class RequestClosed(Conflict):
 class ExtensionRefused(Conflict):
     slug = "privacy-extension-refused"
     title = "Extension refused"
-    explanation = "A request may be extended once only (to 90 days after receipt), while open."
+    explanation = (
+        "A request may be extended once only (to 90 days after receipt), while open and before "
+        "its 45-day deadline has passed."
+    )
 
 
 class ProofReviewRefused(Conflict):
@@ -687,8 +690,10 @@ async def _lock_consumer(session: AsyncSession, identity: Identity) -> None:
 async def answered_know_access_requests(
     session: AsyncSession, request: PrivacyRequest, identity: Identity
 ) -> int:
-    """Other know/access requests of the same consumer (by any of their identifiers) answered
-    in the 12 months before this one was received (P5)."""
+    """Other know/access requests of the same consumer (by any of their identifiers) received
+    in the 12 months before this one and answered, or verified and waiting to be (P5). Only
+    earlier requests count: the third request is the one refused, not the first one because
+    it waited for an agent's proof while two later ones were answered."""
     count = await session.scalar(
         select(func.count())
         .select_from(PrivacyRequest)
@@ -696,8 +701,9 @@ async def answered_know_access_requests(
             identity.matches(),
             PrivacyRequest.id != request.id,
             PrivacyRequest.type.in_((RequestType.KNOW.value, RequestType.ACCESS.value)),
-            PrivacyRequest.status.in_(_ANSWERED),
+            PrivacyRequest.status.in_((*_ANSWERED, RequestStatus.PENDING.value)),
             PrivacyRequest.received_at > request.received_at - LOOKBACK,
+            PrivacyRequest.received_at < request.received_at,
         )
     )
     return int(count or 0)
@@ -1058,13 +1064,20 @@ async def extend_request(
     reason: str,
     now: dt.datetime | None = None,
 ) -> PrivacyRequest:
-    """Extend once, to 90 days after receipt, with a written reason emailed to the consumer."""
+    """Extend once, to 90 days after receipt, with a written reason emailed to the consumer,
+    within the first 45 days (P5; CCPA 1798.130(a)(2): the consumer is told of the extension
+    within the first period). An overdue request cannot be made not overdue after the fact."""
     now = now or utcnow()
     request = await _locked(session, request_id)
     if request.status not in OPEN_STATUSES:
         raise RequestClosed("This request is already answered or expired.")
     if request.extended_until is not None:
         raise ExtensionRefused("This request was already extended; it can be extended once.")
+    if now > request.due_at:
+        raise ExtensionRefused(
+            f"The answer was due on {_date(request.due_at)}: an extension must be sent to the "
+            "consumer within the first 45 days. Answer the request now."
+        )
     request.extended_until = request.received_at + dt.timedelta(days=EXTENDED_ANSWER_DAYS)
     request.extension_reason = reason.strip()
     _log_event(

@@ -19,6 +19,40 @@ from leadmarket.models.privacy import DenialReason, RequestType
 MAX_PROOF_DOCUMENT_BYTES = 512 * 1024
 PROOF_CONTENT_TYPES = ("application/pdf", "image/png", "image/jpeg", "text/plain")
 MAX_CORRECTIONS = 20
+MAX_DETAILS_CHARS = 2000
+# The consumer's data a correction may name (P3); attributes go as ``attributes.<name>``.
+CORRECTABLE_FIELDS = (
+    "name",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "birth_date",
+    "address.street",
+    "address.city",
+    "address.region",
+    "address.postal_code",
+)
+# The everyday names a person writes (the privacy center's own example says ``street: …``).
+CORRECTION_ALIASES = {
+    "street": "address.street",
+    "city": "address.city",
+    "state": "address.region",
+    "province": "address.region",
+    "region": "address.region",
+    "postal_code": "address.postal_code",
+    "zip": "address.postal_code",
+    "zip_code": "address.postal_code",
+    "date_of_birth": "birth_date",
+}
+
+
+def correction_field(name: str) -> str:
+    """The canonical name of a field to correct, as typed (any case, an everyday alias)."""
+    key = "_".join(name.strip().lower().split())
+    return CORRECTION_ALIASES.get(key, key)
+
+
 CODE_LENGTH = 6
 
 RequestTypeName = Literal["know", "access", "delete", "correct", "opt_out"]
@@ -87,7 +121,7 @@ class PrivacyRequestIn(RequestModel):
     name: PersonName | None = None
     postal_code: Annotated[str, Field(min_length=3, max_length=12)] | None = None
     birth_date: dt.date | None = None
-    details: Annotated[str, Field(max_length=2000)] | dict[str, str] | None = None
+    details: Annotated[str, Field(max_length=MAX_DETAILS_CHARS)] | dict[str, str] | None = None
     on_behalf: Literal["self", "agent", "parent"] = "self"
     agent_name: Annotated[str, Field(max_length=200), AfterValidator(check_name)] | None = None
     proof_text: Annotated[str, Field(min_length=10, max_length=4000)] | None = None
@@ -121,7 +155,7 @@ class PrivacyRequestIn(RequestModel):
                     raise ValueError("Name each field to correct (at most 60 characters).")
                 if len(new) > 500:
                     raise ValueError("A corrected value has at most 500 characters.")
-            return {field.strip(): new.strip() for field, new in value.items()}
+            return {correction_field(field): new.strip() for field, new in value.items()}
         if isinstance(value, str):
             return value.strip() or None
         return value
@@ -142,6 +176,22 @@ class PrivacyRequestIn(RequestModel):
                         'e.g. {"name": "Ana Silva"}.',
                     )
                 )
+            else:
+                # Said now, not after the code: a field no correction can change.
+                unknown = [
+                    name
+                    for name in self.details
+                    if name not in CORRECTABLE_FIELDS and not name.startswith("attributes.")
+                ]
+                if unknown:
+                    errors.append(
+                        FieldError(
+                            "details",
+                            f"These cannot be corrected: {', '.join(unknown)}. Use "
+                            f"{', '.join(CORRECTABLE_FIELDS)}, street, city, state, zip "
+                            "or attributes.<name>.",
+                        )
+                    )
         elif isinstance(self.details, dict):
             errors.append(FieldError("details", "Free text for this type of request."))
         if self.on_behalf == "self":

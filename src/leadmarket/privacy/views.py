@@ -44,6 +44,7 @@ from leadmarket.privacy import requests
 from leadmarket.privacy.api import report_download
 from leadmarket.privacy.preferences import gpc_requested
 from leadmarket.privacy.schemas import (
+    MAX_DETAILS_CHARS,
     MAX_PROOF_DOCUMENT_BYTES,
     PROOF_CONTENT_TYPES,
     DenyIn,
@@ -181,6 +182,13 @@ async def privacy_center(
     return _center(request)
 
 
+# The page's own wording: the API's messages speak of JSON objects, which the form has none of.
+CORRECTION_FORMAT = (
+    "To correct, write one correction per line as field: correct value, "
+    "for example name: Ana Silva."
+)
+
+
 def _corrections(text: str) -> tuple[dict[str, str] | None, str | None]:
     """The correction form's lines, ``field: new value``, as the API's object."""
     found: dict[str, str] = {}
@@ -189,7 +197,7 @@ def _corrections(text: str) -> tuple[dict[str, str] | None, str | None]:
             continue
         field, colon, value = line.partition(":")
         if not colon or not field.strip() or not value.strip():
-            return None, "Write one correction per line as `field: correct value`."
+            return None, CORRECTION_FORMAT
         found[field.strip()] = value.strip()
     return (found or None), None
 
@@ -236,6 +244,11 @@ async def submit_request(
             payload["details"] = corrections
         else:
             payload["details"] = typed["details"]
+            if len(typed["details"]) > MAX_DETAILS_CHARS:
+                # Said here: the API's message for this field speaks of JSON objects.
+                errors["details"] = f"Write at most {MAX_DETAILS_CHARS} characters."
+    elif typed["type"] == RequestType.CORRECT.value:
+        errors["details"] = CORRECTION_FORMAT
     # Said here too, so a form refused for another reason still names every missing part.
     if not typed["type"]:
         errors["type"] = "Choose what you would like us to do."
