@@ -528,6 +528,14 @@ def _is_minor(birth_date_text: str) -> bool:
     return False
 
 
+# The sale fields that belong to one way of selling. The page shows them all at once (an
+# auction's prefilled with the seller's defaults), so the fields of the other way are not read:
+# a seller who picks "Fixed price" and types a price must not be refused for the reserve the
+# form itself filled in.
+_AUCTION_ONLY = frozenset({"sale.reserve", "sale.buy_now", "sale.duration_minutes"})
+_FIXED_ONLY = frozenset({"sale.price"})
+
+
 def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
     sale: dict[str, Any] = {"exclusive": form_text(form, "sale.exclusive") != "no"}
@@ -535,13 +543,25 @@ def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         value = form_text(form, f"sale.{name}").strip()
         if value:
             sale[name] = value
+    mode = sale.get("mode")
+    ignored = (
+        _AUCTION_ONLY
+        if mode == SaleMode.FIXED.value
+        else _FIXED_ONLY
+        if mode == SaleMode.AUCTION.value
+        else frozenset()
+    )
     for form_name, api_name in _MONEY_FIELDS.items():
+        if form_name in ignored:
+            continue
         cents, message = parse_dollars(form_text(form, form_name))
         if message is not None:
             errors[form_name] = message
         elif cents is not None:
             sale[api_name] = cents
     for name in ("duration_minutes", "max_buyers"):
+        if f"sale.{name}" in ignored:
+            continue
         text = form_text(form, f"sale.{name}").strip()
         if not text:
             continue
