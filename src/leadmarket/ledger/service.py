@@ -218,7 +218,8 @@ async def post_transaction(
             if balance_after is None:
                 available = await _available(session, account.id)
                 raise InsufficientFunds(
-                    f"This needs {-amount} cents; {available} are available.",
+                    f"This needs {format_money(-amount, account.currency)}; "
+                    f"{format_money(available, account.currency)} is available.",
                     extra={
                         "required_cents": -amount,
                         "available_cents": available,
