@@ -58,3 +58,47 @@ def test_a_buyer_buys_a_lead_and_sees_its_contact(
     page.get_by_role("link", name="Your orders").click()
     expect(page.get_by_role("row")).to_have_count(2)
     assert complaints == []
+
+
+def test_a_buyer_of_a_shared_lead_reads_its_order_in_words_and_is_not_offered_it_again(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller = register_member(live_site, "seller", "sharedco", "Shared Co")
+    body = lead_body(
+        sale={"mode": "fixed", "price_cents": 2500, "exclusive": False, "max_buyers": 2}
+    )
+    posted = httpx.post(
+        live_site.url("/api/v1/leads"), json=body, headers=_token(live_site, seller), timeout=10
+    )
+    assert posted.status_code == 201, posted.text
+    lead_id = posted.json()["id"]
+    buyer = register_member(live_site, "buyer", "sharebuyer", "Share Buyer Inc")
+    deposit = httpx.post(
+        live_site.url("/api/v1/wallet/deposits"),
+        json={"amount_cents": 10_000},
+        headers=_token(live_site, buyer),
+        timeout=10,
+    )
+    assert deposit.status_code == 201, deposit.text
+
+    sign_in_at_account(page, live_site, buyer)
+    page.goto(live_site.url(f"/market/leads/{lead_id}"))
+    page.get_by_role("button", name="Confirm: buy for $25.00").click()
+    expect(page.get_by_role("status")).to_contain_text("You bought this lead")
+    # The kind of service by its name; a shared lead's clock starts when its sale closes,
+    # which is said rather than left blank.
+    expect(page.get_by_role("heading", name="Auto insurance lead, $25.00")).to_be_visible()
+    destroyed = page.locator(".stat", has_text="Contact destroyed at").locator("dd")
+    expect(destroyed).to_have_text("48 hours after the lead's sale closes")
+    order_url = page.url.split("?")[0]
+
+    page.get_by_role("link", name="Your orders").click()
+    expect(page.get_by_role("cell", name="Auto insurance · Fresno, CA")).to_be_visible()
+
+    # The lead is still on the market for its second place; this buyer is sent to the order.
+    page.goto(live_site.url(f"/market/leads/{lead_id}"))
+    expect(page.get_by_test_id("owned")).to_contain_text("You bought this lead already")
+    expect(page.get_by_role("button", name="Confirm: buy for $25.00")).to_have_count(0)
+    page.get_by_role("link", name="see your order").click()
+    expect(page).to_have_url(order_url)
+    assert complaints == []

@@ -43,6 +43,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 MARKET = "/market"
 ORDERS = "/orders"
+# What the order pages call each kind of service ("Auto insurance", not its slug).
+VERTICAL_NAMES = {vertical.slug: vertical.name for vertical in all_verticals()}
 WEBHOOK = "/webhook"
 SALES = "/seller/sales"
 PER_PAGE = 25
@@ -61,7 +63,10 @@ def _render(
     """A page with the money formatter; :func:`render_page` keeps it out of every cache (order
     pages show contact data and one-time keys)."""
     return render_page(
-        request, template, {"money": format_money, **context}, status_code=status_code
+        request,
+        template,
+        {"money": format_money, "vertical_names": VERTICAL_NAMES, **context},
+        status_code=status_code,
     )
 
 
@@ -118,6 +123,9 @@ async def _confirm_page(
 ) -> Response:
     lead = await leads_service.get_visible_lead(session, lead_id, buyer)
     wallet = await wallet_summary(session, buyer.id, lead.currency)
+    # A shared lead stays on the market after this buyer's purchase: point to their order
+    # rather than offering to buy it again (which can only be refused).
+    owned = await service.existing_order(session, lead_id, buyer.id)
     return _render(
         request,
         "orders/confirm.html",
@@ -127,6 +135,7 @@ async def _confirm_page(
             "currency": lead.currency,
             "balance": wallet.balance_cents,
             "purchase_key": random_token(18),
+            "owned_order_id": owned.id if owned is not None else None,
             "error": error,
         },
         status_code=status_code,
