@@ -5,6 +5,7 @@ is needed; the browser reports no complaint."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -26,23 +27,29 @@ def _token(site: LiveSite, username: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
-def test_a_buyer_buys_a_lead_and_sees_its_contact(
-    page: Page, live_site: LiveSite, complaints: list[str]
-) -> None:
-    seller = register_member(live_site, "seller", "quotehound", "Quote Hound LLC")
-    body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
+def _posted_lead_and_funded_buyer(site: LiveSite, body: dict[str, Any]) -> tuple[str, str]:
+    """A new seller posts the lead; a new buyer deposits $100. Returns (lead id, buyer)."""
+    seller = register_member(site, "seller", "quotehound", "Quote Hound LLC")
     posted = httpx.post(
-        live_site.url("/api/v1/leads"), json=body, headers=_token(live_site, seller), timeout=10
+        site.url("/api/v1/leads"), json=body, headers=_token(site, seller), timeout=10
     )
     assert posted.status_code == 201, posted.text
-    buyer = register_member(live_site, "buyer", "leadhunter", "Lead Hunter Inc")
+    buyer = register_member(site, "buyer", "leadhunter", "Lead Hunter Inc")
     deposit = httpx.post(
-        live_site.url("/api/v1/wallet/deposits"),
+        site.url("/api/v1/wallet/deposits"),
         json={"amount_cents": 10_000},
-        headers=_token(live_site, buyer),
+        headers=_token(site, buyer),
         timeout=10,
     )
     assert deposit.status_code == 201, deposit.text
+    return str(posted.json()["id"]), buyer
+
+
+def test_a_buyer_buys_a_lead_and_sees_its_contact(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
+    _, buyer = _posted_lead_and_funded_buyer(live_site, body)
 
     sign_in_at_account(page, live_site, buyer)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Market").click()
@@ -63,23 +70,10 @@ def test_a_buyer_buys_a_lead_and_sees_its_contact(
 def test_a_buyer_of_a_shared_lead_reads_its_order_in_words_and_is_not_offered_it_again(
     page: Page, live_site: LiveSite, complaints: list[str]
 ) -> None:
-    seller = register_member(live_site, "seller", "sharedco", "Shared Co")
     body = lead_body(
         sale={"mode": "fixed", "price_cents": 2500, "exclusive": False, "max_buyers": 2}
     )
-    posted = httpx.post(
-        live_site.url("/api/v1/leads"), json=body, headers=_token(live_site, seller), timeout=10
-    )
-    assert posted.status_code == 201, posted.text
-    lead_id = posted.json()["id"]
-    buyer = register_member(live_site, "buyer", "sharebuyer", "Share Buyer Inc")
-    deposit = httpx.post(
-        live_site.url("/api/v1/wallet/deposits"),
-        json={"amount_cents": 10_000},
-        headers=_token(live_site, buyer),
-        timeout=10,
-    )
-    assert deposit.status_code == 201, deposit.text
+    lead_id, buyer = _posted_lead_and_funded_buyer(live_site, body)
 
     sign_in_at_account(page, live_site, buyer)
     page.goto(live_site.url(f"/market/leads/{lead_id}"))
