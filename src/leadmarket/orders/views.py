@@ -8,6 +8,7 @@ key used as the purchase's Idempotency-Key, so a double click buys once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -230,10 +231,14 @@ async def render_buyer_order(
     buyer: User,
     *,
     error: str | None = None,
+    return_form: Mapping[str, str] | None = None,
+    return_errors: Mapping[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
     """The buyer's order page: the order, its contact, deliveries, and what may be done after
-    the sale (cancel, return, dispute, claim) with its history. An order not yet delivered
+    the sale (cancel, return, dispute, claim) with its history. A refused return request shows
+    its form again with what was typed (``return_form``) and each message beside its field
+    (``return_errors``). An order not yet delivered
     (contact never opened) keeps its contact closed until the buyer asks for it, since opening
     it ends the right to cancel; an order just bought on the Buy button opens at once."""
     order = await service.get_order(session, order_id, buyer)
@@ -260,6 +265,8 @@ async def render_buyer_order(
             "claim_categories": returns_service.CLAIM_LABELS,
             "form_key": random_token(18),
             "error": error,
+            "return_form": return_form or {},
+            "return_errors": return_errors or {},
             **await feedback_panel(session, settings_of(request), order.id, buyer),
         },
         status_code=status_code,
