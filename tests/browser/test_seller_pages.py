@@ -82,3 +82,31 @@ def test_the_upload_page_is_in_the_selling_navigation(
     page.get_by_role("link", name="Upload a CSV file").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Upload leads")
     assert complaints == []
+
+
+def test_the_upload_form_refuses_dollars_in_cents_and_speaks_the_forms_words(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller = register_member(live_site, "seller", "csvseller", "CSV Leads")
+    sign_in_at_account(page, live_site, seller)
+    page.goto(live_site.url("/seller/uploads"))
+    page.get_by_label("Kind of service").select_option("auto-insurance")
+    page.get_by_label("CSV file").set_input_files(
+        files=[{"name": "leads.csv", "mimeType": "text/csv", "buffer": b"first_name\nAna\n"}]
+    )
+    page.get_by_label("Reserve price, in cents").fill("15.00")
+    page.get_by_role("button", name="Upload").click()
+    # $15.00 typed where cents are asked would have been a reserve of 15 cents.
+    expect(page.locator("#reserve_cents-error")).to_contain_text("1500 is $15.00")
+    expect(page.get_by_label("Reserve price, in cents")).to_have_value("15.00")
+
+    page.get_by_label("Reserve price, in cents").fill("")
+    page.get_by_label("Sale", exact=True).select_option("fixed")
+    page.get_by_label("CSV file").set_input_files(
+        files=[{"name": "leads.csv", "mimeType": "text/csv", "buffer": b"first_name\nAna\n"}]
+    )
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#price_cents-error")).to_have_text(
+        "Error: A fixed-price sale needs the fixed price."
+    )
+    assert complaints == []

@@ -378,7 +378,7 @@ _MONEY_FIELDS = {
 }
 _API_TO_FORM = {f"sale.{api}": form for form, api in _MONEY_FIELDS.items()}
 # The sale model's own messages name API fields; a person at the form knows the labels.
-_SALE_WORDS = {
+SALE_WORDS = {
     "price_cents": "the fixed price",
     "reserve_cents": "the reserve price",
     "buy_now_cents": "the buy-now price",
@@ -600,6 +600,14 @@ def _consent_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     return consent, errors
 
 
+def sale_rule_in_words(message: str) -> str:
+    """A sale rule's message with the form's words for the API's field names ("A fixed-price
+    sale needs the fixed price.", not "… needs price_cents.")."""
+    for api_name, words in SALE_WORDS.items():
+        message = message.replace(api_name, words)
+    return message[:1].upper() + message[1:]
+
+
 def _schema_errors(exc: ValidationError) -> list[FieldError]:
     raw: list[dict[str, Any]] = []
     for error in exc.errors():
@@ -608,9 +616,7 @@ def _schema_errors(exc: ValidationError) -> list[FieldError]:
             # The sale terms' own checks: keep their message (not "This field is required.")
             # and say it with the form's words.
             message = str(entry.get("msg", "")).removeprefix("Value error, ")
-            for api_name, words in _SALE_WORDS.items():
-                message = message.replace(api_name, words)
-            entry = {**entry, "type": "sale_terms", "msg": message[:1].upper() + message[1:]}
+            entry = {**entry, "type": "sale_terms", "msg": sale_rule_in_words(message)}
         raw.append(entry)
     return validation_errors(raw)
 
