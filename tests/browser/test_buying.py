@@ -96,3 +96,23 @@ def test_a_buyer_of_a_shared_lead_reads_its_order_in_words_and_is_not_offered_it
     page.get_by_role("link", name="see your order").click()
     expect(page).to_have_url(order_url)
     assert complaints == []
+
+
+def test_the_market_filters_by_a_state_chosen_from_a_list(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
+    lead_id, buyer = _posted_lead_and_funded_buyer(live_site, body)  # a lead in Fresno, CA
+    sign_in_at_account(page, live_site, buyer)
+    page.goto(live_site.url("/market"))
+    page.get_by_label("State or province").select_option(label="California")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"region=CA"))
+    expect(page.locator(f'a[href="/market/leads/{lead_id}"]')).to_be_visible()
+    expect(page.get_by_label("State or province")).to_have_value("CA")
+
+    # A name where a code belongs (a link typed by hand) is said, not an empty market.
+    page.goto(live_site.url("/market?region=Texas"))
+    expect(page.locator("#region-error")).to_contain_text("Choose a state or province")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Market")
+    assert complaints == []

@@ -28,6 +28,7 @@ from leadmarket.kit.money import format_money
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
 from leadmarket.leads import service as leads_service
+from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.leads.views import lead_row, seller_page
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.views import buyer_page
@@ -87,17 +88,29 @@ async def market(
     session: Session,
     principal: Principal = Depends(buyer_page(Action.BUY_LEAD)),
     vertical: Annotated[str | None, Query(max_length=40)] = None,
-    region: Annotated[str | None, Query(max_length=8)] = None,
+    region: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    rows = await leads_service.list_visible_leads(
-        session,
-        principal.user,
-        vertical=vertical or None,
-        region=region.strip() or None if region else None,
-        status=LeadStatus.OPEN.value,
-        limit=PER_PAGE,
-        before_id=decode_cursor(cursor),
+    # The filter is a list of the states and provinces; a code it does not hold (a URL typed
+    # by hand, "Texas") is said beside the filter instead of silently matching nothing.
+    code = (region or "").strip().upper()
+    region_error = (
+        "Choose a state or province from the list."
+        if code and code not in US_STATES and code not in CA_PROVINCES
+        else None
+    )
+    rows = (
+        []
+        if region_error
+        else await leads_service.list_visible_leads(
+            session,
+            principal.user,
+            vertical=vertical or None,
+            region=code or None,
+            status=LeadStatus.OPEN.value,
+            limit=PER_PAGE,
+            before_id=decode_cursor(cursor),
+        )
     )
     more = len(rows) > PER_PAGE
     rows = rows[:PER_PAGE]
@@ -107,9 +120,12 @@ async def market(
         {
             "leads": [(lead_row(lead), _price(lead), lead.currency) for lead in rows],
             "verticals": all_verticals(),
-            "filters": {"vertical": vertical or "", "region": region or ""},
+            "regions": (("United States", US_STATES), ("Canada", CA_PROVINCES)),
+            "filters": {"vertical": vertical or "", "region": code},
+            "region_error": region_error,
             "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
         },
+        status_code=422 if region_error else 200,
     )
 
 
