@@ -136,3 +136,54 @@ def test_a_shared_auction_page_follows_the_winning_places_live(
         "Your bid holds one of the 2 winning places."
     )
     assert complaints == []
+
+
+def test_the_auction_page_speaks_in_the_leads_money_and_words(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    """A buyer reads the answers as the market words them, and a refused bid in the lead's
+    own money (a dollar form, a CAD lead), never in cents; buying outright is one link away."""
+    seller = api_token(live_site, register_member(live_site, "seller", "seller", "Maple Co"))
+    lead = call(
+        live_site,
+        "POST",
+        "/api/v1/leads",
+        seller,
+        **lead_body(
+            sale__currency="CAD",
+            sale__reserve_cents=None,
+            attributes__coverage_wanted="full",
+            attributes__driving_record="clean",
+        ),
+    )
+    buyer = register_member(live_site, "buyer", "mapler", "Maple Buyer")
+    call(
+        live_site,
+        "POST",
+        "/api/v1/wallet/deposits",
+        api_token(live_site, buyer),
+        amount_cents=8_000,
+        currency="CAD",
+    )
+
+    sign_in_at_account(page, live_site, buyer)
+    page.goto(live_site.url(f"/auctions/{lead['id']}"))
+    expect(
+        page.get_by_role("definition").filter(has_text="Full coverage (liability")
+    ).to_be_visible()
+    expect(page.get_by_text("Clean: no tickets or accidents")).to_be_visible()
+
+    page.get_by_label("Your maximum bid").fill("0.50")
+    page.get_by_role("button", name="Place bid").click()
+    expect(page.locator("#amount-error")).to_contain_text("The lowest bid accepted now is CA$1.00.")
+
+    page.get_by_label("Your maximum bid").fill("5000")
+    page.get_by_role("button", name="Place bid").click()
+    expect(page.locator("#amount-error")).to_contain_text("CA$5,000.00")
+    expect(page.locator("#amount-error")).to_contain_text("CA$80.00 is available")
+    expect(page.locator("#amount-error")).not_to_contain_text("cents")
+
+    page.get_by_role("link", name="Buy it now for CA$40.00").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Buy a lead")
+    expect(page.get_by_role("button", name="Confirm: buy for CA$40.00")).to_be_visible()
+    assert complaints == []

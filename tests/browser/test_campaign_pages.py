@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveSite
+from tests.browser.conftest import LiveSite, register_member, sign_in_at_account
 from tests.fixtures.accounts import member
 
 pytestmark = pytest.mark.browser
@@ -74,4 +74,37 @@ def test_a_buyer_creates_pauses_and_resumes_a_campaign(
     expect(page.get_by_role("row", name="Fresno Hondas")).to_contain_text("Paused")
     page.get_by_role("button", name="Resume Fresno Hondas").click()
     expect(page.get_by_role("row", name="Fresno Hondas")).to_contain_text("Running")
+    assert complaints == []
+
+
+def test_a_campaign_bid_is_refused_in_dollars_and_an_impossible_age_range_is_named(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    buyer = register_member(live_site, "buyer", "ager", "Age Range Leads")
+    sign_in_at_account(page, live_site, buyer)
+    page.goto(live_site.url("/buyer/campaigns/new?vertical=auto-insurance"))
+    page.get_by_label("Campaign name").fill("Thirty-somethings")
+    page.get_by_label("Currency").select_option("CAD")
+    page.get_by_label("Youngest age").fill("30")
+    page.get_by_label("Oldest age").fill("33")
+    page.get_by_role("button", name="Create the campaign").click()
+
+    # An empty bid is asked for, not "Input should be a valid integer".
+    expect(page.locator("#bid-error")).to_contain_text("Enter the bid per lead")
+    expect(page.locator("#filters-age_max-error")).to_contain_text("no lead could match")
+    expect(page.get_by_label("Youngest age")).to_have_value("30")
+
+    page.get_by_label("Bid per lead").fill("99999")
+    page.get_by_label("Oldest age").fill("44")
+    page.get_by_role("button", name="Create the campaign").click()
+    # A dollar form names the limits in the campaign's money, not in cents.
+    expect(page.locator("#bid-error")).to_have_text(
+        "Error: Enter an amount from CA$0.01 to CA$10,000.00."
+    )
+    expect(page.locator("#filters-age_max-error")).to_have_count(0)
+
+    page.get_by_label("Bid per lead").fill("25.00")
+    page.get_by_role("button", name="Create the campaign").click()
+    expect(page.get_by_role("status")).to_contain_text("created")
+    expect(page.get_by_role("cell", name="CA$25.00")).to_be_visible()
     assert complaints == []

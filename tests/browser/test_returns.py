@@ -6,6 +6,7 @@ browser reports a complaint."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -27,31 +28,35 @@ def _token(site: LiveSite, username: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
-def test_a_buyer_returns_a_lead_and_the_seller_approves(
-    page: Page, browser: Browser, live_site: LiveSite, complaints: list[str]
-) -> None:
-    seller = register_member(live_site, "seller", "quotehound", "Quote Hound LLC")
+def _bought_order(site: LiveSite) -> tuple[str, str, dict[str, Any], str]:
+    """A new seller's fixed-price lead, bought through the API by a new buyer with funds.
+    Returns (seller, buyer, the lead's body, the order id)."""
+    seller = register_member(site, "seller", "quotehound", "Quote Hound LLC")
     body = lead_body(sale={"mode": "fixed", "price_cents": 2500, "exclusive": True})
     posted = httpx.post(
-        live_site.url("/api/v1/leads"), json=body, headers=_token(live_site, seller), timeout=10
+        site.url("/api/v1/leads"), json=body, headers=_token(site, seller), timeout=10
     )
     assert posted.status_code == 201, posted.text
-    buyer = register_member(live_site, "buyer", "leadhunter", "Lead Hunter Inc")
-    buyer_headers = _token(live_site, buyer)
+    buyer = register_member(site, "buyer", "leadhunter", "Lead Hunter Inc")
+    headers = _token(site, buyer)
     deposit = httpx.post(
-        live_site.url("/api/v1/wallet/deposits"),
+        site.url("/api/v1/wallet/deposits"),
         json={"amount_cents": 10_000},
-        headers=buyer_headers,
+        headers=headers,
         timeout=10,
     )
     assert deposit.status_code == 201, deposit.text
     bought = httpx.post(
-        live_site.url(f"/api/v1/leads/{posted.json()['id']}/purchase"),
-        headers=buyer_headers,
-        timeout=10,
+        site.url(f"/api/v1/leads/{posted.json()['id']}/purchase"), headers=headers, timeout=10
     )
     assert bought.status_code == 201, bought.text
-    order_id = bought.json()["id"]
+    return seller, buyer, body, str(bought.json()["id"])
+
+
+def test_a_buyer_returns_a_lead_and_the_seller_approves(
+    page: Page, browser: Browser, live_site: LiveSite, complaints: list[str]
+) -> None:
+    seller, buyer, body, order_id = _bought_order(live_site)
 
     # The buyer asks for the return on the order page.
     sign_in_at_account(page, live_site, buyer)
@@ -101,4 +106,28 @@ def test_a_buyer_returns_a_lead_and_the_seller_approves(
     expect(page.get_by_test_id("return-status")).to_have_text("approved")
     expect(page.get_by_test_id("history")).to_contain_text(re.compile("return approved"))
     expect(page.get_by_test_id("contact")).to_have_count(0)
+    assert complaints == []
+
+
+def test_a_refused_return_keeps_what_the_buyer_typed_and_says_which_field(
+    page: Page, live_site: LiveSite, complaints: list[str]
+) -> None:
+    _, buyer, _, order_id = _bought_order(live_site)
+    sign_in_at_account(page, live_site, buyer)
+    page.goto(live_site.url(f"/orders/{order_id}"))
+    page.get_by_label("Why return it").select_option("other")
+    page.get_by_label("Evidence").fill("Called three times on Monday, no answer.")
+    page.get_by_role("button", name="Request a return").click()
+
+    # "Other" needs a note: said beside the note, by its label, the evidence kept.
+    expect(page.locator("#return-note-error")).to_contain_text("Required when the reason")
+    expect(page.get_by_label("Note")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_role("alert")).to_contain_text("Note: Required")
+    expect(page.get_by_role("alert")).not_to_contain_text("note:")
+    expect(page.get_by_label("Evidence")).to_have_value("Called three times on Monday, no answer.")
+    expect(page.get_by_label("Why return it")).to_have_value("other")
+
+    page.get_by_label("Note").fill("The consumer says they never asked.")
+    page.get_by_role("button", name="Request a return").click()
+    expect(page.get_by_role("status")).to_contain_text("Your return is filed")
     assert complaints == []

@@ -172,6 +172,10 @@ async def test_remembered_session_needs_the_password_to_change_a_campaign(
         ({"schedule": {"days": ["mon"], "start_hour": 18, "end_hour": 8}}, "schedule.end_hour"),
         ({"schedule": {"days": ["someday"]}}, "schedule.days.0"),
         ({"filters": {"age_min": 50, "age_max": 30}}, "filters.age_max"),
+        # No whole age band in the range: the campaign could never buy a lead.
+        ({"filters": {"age_min": 30, "age_max": 33}}, "filters.age_max"),
+        ({"filters": {"age_min": 66}}, "filters.age_max"),
+        ({"filters": {"age_max": 16}}, "filters.age_max"),
         ({"filters": {"regions": ["CA", "XX"]}}, "filters.regions.1"),
         ({"filters": {"postal_prefixes": ["9360"]}}, "filters.postal_prefixes.0"),
         ({"filters": {"min_quality": 101}}, "filters.min_quality"),

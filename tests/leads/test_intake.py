@@ -458,6 +458,24 @@ async def test_a_cursor_the_service_never_gave_is_422(
     assert response.json()["errors"][0]["field"] == "cursor"
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"vertical": "pet-insurance"}, "vertical"),
+        ({"region": "ZZ"}, "region"),
+        ({"region": "Texas"}, "region"),
+    ],
+)
+async def test_a_browse_filter_that_can_match_nothing_names_its_field(
+    client: httpx.AsyncClient, buyer: dict[str, str], params: dict[str, str], field: str
+) -> None:
+    """A misspelt filter is the caller's mistake, not an empty market."""
+    response = await client.get("/api/v1/leads", params=params, headers=buyer)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
 async def test_fixed_price_without_a_price_says_so(
     client: httpx.AsyncClient, seller: dict[str, str]
 ) -> None:

@@ -842,6 +842,11 @@ async def test_what_is_not_a_good_upload_is_refused_with_the_field_and_nothing_s
     )
     assert "auctions" in await refused(good, "sale", mode="fixed", price_cents="900")
     assert await refused(good, "reserve_cents", reserve_cents="lots")
+    # Dollars typed into a cents field would be a hundred times too little: refused.
+    assert "Whole cents" in await refused(good, "reserve_cents", reserve_cents="15.00")
+    assert "Whole cents" in await refused(
+        good, "price_cents", mode="fixed", reserve_cents="", buy_now_cents="", price_cents="9.5"
+    )
     assert await refused(good, "exclusive", exclusive="perhaps")
     assert await refused(b"", "file") == "The file is empty."
     assert "binary" in await refused(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "file")

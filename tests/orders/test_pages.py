@@ -86,7 +86,7 @@ async def test_a_refusal_is_shown_on_the_confirm_page(
     response = await client.post(f"/market/leads/{lead.id}/purchase", data=form)
     assert response.status_code == 402
     assert "Error: Buy a lead" in response.text
-    assert "This needs 3000 cents; 1000 are available." in response.text
+    assert "This needs $30.00; $10.00 is available." in response.text
     assert await session.scalar(select(func.count()).select_from(Order)) == 0
 
 

@@ -48,10 +48,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.campaigns import service
-from leadmarket.campaigns.schemas import AGE_CEILING, DAYS
+from leadmarket.campaigns.schemas import AGE_BAND_BOUNDS, AGE_CEILING, DAYS
 from leadmarket.kit import gcpolicy
 from leadmarket.kit.db import Database, utcnow
-from leadmarket.leads.previews import AGE_BANDS
 from leadmarket.models import Campaign, Lead
 
 HOURS_PER_WEEK = 7 * 24
@@ -83,19 +82,6 @@ class LeadPreview:
             attributes=dict(lead.preview_attributes),
             country=lead.country,
         )
-
-
-def _band_bounds() -> dict[str, tuple[int, int]]:
-    bounds: dict[str, tuple[int, int]] = {}
-    for _upper, label in AGE_BANDS:
-        low, _, high = label.partition("-")
-        bounds[label] = (int(low), int(high))
-    oldest = f"{AGE_BANDS[-1][0]}+"
-    bounds[oldest] = (AGE_BANDS[-1][0], AGE_CEILING)
-    return bounds
-
-
-AGE_BAND_BOUNDS = _band_bounds()
 
 
 def schedule_mask(schedule: Mapping[str, Any] | None) -> int | None:

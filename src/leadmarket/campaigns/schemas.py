@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 
 from leadmarket.kit.schemas import RequestModel
+from leadmarket.leads.previews import AGE_BANDS
 from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.verticals.registry import get_vertical
 
@@ -96,6 +97,22 @@ PostalPrefix = Annotated[str, Field(max_length=3), AfterValidator(check_postal_p
 Cents = Annotated[int, Field(ge=1, le=MAX_BID_CENTS)]
 Cap = Annotated[int, Field(ge=1, le=MAX_CAP)]
 Budget = Annotated[int, Field(ge=1, le=MAX_BUDGET_CENTS)]
+
+
+def _band_bounds() -> dict[str, tuple[int, int]]:
+    bounds: dict[str, tuple[int, int]] = {}
+    for _upper, label in AGE_BANDS:
+        low, _, high = label.partition("-")
+        bounds[label] = (int(low), int(high))
+    oldest = f"{AGE_BANDS[-1][0]}+"
+    bounds[oldest] = (AGE_BANDS[-1][0], AGE_CEILING)
+    return bounds
+
+
+# Each age band a lead may have, with its first and last age.
+AGE_BAND_BOUNDS = _band_bounds()
+
+
 Age = Annotated[int, Field(ge=AGE_FLOOR, le=AGE_CEILING)]
 Quality = Annotated[int, Field(ge=0, le=100)]
 TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(check_timezone)]
@@ -146,7 +163,7 @@ class FiltersIn(RequestModel):
         description="A lead matches when its whole age band (18-24, 25-34, …, 65+) lies "
         "between age_min and age_max.",
     )
-    age_max: Age | None = None
+    age_max: Age | None = Field(default=None, validate_default=True)
     min_quality: Quality | None = Field(default=None, description="Lowest quality score, 0-100.")
     attributes: Annotated[dict[AttributeName, Any], Field(max_length=50)] = Field(
         default_factory=dict,
@@ -165,6 +182,18 @@ class FiltersIn(RequestModel):
         low = info.data.get("age_min")
         if value is not None and isinstance(low, int) and value < low:
             raise ValueError("Must not be below age_min.")
+        if value is None and not isinstance(low, int):
+            return value
+        # A lead matches only when its whole band lies in the range: a range holding no band
+        # (30 to 33, or from 66) would make a campaign that can never buy anything.
+        first = low if isinstance(low, int) else AGE_FLOOR
+        last = value if value is not None else AGE_CEILING
+        if not any(first <= lo and hi <= last for lo, hi in AGE_BAND_BOUNDS.values()):
+            bands = ", ".join(AGE_BAND_BOUNDS)
+            raise ValueError(
+                f"No whole age band lies in this range, so no lead could match. "
+                f"The bands are {bands}."
+            )
         return value
 
 

@@ -24,7 +24,13 @@ from leadmarket.accounts.auth import Principal
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.views import PageRoute, render_page, role_page, see_other
 from leadmarket.campaigns import service
-from leadmarket.campaigns.schemas import DAYS, DEFAULT_TIMEZONE, known_timezones
+from leadmarket.campaigns.schemas import (
+    DAYS,
+    DEFAULT_TIMEZONE,
+    MAX_BID_CENTS,
+    MAX_BUDGET_CENTS,
+    known_timezones,
+)
 from leadmarket.config import settings_of
 from leadmarket.kit.db import utcnow
 from leadmarket.kit.errors import FieldError, ValidationFailed
@@ -456,8 +462,21 @@ def read_campaign_form(form: FormData, vertical: Vertical) -> ReadForm:
     }
     values["exclusive_only"] = payload["exclusive_only"]
     values["active"] = payload["active"]
-    for form_name, api_name in (("bid", "bid_cents"), ("budget", "budget_cents")):
+    # The page takes dollars: its messages say amounts in the campaign's money, never the
+    # API's cents ("Input should be less than or equal to 1000000").
+    currency = payload["currency"] if payload["currency"] in ("USD", "CAD") else "USD"
+    for form_name, api_name, most in (
+        ("bid", "bid_cents", MAX_BID_CENTS),
+        ("budget", "budget_cents", MAX_BUDGET_CENTS),
+    ):
         cents, message = parse_dollars(values[form_name])
+        if message is None and cents is None and form_name == "bid":
+            message = "Enter the bid per lead, in dollars, for example 25.00."
+        elif message is None and cents is not None and not 1 <= cents <= most:
+            message = (
+                f"Enter an amount from {format_money(1, currency)} "
+                f"to {format_money(most, currency)}."
+            )
         if message:
             errors[form_name] = message
         payload[api_name] = cents

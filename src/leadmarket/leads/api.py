@@ -17,6 +17,7 @@ from leadmarket.accounts.auth import (
 )
 from leadmarket.accounts.policy import Action
 from leadmarket.feedback import service as feedback
+from leadmarket.kit.errors import FieldError, ValidationFailed
 from leadmarket.kit.fastlane import BodyInvalid, LaneRequest, LaneResponse
 from leadmarket.kit.idempotency import (
     check_key,
@@ -26,6 +27,7 @@ from leadmarket.kit.pagination import Cursor, Limit, Page, decode_cursor, encode
 from leadmarket.kit.routing import TransactionalRoute, get_session
 from leadmarket.leads import intake, previews, service
 from leadmarket.leads.intake import IntakeBatcher, LeadsKit
+from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.leads.schemas import (
     ConsentCertificateOut,
     ConsentWithdrawalIn,
@@ -35,6 +37,7 @@ from leadmarket.leads.schemas import (
     SellerOut,
 )
 from leadmarket.models import Lead, LeadStatus, Role, User
+from leadmarket.verticals.registry import get_vertical
 
 router = APIRouter(prefix="/api/v1", route_class=TransactionalRoute, tags=["leads"])
 Session = Annotated[AsyncSession, Depends(get_session)]
@@ -174,11 +177,24 @@ async def list_leads(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[LeadOut]:
+    # A filter that can match nothing by construction is a mistake of the caller's, said as
+    # such: an empty page would read as "no leads today".
+    wrong: list[FieldError] = []
+    vertical = vertical or None
+    if vertical is not None and get_vertical(vertical) is None:
+        wrong.append(FieldError("vertical", "No such vertical; GET /api/v1/verticals lists them."))
+    code = region.strip().upper() if region and region.strip() else None
+    if code is not None and code not in US_STATES and code not in CA_PROVINCES:
+        wrong.append(
+            FieldError("region", "Not the two-letter code of a US state or Canadian province.")
+        )
+    if wrong:
+        raise ValidationFailed("; ".join(f"{e.field}: {e.message}" for e in wrong), errors=wrong)
     rows = await service.list_visible_leads(
         session,
         principal.user,
         vertical=vertical,
-        region=region,
+        region=code,
         status=status_filter.value if status_filter else None,
         limit=limit,
         before_id=decode_cursor(cursor),

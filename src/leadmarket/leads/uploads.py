@@ -116,6 +116,8 @@ SALE_FIELDS = (
     "currency",
 )
 FORM_FIELDS = ("vertical", *SALE_FIELDS)
+_CENTS_FIELDS = ("reserve_cents", "buy_now_cents", "price_cents")
+_WHOLE_CENTS = re.compile(r"^\d{1,12}$", re.ASCII)
 
 CONTACT_COLUMNS = (
     "first_name",
@@ -264,6 +266,14 @@ def read_terms(fields: Mapping[str, str]) -> UploadTerms:
     elif vertical is None:
         errors.append(FieldError("vertical", "No such vertical; GET /api/v1/verticals lists them."))
     sale_data = {name: fields[name].strip() for name in SALE_FIELDS if fields.get(name, "").strip()}
+    # Amounts are whole cents. Read laxly, "15.00" would be 15 cents where the seller surely
+    # meant $15.00: refuse anything but digits, and say what the field wants.
+    for name in _CENTS_FIELDS:
+        if name in sale_data and not _WHOLE_CENTS.match(sale_data[name]):
+            errors.append(
+                FieldError(name, "Whole cents, digits only: 1500 is $15.00, 1250 is $12.50.")
+            )
+            del sale_data[name]
     sale: SaleIn | None = None
     try:
         sale = SaleIn.model_validate(sale_data)
@@ -275,7 +285,8 @@ def read_terms(fields: Mapping[str, str]) -> UploadTerms:
                 # A rule across the sale fields; its own message says which.
                 message = str(raw["msg"]).removeprefix("Value error, ")
                 field = "price_cents" if raw["type"] == "missing" else "sale"
-                errors.append(FieldError(field, message))
+                if not any(error.field == field for error in errors):
+                    errors.append(FieldError(field, message))
     if errors:
         raise ValidationFailed(
             "; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors

@@ -28,6 +28,7 @@ from leadmarket.kit.errors import Forbidden, NotFound, Unauthenticated, Validati
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session, guard
 from leadmarket.leads import uploads
+from leadmarket.leads.views import sale_rule_in_words
 from leadmarket.models import Role, UploadRowStatus, UploadStatus
 from leadmarket.verticals.registry import all_verticals, get_vertical
 
@@ -100,7 +101,8 @@ def _check_csrf(principal: Principal, fields: Mapping[str, str]) -> None:
 def _errors_of(exc: ValidationFailed) -> dict[str, str]:
     errors: dict[str, str] = {}
     for error in exc.errors:
-        errors.setdefault(error.field if error.field in FIELD_LABELS else "form", error.message)
+        field = error.field if error.field in FIELD_LABELS else "form"
+        errors.setdefault(field, sale_rule_in_words(error.message))
     return errors or {"form": exc.detail}
 
 

@@ -378,7 +378,7 @@ _MONEY_FIELDS = {
 }
 _API_TO_FORM = {f"sale.{api}": form for form, api in _MONEY_FIELDS.items()}
 # The sale model's own messages name API fields; a person at the form knows the labels.
-_SALE_WORDS = {
+SALE_WORDS = {
     "price_cents": "the fixed price",
     "reserve_cents": "the reserve price",
     "buy_now_cents": "the buy-now price",
@@ -528,6 +528,14 @@ def _is_minor(birth_date_text: str) -> bool:
     return False
 
 
+# The sale fields that belong to one way of selling. The page shows them all at once (an
+# auction's prefilled with the seller's defaults), so the fields of the other way are not read:
+# a seller who picks "Fixed price" and types a price must not be refused for the reserve the
+# form itself filled in.
+_AUCTION_ONLY = frozenset({"sale.reserve", "sale.buy_now", "sale.duration_minutes"})
+_FIXED_ONLY = frozenset({"sale.price"})
+
+
 def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     errors: dict[str, str] = {}
     sale: dict[str, Any] = {"exclusive": form_text(form, "sale.exclusive") != "no"}
@@ -535,13 +543,25 @@ def _sale_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
         value = form_text(form, f"sale.{name}").strip()
         if value:
             sale[name] = value
+    mode = sale.get("mode")
+    ignored = (
+        _AUCTION_ONLY
+        if mode == SaleMode.FIXED.value
+        else _FIXED_ONLY
+        if mode == SaleMode.AUCTION.value
+        else frozenset()
+    )
     for form_name, api_name in _MONEY_FIELDS.items():
+        if form_name in ignored:
+            continue
         cents, message = parse_dollars(form_text(form, form_name))
         if message is not None:
             errors[form_name] = message
         elif cents is not None:
             sale[api_name] = cents
     for name in ("duration_minutes", "max_buyers"):
+        if f"sale.{name}" in ignored:
+            continue
         text = form_text(form, f"sale.{name}").strip()
         if not text:
             continue
@@ -580,6 +600,14 @@ def _consent_payload(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     return consent, errors
 
 
+def sale_rule_in_words(message: str) -> str:
+    """A sale rule's message with the form's words for the API's field names ("A fixed-price
+    sale needs the fixed price.", not "… needs price_cents.")."""
+    for api_name, words in SALE_WORDS.items():
+        message = message.replace(api_name, words)
+    return message[:1].upper() + message[1:]
+
+
 def _schema_errors(exc: ValidationError) -> list[FieldError]:
     raw: list[dict[str, Any]] = []
     for error in exc.errors():
@@ -588,9 +616,7 @@ def _schema_errors(exc: ValidationError) -> list[FieldError]:
             # The sale terms' own checks: keep their message (not "This field is required.")
             # and say it with the form's words.
             message = str(entry.get("msg", "")).removeprefix("Value error, ")
-            for api_name, words in _SALE_WORDS.items():
-                message = message.replace(api_name, words)
-            entry = {**entry, "type": "sale_terms", "msg": message[:1].upper() + message[1:]}
+            entry = {**entry, "type": "sale_terms", "msg": sale_rule_in_words(message)}
         raw.append(entry)
     return validation_errors(raw)
 

@@ -211,7 +211,8 @@ async def _available(session: AsyncSession, account_id: str) -> int:
 
 def _short_of(required_cents: int, available_cents: int, currency: str) -> InsufficientFunds:
     return InsufficientFunds(
-        f"This needs {required_cents} cents; {available_cents} are available.",
+        f"This needs {format_money(required_cents, currency)}; "
+        f"{format_money(available_cents, currency)} is available.",
         extra={
             "required_cents": required_cents,
             "available_cents": available_cents,

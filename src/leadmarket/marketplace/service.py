@@ -63,6 +63,7 @@ from leadmarket.kit.db import (
 from leadmarket.kit.errors import Conflict, DomainError, NotFound
 from leadmarket.kit.ids import new_id
 from leadmarket.kit.jobs import enqueue
+from leadmarket.kit.money import format_money
 from leadmarket.kit.realtime import Broker, publish_after_commit
 from leadmarket.leads.service import may_see
 from leadmarket.ledger.service import (
@@ -407,7 +408,7 @@ def _judge(
         minimum = settings.auction_opening_bid_cents
     if amount_cents < minimum:
         raise BidTooLow(
-            f"The lowest bid accepted now is {minimum} cents"
+            f"The lowest bid accepted now is {format_money(minimum, lead.currency)}"
             + (" (above your own maximum)." if above_own else "."),
             extra={"minimum_bid_cents": minimum},
         )
@@ -508,9 +509,13 @@ async def place_bid(
         wallet = await wallet_summary(session, buyer.id, lead.currency)
         if wallet.balance_cents < amount_cents:
             raise InsufficientFunds(
-                f"A bid of {amount_cents} cents needs that much in your wallet; "
-                f"{wallet.balance_cents} cents are available.",
-                extra={"required_cents": amount_cents, "available_cents": wallet.balance_cents},
+                f"A bid of {format_money(amount_cents, lead.currency)} needs that much in your "
+                f"wallet; {format_money(wallet.balance_cents, lead.currency)} is available.",
+                extra={
+                    "required_cents": amount_cents,
+                    "available_cents": wallet.balance_cents,
+                    "currency": lead.currency,
+                },
             )
     auction.current_price_cents = price
     auction.reserve_met = not reserve or leader_max >= reserve

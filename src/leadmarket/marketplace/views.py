@@ -23,6 +23,7 @@ from leadmarket.kit.routing import get_session
 from leadmarket.kit.templating import templates_of
 from leadmarket.leads import previews
 from leadmarket.leads.service import get_visible_lead
+from leadmarket.leads.views import lead_row
 from leadmarket.marketplace import service
 from leadmarket.marketplace.schemas import MAX_BID_CENTS
 from leadmarket.models import Role, User
@@ -59,6 +60,9 @@ async def _page(
         "csrf_token": viewer.csrf_token if viewer else "",
         "lead": lead,
         "preview": previews.preview_of(lead),
+        # The answers with their labels and the vertical's words for its codes, as the market
+        # shows them ("Full coverage (…)", not "full").
+        "answers": lead_row(lead).answers,
         "sale": previews.sale_of(lead, show_reserve=lead.seller_id == member.id),
         "auction": view,
         "standing": standing,

@@ -139,7 +139,8 @@ def _cap() -> Any:
     return case((Lead.exclusive.is_(True), 1), else_=Lead.max_buyers)
 
 
-async def _existing_order(session: AsyncSession, lead_id: str, buyer_id: str) -> Order | None:
+async def existing_order(session: AsyncSession, lead_id: str, buyer_id: str) -> Order | None:
+    """The buyer's order of this lead, if they bought it (one order per buyer and lead)."""
     order: Order | None = await session.scalar(
         select(Order).where(Order.lead_id == lead_id, Order.buyer_id == buyer_id)
     )
@@ -155,7 +156,7 @@ async def _why_not(
         return NotFound("No such lead.")
     if lead.seller_id == buyer_id:
         return OwnLead("This is your own lead.")
-    if await _existing_order(session, lead_id, buyer_id) is not None:
+    if await existing_order(session, lead_id, buyer_id) is not None:
         return AlreadyBought("You bought this lead already.")
     if lead.status == LeadStatus.SOLD.value:
         return LeadNotForSale(
@@ -352,7 +353,7 @@ async def purchase(
         raise NotFound("No such lead.")
     if lead.seller_id == buyer.id:
         raise OwnLead("This is your own lead.")
-    if await _existing_order(session, lead_id, buyer.id) is not None:
+    if await existing_order(session, lead_id, buyer.id) is not None:
         raise AlreadyBought("You bought this lead already.")
     if lead.status != LeadStatus.OPEN.value:
         raise await _why_not(session, settings, lead_id, buyer.id)

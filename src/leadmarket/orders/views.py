@@ -8,6 +8,7 @@ key used as the purchase's Idempotency-Key, so a double click buys once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -27,6 +28,7 @@ from leadmarket.kit.money import format_money
 from leadmarket.kit.pagination import decode_cursor, encode_cursor
 from leadmarket.kit.routing import get_session
 from leadmarket.leads import service as leads_service
+from leadmarket.leads.reference import CA_PROVINCES, US_STATES
 from leadmarket.leads.views import lead_row, seller_page
 from leadmarket.ledger.service import wallet_summary
 from leadmarket.ledger.views import buyer_page
@@ -43,6 +45,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 MARKET = "/market"
 ORDERS = "/orders"
+# What the order pages call each kind of service ("Auto insurance", not its slug).
+VERTICAL_NAMES = {vertical.slug: vertical.name for vertical in all_verticals()}
 WEBHOOK = "/webhook"
 SALES = "/seller/sales"
 PER_PAGE = 25
@@ -61,7 +65,10 @@ def _render(
     """A page with the money formatter; :func:`render_page` keeps it out of every cache (order
     pages show contact data and one-time keys)."""
     return render_page(
-        request, template, {"money": format_money, **context}, status_code=status_code
+        request,
+        template,
+        {"money": format_money, "vertical_names": VERTICAL_NAMES, **context},
+        status_code=status_code,
     )
 
 
@@ -81,17 +88,29 @@ async def market(
     session: Session,
     principal: Principal = Depends(buyer_page(Action.BUY_LEAD)),
     vertical: Annotated[str | None, Query(max_length=40)] = None,
-    region: Annotated[str | None, Query(max_length=8)] = None,
+    region: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    rows = await leads_service.list_visible_leads(
-        session,
-        principal.user,
-        vertical=vertical or None,
-        region=region.strip() or None if region else None,
-        status=LeadStatus.OPEN.value,
-        limit=PER_PAGE,
-        before_id=decode_cursor(cursor),
+    # The filter is a list of the states and provinces; a code it does not hold (a URL typed
+    # by hand, "Texas") is said beside the filter instead of silently matching nothing.
+    code = (region or "").strip().upper()
+    region_error = (
+        "Choose a state or province from the list."
+        if code and code not in US_STATES and code not in CA_PROVINCES
+        else None
+    )
+    rows = (
+        []
+        if region_error
+        else await leads_service.list_visible_leads(
+            session,
+            principal.user,
+            vertical=vertical or None,
+            region=code or None,
+            status=LeadStatus.OPEN.value,
+            limit=PER_PAGE,
+            before_id=decode_cursor(cursor),
+        )
     )
     more = len(rows) > PER_PAGE
     rows = rows[:PER_PAGE]
@@ -101,9 +120,12 @@ async def market(
         {
             "leads": [(lead_row(lead), _price(lead), lead.currency) for lead in rows],
             "verticals": all_verticals(),
-            "filters": {"vertical": vertical or "", "region": region or ""},
+            "regions": (("United States", US_STATES), ("Canada", CA_PROVINCES)),
+            "filters": {"vertical": vertical or "", "region": code},
+            "region_error": region_error,
             "next_cursor": encode_cursor(rows[-1].id) if more and rows else None,
         },
+        status_code=422 if region_error else 200,
     )
 
 
@@ -118,6 +140,9 @@ async def _confirm_page(
 ) -> Response:
     lead = await leads_service.get_visible_lead(session, lead_id, buyer)
     wallet = await wallet_summary(session, buyer.id, lead.currency)
+    # A shared lead stays on the market after this buyer's purchase: point to their order
+    # rather than offering to buy it again (which can only be refused).
+    owned = await service.existing_order(session, lead_id, buyer.id)
     return _render(
         request,
         "orders/confirm.html",
@@ -127,6 +152,7 @@ async def _confirm_page(
             "currency": lead.currency,
             "balance": wallet.balance_cents,
             "purchase_key": random_token(18),
+            "owned_order_id": owned.id if owned is not None else None,
             "error": error,
         },
         status_code=status_code,
@@ -221,10 +247,14 @@ async def render_buyer_order(
     buyer: User,
     *,
     error: str | None = None,
+    return_form: Mapping[str, str] | None = None,
+    return_errors: Mapping[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
     """The buyer's order page: the order, its contact, deliveries, and what may be done after
-    the sale (cancel, return, dispute, claim) with its history. An order not yet delivered
+    the sale (cancel, return, dispute, claim) with its history. A refused return request shows
+    its form again with what was typed (``return_form``) and each message beside its field
+    (``return_errors``). An order not yet delivered
     (contact never opened) keeps its contact closed until the buyer asks for it, since opening
     it ends the right to cancel; an order just bought on the Buy button opens at once."""
     order = await service.get_order(session, order_id, buyer)
@@ -251,6 +281,8 @@ async def render_buyer_order(
             "claim_categories": returns_service.CLAIM_LABELS,
             "form_key": random_token(18),
             "error": error,
+            "return_form": return_form or {},
+            "return_errors": return_errors or {},
             **await feedback_panel(session, settings_of(request), order.id, buyer),
         },
         status_code=status_code,

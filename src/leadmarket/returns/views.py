@@ -10,7 +10,7 @@ back on the same page with its reason and the problem's status code."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -106,6 +106,15 @@ async def _fresh_user(session: AsyncSession, user_id: str) -> User:
 # The buyer ----------------------------------------------------------------------------------
 
 
+# The return form's fields as the order page labels them.
+RETURN_FIELD_LABELS = {
+    "reason": "Why return it",
+    "note": "Note",
+    "evidence_text": "Evidence",
+    "evidence": "A file",
+}
+
+
 async def _buyer_action(
     request: Request,
     session: AsyncSession,
@@ -113,15 +122,38 @@ async def _buyer_action(
     buyer_id: str,
     action: Callable[[], Awaitable[None]],
     done: str,
+    *,
+    return_form: Mapping[str, str] | None = None,
 ) -> Response:
+    """Run a buyer's after-sale action; a refusal shows the order page again with the reason.
+    For the return form (``return_form``: what was typed) each field's message goes beside
+    its field and the summary names the field by its label."""
     try:
         await action()
     except NotFound:
         raise
     except DomainError as exc:
         buyer = await _fresh_user(session, buyer_id)
+        placed = {
+            e.field: e.message
+            for e in exc.errors
+            if return_form is not None and e.field in RETURN_FIELD_LABELS
+        }
+        message = (
+            f"{exc.detail} "
+            + "; ".join(f"{RETURN_FIELD_LABELS[f]}: {m}" for f, m in placed.items())
+            if placed
+            else _message(exc)
+        )
         return await render_buyer_order(
-            request, session, order_id, buyer, error=_message(exc), status_code=exc.status
+            request,
+            session,
+            order_id,
+            buyer,
+            error=message,
+            return_form=return_form,
+            return_errors=placed,
+            status_code=exc.status,
         )
     return see_other(f"{ORDERS}/{order_id}?done={done}")
 
@@ -188,7 +220,10 @@ async def request_return(
 
         await run_once(session, buyer.id, _form_key(form), {"orders.return_page": order_id}, run)
 
-    return await _buyer_action(request, session, order_id, buyer.id, act, "return_requested")
+    typed = {name: _text(form, name) or "" for name in ("reason", "note", "evidence_text")}
+    return await _buyer_action(
+        request, session, order_id, buyer.id, act, "return_requested", return_form=typed
+    )
 
 
 @router.post(ORDERS + "/{order_id}/dispute")
