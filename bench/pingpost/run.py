@@ -91,6 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--src", type=Path, default=None, help="Serve this leadmarket/ tree.")
+    parser.add_argument(
+        "--pg-socket",
+        metavar="DIRECTORY",
+        default=None,
+        help="The server reaches PostgreSQL over its Unix socket in this directory (for "
+        "example /var/run/postgresql) instead of 127.0.0.1 TCP.",
+    )
     args = parser.parse_args(argv)
     if args.server_workers is None:
         args.server_workers = 2 if args.db == "postgres" else 1
@@ -98,6 +105,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pings = 6_000 * args.seconds
     args.paced = [r for r in (args.paced if args.paced is not None else [500, 1000]) if r > 0]
     return args
+
+
+def unix_socket_url(url: str, directory: str) -> str:
+    """``url`` (``postgresql+asyncpg://user@host:port/name``) through the Unix socket in
+    ``directory`` instead: asyncpg takes the socket's directory as ``host``."""
+    head, name = url.rsplit("/", 1)
+    user = head.split("://", 1)[1].split("@", 1)[0]
+    return f"postgresql+asyncpg://{user}@/{name}?host={directory}"
+
+
+def _per_request(cpu_seconds: float, result: WrkResult) -> float:
+    return round(1000 * cpu_seconds / max(result.figures["requests"], 1), 4)
 
 
 def log(message: str) -> None:
@@ -256,8 +275,15 @@ def latency_ms(result: WrkResult) -> dict[str, float]:
     return {k: round(v / 1000, 2) for k, v in result.figures["latency_us"].items()}
 
 
-async def _recorded(scratch: Scratch, since: float) -> dict[str, int]:
+async def _recorded(scratch: Scratch, since: float, until: float) -> dict[str, int]:
+    """The pings recorded since ``since``; and, on PostgreSQL, how many batches (transactions:
+    the rows one statement inserted share its ``xmin``) wrote those created in the measured
+    run, ``since`` to ``until``."""
     db = Database(make_engine(scratch.url))
+    window = {
+        "since": dt.datetime.fromtimestamp(since, dt.UTC),
+        "until": dt.datetime.fromtimestamp(until, dt.UTC),
+    }
     try:
         async with db.transaction() as session:
             row = (
@@ -266,10 +292,22 @@ async def _recorded(scratch: Scratch, since: float) -> dict[str, int]:
                         "SELECT count(*), sum(CASE WHEN accepted THEN 1 ELSE 0 END) "
                         "FROM pings WHERE created_at >= :since"
                     ),
-                    {"since": dt.datetime.fromtimestamp(since, dt.UTC)},
+                    window,
                 )
             ).one()
-            return {"pings": int(row[0] or 0), "accepted": int(row[1] or 0)}
+            counts = {"pings": int(row[0] or 0), "accepted": int(row[1] or 0)}
+            if scratch.kind == "postgres":
+                row = (
+                    await session.execute(
+                        text(
+                            "SELECT count(*), count(DISTINCT xmin::text) FROM pings "
+                            "WHERE created_at >= :since AND created_at < :until"
+                        ),
+                        window,
+                    )
+                ).one()
+                counts["measured_pings"], counts["measured_batches"] = int(row[0]), int(row[1])
+            return counts
     finally:
         await db.dispose()
 
@@ -298,6 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         environment = scratch.environment()
         environment["LEADMARKET_MATCHING_RECHECK_MS"] = str(args.recheck_ms)
         environment["LEADMARKET_LOG_LEVEL"] = args.log_level.upper()
+        if args.pg_socket is not None and args.db == "postgres":
+            environment["LEADMARKET_DATABASE_URL"] = unix_socket_url(scratch.url, args.pg_socket)
         if args.src is not None:
             environment["PYTHONPATH"] = str(args.src.resolve())
         server = Server(environment, workers=args.server_workers)
@@ -368,7 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"paced at {target:,}/s: {rate(run_paced):,.0f}/s, {latency_ms(run_paced)}")
         finally:
             server.stop()
-        recorded = asyncio.run(_recorded(scratch, measured.started_at))
+        measured_until = measured.started_at + measured.figures["duration_us"] / 1e6
+        recorded = asyncio.run(_recorded(scratch, measured.started_at, measured_until))
     healthz = (rate(before) + rate(after)) / 2
     pings = rate(measured)
     statuses: dict[str, int] = measured.figures["statuses"]
@@ -401,6 +442,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "accepted_share": round(recorded["accepted"] / recorded["pings"], 3)
         if recorded["pings"]
         else None,
+        "pings_per_batch": round(recorded["measured_pings"] / recorded["measured_batches"], 1)
+        if recorded.get("measured_batches")
+        else None,
+        "postgres_via": "unix socket" if args.pg_socket and args.db == "postgres" else "tcp",
         "latency_ms": latency_ms(measured),
         "healthz": {
             "before_per_second": round(rate(before), 1),
@@ -421,6 +466,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_seconds": round(server_cpu, 2),
             "server_ms_per_ping": round(
                 1000 * server_cpu / max(measured.figures["requests"], 1), 3
+            ),
+            # What the kernel did for the server (socket reads and writes, epoll) and the rest,
+            # per ping and per /healthz (the first /healthz run): what a ping costs beyond a GET.
+            "server_user_ms_per_ping": _per_request(
+                cpu_used(cpu_before, cpu_after, pids, kind=0), measured
+            ),
+            "server_system_ms_per_ping": _per_request(
+                cpu_used(cpu_before, cpu_after, pids, kind=1), measured
+            ),
+            "server_user_ms_per_healthz": _per_request(
+                cpu_used(healthz_cpu[0], healthz_cpu[1], pids, kind=0), before
+            ),
+            "server_system_ms_per_healthz": _per_request(
+                cpu_used(healthz_cpu[0], healthz_cpu[1], pids, kind=1), before
             ),
             "postgres_seconds": round(pg_cpu, 2),
             "postgres_ms_per_ping": round(1000 * pg_cpu / max(measured.figures["requests"], 1), 3),
@@ -472,13 +531,20 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"  accepted share         {result['accepted_share']}   "
-        f"recorded {result['pings_recorded']:,}"
+        f"recorded {result['pings_recorded']:,}   pings per batch {result['pings_per_batch']}"
+        f"   (PostgreSQL over {result['postgres_via']})"
     )
     cpu = result["cpu"]
     print(
         f"  CPU s                  server {cpu['server_seconds']}  postgres "
         f"{cpu['postgres_seconds']}  wrk {cpu['client_seconds']}  others {cpu['other_seconds']}"
         f"  (machine busy {cpu['machine_busy_share']})"
+    )
+    print(
+        f"  CPU ms per ping        server {cpu['server_ms_per_ping']}  "
+        f"postgres {cpu['postgres_ms_per_ping']}   (server user {cpu['server_user_ms_per_ping']}"
+        f" + system {cpu['server_system_ms_per_ping']}; per /healthz user "
+        f"{cpu['server_user_ms_per_healthz']} + system {cpu['server_system_ms_per_healthz']})"
     )
     print("  targets: ≥ 3,000 pings/s, p99 < 25 ms, ≥ 0.5 × /healthz")
     args.output.parent.mkdir(parents=True, exist_ok=True)
