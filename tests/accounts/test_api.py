@@ -99,6 +99,11 @@ async def test_weak_or_common_password_is_422_saying_why(
         ({"name": "Ana\u0000Silva"}, "name"),
         ({"username": "ana\u0000"}, "username"),
         ({"address": {"city": "Fres\u0000no"}}, "address.city"),
+        ({"address": {"country": "ZZ"}}, "address.country"),  # no such country
+        ({"address": {"region": "ZZ"}}, "address.region"),  # no such state
+        ({"address": {"region": "CA", "postal_code": "abc"}}, "address.postal_code"),
+        ({"address": {"region": "CA", "postal_code": "10001"}}, "address.postal_code"),  # NY's
+        ({"address": {"country": "CA", "region": "TX"}}, "address.region"),
     ],
 )
 async def test_malformed_registration_names_the_field_and_writes_nothing(
@@ -540,3 +545,32 @@ async def test_nul_in_a_login_name_is_refused_not_a_crash(client: httpx.AsyncCli
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "login"
+
+
+async def test_an_address_is_checked_against_its_country_and_normalized(
+    client: httpx.AsyncClient,
+) -> None:
+    _, auth = await signed_in(client)
+    address = {"country": "ca", "region": "on", "postal_code": "m5v3l9", "city": "Toronto"}
+    response = await client.patch("/api/v1/me", json={"address": address}, headers=auth)
+    assert response.status_code == 200, response.text
+    kept = response.json()["address"]
+    assert (kept["country"], kept["region"], kept["postal_code"]) == ("CA", "ON", "M5V 3L9")
+    # Where the platform knows no codes, region and postal code are taken as written.
+    abroad = {"country": "FR", "region": "Île-de-France", "postal_code": "75001"}
+    response = await client.patch("/api/v1/me", json={"address": abroad}, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["address"]["region"] == "Île-de-France"
+
+
+async def test_an_address_stored_before_the_checks_still_reads(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    user, auth = await signed_in(client)
+    stored = await session.get(User, user["id"])
+    assert stored is not None
+    stored.address = {"country": "ZZ", "region": "ZZ", "postal_code": "abc"}
+    await session.commit()
+    response = await client.get("/api/v1/me", headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["address"]["postal_code"] == "abc"

@@ -14,7 +14,7 @@ from leadmarket.accounts.deps import client_meta, get_kit
 from leadmarket.accounts.policy import Action
 from leadmarket.accounts.schemas import (
     AccountOut,
-    Address,
+    AddressOut,
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyOut,
@@ -55,7 +55,7 @@ def me_out(user: User) -> MeOut:
         email_verified=user.email_verified_at is not None,
         name=user.name,
         phone=user.phone,
-        address=Address.model_validate(user.address) if user.address else None,
+        address=AddressOut.model_validate(user.address) if user.address else None,
         created_at=user.created_at,
     )
 

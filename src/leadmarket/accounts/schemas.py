@@ -6,15 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 
 from leadmarket.accounts.passwords import MAX_PASSWORD_LENGTH
 from leadmarket.feedback.schemas import PublicFeedback
 from leadmarket.kit.schemas import RequestModel
+from leadmarket.leads.reference import CA_PROVINCES, US_STATES, check_postal_code
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{1,30})[A-Za-z0-9]$")
 RESERVED_USERNAMES = frozenset(
@@ -75,16 +77,64 @@ ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Address(RequestModel):
+    """A member's postal address (for billing, M5). The country comes first: its region and
+    postal code are checked against it where the platform knows the country's codes (the
+    United States and Canada, as for leads); elsewhere they are taken as written."""
+
+    country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] = "US"
     street: ShortText | None = None
     city: ShortText | None = None
     region: Annotated[str, Field(min_length=1, max_length=80)] | None = None
     postal_code: Annotated[str, Field(min_length=1, max_length=20)] | None = None
-    country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] = "US"
 
     @field_validator("country")
     @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    def _known_country(cls, value: str) -> str:
+        code = value.upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("Enter a country's two-letter code, such as US or CA.")
+        return code
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str | None, info: ValidationInfo) -> str | None:
+        regions = _REGIONS_BY_COUNTRY.get(info.data.get("country", ""))
+        if value is None or regions is None:
+            return value
+        code = value.strip().upper()
+        if code not in regions:
+            raise ValueError(
+                "Enter the two-letter code of a state (such as NY)."
+                if info.data["country"] == "US"
+                else "Enter the two-letter code of a province or territory (such as ON)."
+            )
+        return code
+
+    @field_validator("postal_code")
+    @classmethod
+    def _postal_code_of_country(cls, value: str | None, info: ValidationInfo) -> str | None:
+        country = info.data.get("country", "")
+        if value is None or country not in _REGIONS_BY_COUNTRY:
+            return value
+        normalized, error = check_postal_code(country, info.data.get("region") or "", value)
+        if error is not None:
+            raise ValueError(error)
+        return normalized
+
+
+# The countries whose regions and postal codes the platform can check (leads.reference).
+_REGIONS_BY_COUNTRY: dict[str, Collection[str]] = {"US": US_STATES, "CA": CA_PROVINCES}
+
+
+class AddressOut(BaseModel):
+    """A stored address as given back: read as it was kept (an address stored before the
+    checks above got stricter still reads)."""
+
+    country: str | None = None
+    street: str | None = None
+    city: str | None = None
+    region: str | None = None
+    postal_code: str | None = None
 
 
 class RegisterIn(RequestModel):
@@ -135,7 +185,7 @@ class MeOut(BaseModel):
     email_verified: bool
     name: str | None
     phone: str | None
-    address: Address | None
+    address: AddressOut | None
     created_at: dt.datetime
 
 
