@@ -226,6 +226,39 @@ async def reveal_personal_data(
     return values
 
 
+async def open_for_destruction(
+    session: AsyncSession,
+    keyring: Keyring,
+    lead_ids: Sequence[str],
+    *,
+    fields: Iterable[str],
+    reason: str,
+) -> dict[str, dict[str, Any]]:
+    """Decrypt ``fields`` of ``lead_ids`` for the platform itself, in the transaction that
+    destroys them right after (the retention sweep finding the copies members typed into their
+    messages, L4/M4): no person reads them, and no deadline check applies, since the data is
+    opened precisely because its deadline has passed. One audit entry records the read (A4),
+    with the leads' ids, never the values. Leads without a vault are left out."""
+    if not lead_ids:
+        return {}
+    wanted = list(fields)
+    vaults = await session.scalars(
+        select(LeadVault).where(lead_id_among(session, LeadVault.lead_id, list(lead_ids)))
+    )
+    opened = {vault.lead_id: _open(keyring, vault, wanted) for vault in vaults}
+    if opened:
+        await record(
+            session,
+            actor=Actor.system(),
+            action="pii.read",
+            subject_type="lead",
+            fields=wanted,
+            reason=reason,
+            details={"lead_ids": sorted(opened)},
+        )
+    return opened
+
+
 def is_past_retention(lead: Lead, now: dt.datetime) -> bool:
     """Whether ``lead``'s personal data counts as gone: destroyed, or past its deadline."""
     return lead.pii_destroyed_at is not None or (

@@ -30,7 +30,6 @@ else. The one rule set behind the API and the pages.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import re
 import unicodedata
@@ -55,6 +54,7 @@ from leadmarket.kit.errors import (
 )
 from leadmarket.kit.ids import new_id
 from leadmarket.leads.vault import BlindIndexer, IndexKind
+from leadmarket.messages.digest import body_digest
 from leadmarket.models import (
     FraudSignal,
     LeadBlindIndex,
@@ -127,13 +127,6 @@ def clean_body(body: str, settings: Settings) -> str:
             errors=[FieldError("body", "Only text, line breaks and tabs.")],
         )
     return text
-
-
-def body_digest(text: str) -> str:
-    """The same text whatever its case and spacing: a paste with a changed line break or
-    capital is still the same paste."""
-    folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    return hashlib.sha256(folded.encode()).hexdigest()
 
 
 def _contact_digests(settings: Settings, text: str) -> set[str]:

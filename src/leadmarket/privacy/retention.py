@@ -26,10 +26,14 @@ batches, one transaction per batch: one UPDATE claims the batch's leads (a subqu
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the transaction holds the write lock) and
 marks them destroyed, their vaults (wrapped data key and ciphertext) and blind indexes are
 deleted with one multi-row DELETE each, and one multi-row INSERT logs each destruction in
-``pii_destructions`` (lead id unique, deadline, when, lateness). Several sweeps share the work
-and each lead is destroyed once; a sweep killed mid-way loses only its batch in flight, which
-the next run finds again. A lead is never destroyed before its deadline: the batch's cut-off is
-the sweep's clock, and the destruction time is never earlier than the cut-off."""
+``pii_destructions`` (lead id unique, deadline, when, lateness). Before the vaults go, in the
+same transaction, the consumer's contact values are redacted from the member messages of the
+threads of the leads' orders (:func:`leadmarket.messages.redaction.redact_lead_messages`): a
+name or a street a member typed into a thread does not outlive the lead's data (L4, M4).
+Several sweeps share the work and each lead is destroyed once; a sweep killed mid-way loses
+only its batch in flight, which the next run finds again. A lead is never destroyed before
+its deadline: the batch's cut-off is the sweep's clock, and the destruction time is never
+earlier than the cut-off."""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadmarket.config import Settings
 from leadmarket.kit.db import Database, insert_ignoring_conflicts, utcnow
 from leadmarket.leads.vault import shred_personal_data
+from leadmarket.messages.redaction import redact_lead_messages
 from leadmarket.models import (
     DestructionCause,
     Lead,
@@ -152,6 +157,8 @@ class PurgeResult:
     # The sweep stopped at its time budget with work left; the next run continues.
     unfinished: bool = False
     max_lateness_ms: int = 0
+    # Member messages whose copies of the consumer's contact details were redacted.
+    messages_redacted: int = 0
 
 
 def _lateness_ms(deadline: dt.datetime, destroyed_at: dt.datetime) -> int:
@@ -200,11 +207,12 @@ async def purge_expired_lead_data(
         if time_budget_seconds is not None and time.monotonic() - started > time_budget_seconds:
             result.unfinished = True
             break
-        batch = await _destroy_batch(db, now or clock(), batch_size, clock)
+        batch, redacted = await _destroy_batch(db, settings, now or clock(), batch_size, clock)
         if not batch:
             break
         result.batches += 1
         result.count += len(batch)
+        result.messages_redacted += redacted
         result.max_lateness_ms = max(result.max_lateness_ms, *(d.lateness_ms for d in batch))
         if keep_details:
             result.destroyed.extend(batch)
@@ -215,6 +223,7 @@ async def purge_expired_lead_data(
                 "batch": result.batches,
                 "destroyed": len(batch),
                 "max_lateness_ms": max(d.lateness_ms for d in batch),
+                "messages_redacted": redacted,
             },
         )
         if len(batch) < batch_size:
@@ -223,9 +232,14 @@ async def purge_expired_lead_data(
 
 
 async def _destroy_batch(
-    db: Database, cutoff: dt.datetime, batch_size: int, clock: Callable[[], dt.datetime]
-) -> list[Destruction]:
-    """One batch in one transaction: claim and mark, shred, log."""
+    db: Database,
+    settings: Settings,
+    cutoff: dt.datetime,
+    batch_size: int,
+    clock: Callable[[], dt.datetime],
+) -> tuple[list[Destruction], int]:
+    """One batch in one transaction: claim and mark, redact the messages, shred, log. Returns
+    the destructions and how many messages were redacted."""
     async with db.transaction() as session:
         # Never earlier than the cut-off, so never before any deadline of the batch.
         destroyed_at = max(clock(), cutoff)
@@ -248,7 +262,7 @@ async def _destroy_batch(
             )
         ).all()
         if not rows:
-            return []
+            return [], 0
         batch = sorted(
             (
                 Destruction(
@@ -259,9 +273,12 @@ async def _destroy_batch(
             ),
             key=lambda d: (d.deadline, d.lead_id),
         )
-        await shred_personal_data(session, [d.lead_id for d in batch])
+        lead_ids = [d.lead_id for d in batch]
+        # While the vaults can still be opened: afterwards nothing could find the copies.
+        redacted = await redact_lead_messages(session, settings.keyring(), lead_ids)
+        await shred_personal_data(session, lead_ids)
         await _log_destructions(session, batch)
-    return batch
+    return batch, redacted
 
 
 # PostgreSQL: the batch's log rows from five arrays, one statement with five parameters. (A
