@@ -98,7 +98,10 @@ async def test_concurrent_holds_never_overspend_one_wallet(
         assert summary.held_cents == 0
         assert summary.balance_cents == released * HOLD_CENTS
         payable = await service.find_account(session, AccountKind.SELLER_PAYABLE, "USD", seller_id)
-        assert payable is not None
-        assert payable.balance_cents == settled * (HOLD_CENTS - 10)
+        # The seller's payable account is made by their first settlement: when every race
+        # went to the release (it happens on SQLite, whose busy handler picks the winners),
+        # there is none, and the seller is owed nothing.
+        owed = payable.balance_cents if payable is not None else 0
+        assert owed == settled * (HOLD_CENTS - 10)
         report = await verify_ledger(session)
         assert report.ok, report.problems
