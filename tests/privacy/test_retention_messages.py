@@ -16,13 +16,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadmarket.config import Settings
-from leadmarket.kit.db import Database
+from leadmarket.kit.db import Database, utcnow
 from leadmarket.kit.ids import new_id
-from leadmarket.leads.vault import open_for_destruction
+from leadmarket.leads.intake import LeadsKit
+from leadmarket.leads.vault import IndexKind, open_for_destruction
 from leadmarket.messages.digest import body_digest
 from leadmarket.messages.redaction import CONTACT_FIELDS, REDACTED, redact_contact_values
-from leadmarket.models import AuditEvent, Lead, LeadVault, MemberMessage
-from leadmarket.privacy import retention
+from leadmarket.models import AuditEvent, Lead, LeadBlindIndex, LeadVault, MemberMessage
+from leadmarket.privacy import consumer_data, retention
 from leadmarket.privacy.retention import purge_expired_lead_data
 from tests.fixtures.trades import Trade, trade
 
@@ -208,3 +209,41 @@ def test_what_the_redaction_finds_and_what_it_cannot(text: str, expected: str | 
         "phone": "+15592345678",
     }
     assert redact_contact_values(text, values) == (text if expected is None else expected)
+
+
+async def test_a_deletion_request_redacts_the_thread_as_the_sweep_does(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """P3 with L4/M4: erasing a consumer at their request (not waiting for the 48 hours) takes
+    the copies of their name and street typed into their leads' threads with the vault."""
+    t = await trade(client, session, settings)
+    other = await trade(client, session, settings)
+    consumer = await contact_of(session, settings, t.lead.id)
+    neighbour = await contact_of(session, settings, other.lead.id)
+    named = await say(client, t, f"{consumer['first_name']} lives at {consumer['street']}, call.")
+    kept_text = f"{neighbour['first_name']} lives at {neighbour['street']}, call."
+    kept = await say(client, other, kept_text)
+
+    consumer_of_t = consumer_data.consumer_from(
+        LeadsKit(settings), email=t.consumer_email, phone=None
+    )
+    # How a rights request finds the consumer's leads: the keyed digest of their email, as
+    # intake writes it (the trade fixture makes its lead without one).
+    session.add(
+        LeadBlindIndex(
+            lead_id=t.lead.id,
+            kind=IndexKind.EMAIL.value,
+            digest=consumer_of_t.email_digest,
+            vertical=t.lead.vertical,
+        )
+    )
+    await session.flush()
+    outcome = await consumer_data.erase_consumer(
+        session, settings, consumer_of_t, request_id="prq_test", now=utcnow()
+    )
+    assert outcome.erased_lead_ids == [t.lead.id]
+    assert await bodies(session, named, kept) == [
+        f"{REDACTED} lives at {REDACTED}, call.",
+        kept_text,
+    ]
+    assert await session.get(LeadVault, t.lead.id) is None

@@ -52,6 +52,7 @@ from leadmarket.leads.vault import (
     reveal_personal_data,
     seal_personal_data,
 )
+from leadmarket.messages.redaction import redact_lead_messages
 from leadmarket.models import (
     AuditEvent,
     Consent,
@@ -786,6 +787,8 @@ async def erase_consumer(
     lead_ids = [lead.id for lead in leads if lead.pii_destroyed_at is None]
     orders = await _orders_of(session, lead_ids)
     outcome.stopped_deliveries = await _stop_deliveries(session, orders, now)
+    # Copies typed into member messages go too (L4, M4), while the vaults can still be opened.
+    await redact_lead_messages(session, settings.keyring(), lead_ids)
     for lead in leads:
         if lead.pii_destroyed_at is not None:
             continue
