@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadmarket.accounts.repository import usernames
 from leadmarket.accounts.schemas import check_name, normalize_email
 from leadmarket.audit.service import Actor, record
 from leadmarket.config import Settings
@@ -396,7 +397,8 @@ async def build_report(
         target = sold if disclosure.sold else business
         target.setdefault(disclosure.recipient_category, set()).update(disclosure.categories)
     recipients = sorted({d.recipient_category for d in disclosures})
-    names = await _recipient_names(session, disclosures)
+    # A member recipient is named by the public username it trades under (A1).
+    names = await usernames(session, (d.recipient_id for d in disclosures))
     report: dict[str, Any] = {
         "period": {"since": since.isoformat(), "until": now.isoformat()},
         "leads_found": len(collected),
@@ -418,16 +420,6 @@ async def build_report(
     if include_pieces:
         report["pieces"] = await _pieces(session, settings, collected, request_id)
     return report
-
-
-async def _recipient_names(session: AsyncSession, disclosures: list[Disclosure]) -> dict[str, str]:
-    """The public username of each member recipient (a buyer is named by the username it
-    trades under, A1), by user id."""
-    member_ids = {d.recipient_id for d in disclosures if d.recipient_id is not None}
-    if not member_ids:
-        return {}
-    rows = await session.execute(select(User.id, User.username).where(User.id.in_(member_ids)))
-    return {str(user_id): str(username) for user_id, username in rows.all()}
 
 
 def _disclosure_entry(disclosure: Disclosure, names: Mapping[str, str]) -> dict[str, Any]:
