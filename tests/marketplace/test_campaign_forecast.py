@@ -42,12 +42,6 @@ from tests.fixtures.ledger import fund, make_member
 BEST, NEXT = 5_000, 3_000  # the two campaigns' bids
 
 
-@pytest.fixture
-def postgres_only(is_postgres: bool) -> None:
-    if not is_postgres:
-        pytest.skip("SQLite's write lock covers the sweep's whole transaction: no race")
-
-
 async def _market(session: AsyncSession, best_funds: int) -> tuple[str, str, str]:
     """One open auction and two buyers' campaigns on it: ``best`` bids BEST with
     ``best_funds`` in its wallet, ``next`` bids NEXT and can pay. (lead, best, next) ids."""

@@ -65,12 +65,6 @@ from tests.fixtures.ledger import fund, make_member
 FUNDS = 1_000_000
 
 
-@pytest.fixture
-def postgres_only(is_postgres: bool) -> None:
-    if not is_postgres:
-        pytest.skip("lock order between transactions is PostgreSQL's matter (SQLite: one writer)")
-
-
 async def deadlocks_so_far(database_url: str) -> int:
     """PostgreSQL's count of deadlocks detected in this database (each victim's backend
     reports it when it flushes its statistics, at the latest when it disconnects: so the
