@@ -53,7 +53,6 @@ import datetime as dt
 import functools
 import hmac
 import json
-import json.encoder
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -90,6 +89,7 @@ from leadmarket.kit.errors import (
 from leadmarket.kit.groupcommit import GroupCommit
 from leadmarket.kit.idempotency import previous_answer, remember_answer, request_fingerprint
 from leadmarket.kit.ids import new_id
+from leadmarket.kit.jsontext import json_dumper
 from leadmarket.leads import intake
 from leadmarket.leads.previews import age_band
 from leadmarket.leads.reference import check_postal_code, region_name
@@ -223,41 +223,11 @@ class PingKit:
             self._client = None
 
 
-def _json_text(
-    *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": ")
-) -> Callable[[Any], str]:
-    """``json.dumps(value, sort_keys=…, separators=…)``, the same text, for the JSON values a
-    ping is made of (parsed from a request or built here, so never circular). ``json.dumps``
-    and ``JSONEncoder.encode`` build a new C encoder on every call, which cost more than the
-    encoding of a ping's small values; this one is built once."""
-    reference = json.JSONEncoder(sort_keys=sort_keys, separators=separators)
-    make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if make_encoder is None:  # a Python without the C accelerator
-        return reference.encode
-    encoder = make_encoder(
-        None,  # no markers: no circular check, for values that cannot be circular
-        reference.default,
-        json.encoder.encode_basestring_ascii,
-        None,
-        separators[1],
-        separators[0],
-        sort_keys,
-        False,
-        True,
-    )
-    join = "".join
-
-    def encode(value: Any) -> str:
-        return join(encoder(value, 0))
-
-    return encode
-
-
 # The fingerprint's text: what json.dumps(…, sort_keys=True, separators=(",", ":")) makes (the
 # fingerprints of rows already written must come out the same).
-_FINGERPRINT_JSON = _json_text(sort_keys=True, separators=(",", ":"))
+_FINGERPRINT_JSON = json_dumper(sort_keys=True, separators=(",", ":"))
 # The JSON columns' text, as json.dumps(…) writes it.
-_COLUMN_JSON = _json_text()
+_COLUMN_JSON = json_dumper()
 
 
 class _KeyedState(Protocol):
