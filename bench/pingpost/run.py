@@ -115,8 +115,13 @@ def unix_socket_url(url: str, directory: str) -> str:
     return f"postgresql+asyncpg://{user}@/{name}?host={directory}"
 
 
+def _ms_each(cpu_seconds: float, requests: int, digits: int = 4) -> float:
+    """Milliseconds of CPU per answer."""
+    return round(1000 * cpu_seconds / max(requests, 1), digits)
+
+
 def _per_request(cpu_seconds: float, result: WrkResult) -> float:
-    return round(1000 * cpu_seconds / max(result.figures["requests"], 1), 4)
+    return _ms_each(cpu_seconds, result.figures["requests"])
 
 
 def log(message: str) -> None:
@@ -452,11 +457,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "after_per_second": round(rate(after), 1),
             "mean_per_second": round(healthz, 1),
             "latency_ms_before": latency_ms(before),
-            "server_ms_per_request": round(
-                1000 * healthz_cpu_seconds / max(healthz_requests, 1), 4
-            ),
-            "client_ms_per_request": round(
-                1000 * (before.cpu_seconds + after.cpu_seconds) / max(healthz_requests, 1), 4
+            "server_ms_per_request": _ms_each(healthz_cpu_seconds, healthz_requests),
+            "client_ms_per_request": _ms_each(
+                before.cpu_seconds + after.cpu_seconds, healthz_requests
             ),
         },
         "ratio_pings_to_healthz": round(pings / healthz, 3) if healthz else None,
@@ -464,9 +467,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "age_share": AGE_SHARE,
         "cpu": {
             "server_seconds": round(server_cpu, 2),
-            "server_ms_per_ping": round(
-                1000 * server_cpu / max(measured.figures["requests"], 1), 3
-            ),
+            "server_ms_per_ping": _ms_each(server_cpu, measured.figures["requests"], 3),
             # What the kernel did for the server (socket reads and writes, epoll) and the rest,
             # per ping and per /healthz (the first /healthz run): what a ping costs beyond a GET.
             "server_user_ms_per_ping": _per_request(
@@ -482,11 +483,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cpu_used(healthz_cpu[0], healthz_cpu[1], pids, kind=1), before
             ),
             "postgres_seconds": round(pg_cpu, 2),
-            "postgres_ms_per_ping": round(1000 * pg_cpu / max(measured.figures["requests"], 1), 3),
+            "postgres_ms_per_ping": _ms_each(pg_cpu, measured.figures["requests"], 3),
             "client_seconds": round(measured.cpu_seconds, 2),
-            "client_ms_per_ping": round(
-                1000 * measured.cpu_seconds / max(measured.figures["requests"], 1), 3
-            ),
+            "client_ms_per_ping": _ms_each(measured.cpu_seconds, measured.figures["requests"], 3),
             "other_seconds": round(busy - server_cpu - pg_cpu - measured.cpu_seconds, 2),
             "machine_busy_share": round(busy / total, 3) if total else None,
         },
