@@ -419,20 +419,31 @@ def read_unsubscribe_token(settings: Settings, token: str) -> UnsubscribeRequest
     return UnsubscribeRequest(address_hash, MailCategory(category), user_id)
 
 
+async def _linked_member_preferences(
+    session: AsyncSession, settings: Settings, request: UnsubscribeRequest
+) -> CommunicationPreference | None:
+    """The stored preferences of the member the link was made for, locked for the change
+    (made with the defaults if they have none yet); None when the link names no member, or its
+    address is no longer theirs (that address gets no member mail any more)."""
+    if request.user_id is None:
+        return None
+    user = await session.get(User, request.user_id)
+    if user is None or suppression_hash(settings, user.email) != request.address_hash:
+        return None
+    row = await session.get(CommunicationPreference, user.id, with_for_update=True)
+    if row is None:
+        row = CommunicationPreference(user_id=user.id, **PREFERENCE_DEFAULTS)
+        session.add(row)
+    return row
+
+
 async def _stop_member_message_mail(
     session: AsyncSession, settings: Settings, request: UnsubscribeRequest
 ) -> bool:
     """Turn the member's "member messages" email off (P8); True if it already was off, or if
     the link's address is no longer the member's (that address gets no such mail any more)."""
-    assert request.user_id is not None
-    user = await session.get(User, request.user_id)
-    if user is None or suppression_hash(settings, user.email) != request.address_hash:
-        return True
-    row = await session.get(CommunicationPreference, user.id, with_for_update=True)
-    if row is None:
-        row = CommunicationPreference(user_id=user.id, **PREFERENCE_DEFAULTS)
-        session.add(row)
-    elif not row.member_messages:
+    row = await _linked_member_preferences(session, settings, request)
+    if row is None or not row.member_messages:
         return True
     row.member_messages = False
     row.updated_at = utcnow()
@@ -446,15 +457,9 @@ async def _withdraw_member_marketing_consent(
     """The member the link was made for stops newsletters and promotions in their stored
     preferences too, so their settings page says what the list does (only while the link's
     address is still their address)."""
-    if request.user_id is None:
-        return
-    user = await session.get(User, request.user_id)
-    if user is None or suppression_hash(settings, user.email) != request.address_hash:
-        return
-    row = await session.get(CommunicationPreference, user.id, with_for_update=True)
+    row = await _linked_member_preferences(session, settings, request)
     if row is None:
-        row = CommunicationPreference(user_id=user.id, **PREFERENCE_DEFAULTS)
-        session.add(row)
+        return
     row.newsletters = False
     row.promotions = False
     row.updated_at = utcnow()
